@@ -1,0 +1,1 @@
+"""Moving bytes and walking models: arrays, frameworks, formats, matcher, plan, engine, verify."""

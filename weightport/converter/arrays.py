@@ -1,0 +1,98 @@
+"""numpy in and out of every framework, without importing any of them.
+
+numpy is the lingua franca inside weightport. These helpers convert at the
+edges, zero-copy where the framework allows it, and keep 16-bit floats 16-bit:
+bfloat16 travels as ``ml_dtypes.bfloat16`` (bit-reinterpreted, never through
+float32).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def bfloat16():
+    """The numpy bfloat16 dtype (ml_dtypes is imported only when needed)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def dtype_of(name: str) -> np.dtype:
+    """numpy dtype for a name such as 'float32', 'bf16', 'BF16' or 'bfloat16'."""
+    key = str(name).lower().replace("torch.", "")
+    aliases = {"bf16": "bfloat16", "f32": "float32", "f16": "float16", "half": "float16",
+               "float": "float32", "double": "float64", "f64": "float64"}
+    key = aliases.get(key, key)
+    if key == "bfloat16":
+        return bfloat16()
+    try:
+        return np.dtype(key)
+    except TypeError as exc:
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown dtype {name!r}; use e.g. 'float32', 'float16' or 'bfloat16'") from exc
+
+
+def is_torch_tensor(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_jax_array(x) -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.Array)
+
+
+def torch_to_numpy(t) -> np.ndarray:
+    """A numpy view (or device copy) of a torch tensor, any device, grad or not, bf16 kept."""
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(bfloat16())
+    return t.numpy()
+
+
+def numpy_to_torch(a: np.ndarray, like=None):
+    """A torch tensor sharing memory with ``a`` where possible; bf16 kept bit for bit.
+
+    With ``like`` (a tensor), the result has its dtype and device.
+    """
+    import torch
+
+    a = np.asarray(a)
+    if a.dtype == bfloat16():
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    else:
+        if not a.flags.writeable:
+            a = a.copy()
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    if like is not None:
+        t = t.to(device=like.device, dtype=like.dtype)
+    return t
+
+
+def to_numpy(x) -> np.ndarray:
+    """numpy for a numpy array, torch tensor, jax array, Keras variable or backend tensor."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_torch_tensor(x):
+        return torch_to_numpy(x)
+    if hasattr(x, "value") and type(x).__module__.startswith("keras"):
+        return to_numpy(x.value)  # keras.Variable on any backend
+    if is_jax_array(x):
+        return np.asarray(x)  # bf16 arrives as ml_dtypes.bfloat16, no float32 detour
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(x, (tf.Tensor, tf.Variable)):
+        return x.numpy()
+    return np.asarray(x)
+
+
+def cast(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` in ``dtype``; the same object when it already is."""
+    dtype = np.dtype(dtype)
+    return a if a.dtype == dtype else a.astype(dtype)

@@ -1,0 +1,176 @@
+"""Live frameworks: find the adapter for an object and walk its layers.
+
+An adapter knows one framework's object model (children, weights, frozen
+state, how to run it) and nothing about layer kinds: which layers bear a rule
+is asked of the rule registry.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from ...errors import UsageError
+from ...mappings.rule import rules_for
+
+# Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
+# torch.nn.Module, so Keras must be asked first.
+ADAPTER_MODULES = ("keras", "torch", "flax")
+
+
+class Framework:
+    """Base adapter; one subclass per live framework."""
+
+    layout = ""
+    sep = "."  # joins a parent's path and a child's name
+
+    def owns(self, obj) -> bool:
+        raise NotImplementedError
+
+    def children(self, layer) -> list:
+        """(name, child) pairs of direct sub-layers."""
+        raise NotImplementedError
+
+    def own_weights(self, layer) -> list:
+        """Names of weights held directly by ``layer`` (not by its children)."""
+        raise NotImplementedError
+
+    def read(self, layer, slots) -> dict:
+        """slot -> numpy array, for the given layout slot names."""
+        raise NotImplementedError
+
+    def shapes(self, layer, slots) -> dict:
+        raise NotImplementedError
+
+    def dtypes(self, layer, slots) -> dict:
+        raise NotImplementedError
+
+    def write(self, layer, arrays: dict) -> None:
+        """Assign slot -> array into ``layer`` in place (shapes already checked)."""
+        raise NotImplementedError
+
+    def is_frozen(self, layer):
+        """True/False, or None where the layer has nothing to freeze."""
+        return None
+
+    def set_frozen(self, layer, frozen: bool) -> None:
+        pass
+
+    def display_name(self, layer) -> str:
+        return type(layer).__name__
+
+    def run(self, model, inputs):
+        """Forward pass in inference mode; outputs as numpy (nested like the model's)."""
+        raise NotImplementedError
+
+    def finish(self, model):
+        """The object a port returns as ``report.target`` (functional frameworks copy)."""
+        return model
+
+
+_adapters: list = []
+
+
+def adapters() -> list:
+    if not _adapters:
+        for name in ADAPTER_MODULES:
+            try:
+                mod = importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise
+                continue
+            _adapters.append(mod.ADAPTER)
+    return _adapters
+
+
+def adapter_for(obj) -> Framework | None:
+    """The adapter owning a live object, or None (checks never import a framework)."""
+    for fw in adapters():
+        if fw.owns(obj):
+            return fw
+    return None
+
+
+def require_adapter(obj, role: str = "object") -> Framework:
+    fw = adapter_for(obj)
+    if fw is None:
+        raise UsageError(
+            f"the {role} is a {type(obj).__module__}.{type(obj).__name__}, which weightport cannot read: "
+            "pass a Keras layer/model, a torch.nn.Module, a Flax module or variables dict, "
+            "a state dict, or a checkpoint path")
+    return fw
+
+
+@dataclass
+class LayerRef:
+    """One rule-bearing layer found in a live model."""
+
+    path: str
+    obj: object
+    framework: Framework
+    # (rule, hyperparameters) pairs, most specific rule first
+    candidates: list = field(default_factory=list)
+
+    @property
+    def layout(self) -> str:
+        return self.framework.layout
+
+    @property
+    def label(self) -> str:
+        return self.path or self.framework.display_name(self.obj)
+
+    def canonical_shapes(self, rule, hp) -> list | None:
+        """Shapes of this layer's weights in canonical form under ``rule``, or None if they do not fit it."""
+        slots = rule.native_slots(self.layout, hp)
+        found = self.framework.shapes(self.obj, slots)
+        try:
+            return rule.canonical_shapes(self.layout, hp, found)
+        except (KeyError, ValueError):
+            return None
+
+    def read(self, rule, hp) -> dict:
+        return self.framework.read(self.obj, rule.native_slots(self.layout, hp))
+
+
+@dataclass
+class Unmapped:
+    """A layer holding weights that no rule claims."""
+
+    path: str
+    class_name: str
+    weights: list
+
+
+def join(parent: str, name: str, sep: str) -> str:
+    return f"{parent}{sep}{name}" if parent else str(name)
+
+
+def walk(fw: Framework, model) -> tuple:
+    """All rule-bearing layers of ``model`` in order, and the unmapped ones.
+
+    A layer a rule claims is a leaf; any other layer is walked into.
+    """
+    refs, unmapped, seen = [], [], set()
+
+    def visit(layer, path):
+        if id(layer) in seen:
+            return  # shared layers are ported once
+        seen.add(id(layer))
+        rules = rules_for(fw.layout, layer)
+        if rules:
+            candidates = [(r, r.config(fw.layout, layer)) for r in rules]
+            rule, hp = candidates[0]
+            parts = rule.expand(fw.layout, hp)
+            if len(parts) == 1:
+                refs.append(LayerRef(path, layer, fw, candidates))
+            else:  # one live layer standing for several canonical layers
+                refs.extend(LayerRef(f"{path}[{i}]", layer, fw, [(rule, part)]) for i, part in enumerate(parts))
+            return
+        own = fw.own_weights(layer)
+        if own:
+            unmapped.append(Unmapped(path or fw.display_name(layer), type(layer).__name__, own))
+        for name, child in fw.children(layer):
+            visit(child, join(path, name, fw.sep))
+
+    visit(model, "")
+    return refs, unmapped

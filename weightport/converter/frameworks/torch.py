@@ -1,0 +1,98 @@
+"""PyTorch modules: parameters and buffers by dotted name, frozen state, inference runs."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..arrays import numpy_to_torch, to_numpy
+from . import Framework
+
+
+class TorchFramework(Framework):
+    layout = "torch"
+    sep = "."
+
+    def owns(self, obj) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(obj, torch.nn.Module)
+
+    def children(self, layer) -> list:
+        return list(layer.named_children())
+
+    def own_weights(self, layer) -> list:
+        return ([n for n, _ in layer.named_parameters(recurse=False)]
+                + [n for n, _ in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set])
+
+    @staticmethod
+    def _tensors(layer) -> dict:
+        return layer.state_dict(keep_vars=True)
+
+    def read(self, layer, slots) -> dict:
+        state = self._tensors(layer)
+        return {s: to_numpy(state[s]) for s in slots if s in state}
+
+    def shapes(self, layer, slots) -> dict:
+        state = self._tensors(layer)
+        return {s: tuple(state[s].shape) for s in slots if s in state}
+
+    def dtypes(self, layer, slots) -> dict:
+        state = self._tensors(layer)
+        return {s: to_numpy(state[s][:0] if state[s].dim() else state[s]).dtype for s in slots if s in state}
+
+    def write(self, layer, arrays: dict) -> None:
+        import torch
+
+        state = self._tensors(layer)
+        with torch.no_grad():
+            for slot, value in arrays.items():
+                if slot in state:
+                    state[slot].copy_(numpy_to_torch(np.asarray(value)))
+
+    def is_frozen(self, layer):
+        params = list(layer.parameters())
+        return None if not params else not any(p.requires_grad for p in params)
+
+    def set_frozen(self, layer, frozen: bool) -> None:
+        for p in layer.parameters():
+            if p.is_floating_point() or p.is_complex():
+                p.requires_grad_(not frozen)
+
+    def run(self, model, inputs):
+        import torch
+
+        first = next(iter(model.parameters()), None)
+
+        def to_tensor(x):
+            if isinstance(x, torch.Tensor):
+                return x
+            t = numpy_to_torch(np.asarray(x))
+            if first is not None:
+                dtype = first.dtype if t.is_floating_point() else t.dtype
+                t = t.to(device=first.device, dtype=dtype)
+            return t
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if isinstance(inputs, (list, tuple)):
+                    out = model(*[to_tensor(x) for x in inputs])
+                elif isinstance(inputs, dict):
+                    out = model(**{k: to_tensor(v) for k, v in inputs.items()})
+                else:
+                    out = model(to_tensor(inputs))
+        finally:
+            model.train(was_training)
+        return _to_numpy_tree(out)
+
+
+def _to_numpy_tree(out):
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_numpy_tree(o) for o in out) if not hasattr(out, "_fields") else [_to_numpy_tree(o) for o in out]
+    if isinstance(out, dict):
+        return {k: _to_numpy_tree(v) for k, v in out.items()}
+    return to_numpy(out)
+
+
+ADAPTER = TorchFramework()

@@ -1,0 +1,172 @@
+"""Pair source layers with target layers, by kind, order and shape; hints override.
+
+Works on any layer nodes that offer ``path``, ``label``, ``layout``,
+``candidates`` ((rule, hp) pairs) and ``canonical_shapes(rule, hp)``: live
+layers and checkpoint groups alike. It never looks at a layer kind by name.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from ..errors import ConfigMismatchError, MatchError, ShapeMismatchError, UsageError
+from .plan import Plan, Step
+
+
+@dataclass
+class Pair:
+    source: object
+    target: object
+    rule: object
+    source_hp: dict
+    target_hp: dict
+    source_shapes: list | None
+    target_shapes: list | None
+
+    @property
+    def shapes_agree(self) -> bool:
+        return self.source_shapes is not None and self.source_shapes == self.target_shapes
+
+
+def common_rule(a, b):
+    """The most specific rule that handles both nodes, with each side's hyperparameters."""
+    for rule, hp_a in a.candidates:
+        for rule_b, hp_b in b.candidates:
+            if rule is rule_b:
+                return (rule,) + rule.share(hp_a, hp_b)
+    return None
+
+
+def pair(a, b) -> Pair | None:
+    found = common_rule(a, b)
+    if found is None:
+        return None
+    rule, hp_a, hp_b = found
+    return Pair(a, b, rule, hp_a, hp_b, a.canonical_shapes(rule, hp_a), b.canonical_shapes(rule, hp_b))
+
+
+def describe(node) -> str:
+    rule, hp = node.candidates[0]
+    shapes = node.canonical_shapes(rule, hp)
+    return f"{node.label} ({rule.name}, {_fmt_shapes(shapes)})"
+
+
+def _fmt_shapes(shapes) -> str:
+    if shapes is None:
+        return "weights not in the expected layout"
+    return ", ".join("x".join(map(str, s)) or "scalar" for s in shapes) or "no weights"
+
+
+def _find(nodes, path, side):
+    for n in nodes:
+        if path in (n.path, n.label):
+            return n
+    close = difflib.get_close_matches(path, [n.path for n in nodes], n=3)
+    raise UsageError(f"hint names {side} layer {path!r}, which is not among the {side}'s rule-bearing layers"
+                     + (f"; did you mean {close}?" if close else ""))
+
+
+def _align(src, tgt) -> list:
+    """Order-preserving pairing maximising pairs of equal kind and shapes (longest common subsequence)."""
+    n, m = len(src), len(tgt)
+    ok = [[False] * (m + 1) for _ in range(n + 1)]
+    for i, a in enumerate(src):
+        for j, b in enumerate(tgt):
+            p = pair(a, b)
+            ok[i][j] = p if p is not None and p.shapes_agree else False
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            best[i][j] = max(best[i + 1][j], best[i][j + 1], (best[i + 1][j + 1] + 1) if ok[i][j] else 0)
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if ok[i][j] and best[i][j] == best[i + 1][j + 1] + 1:
+            pairs.append(ok[i][j])
+            i, j = i + 1, j + 1
+        elif best[i + 1][j] >= best[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True) -> tuple:
+    """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
+
+    strict: every source and target layer must pair with equal shapes and no
+    configuration error; otherwise what pairs is kept and the rest reported.
+    """
+    src, tgt = list(source_nodes), list(target_nodes)
+    pairs = []
+    for s_path, t_path in (hints or {}).items():
+        a, b = _find(src, s_path, "source"), _find(tgt, t_path, "target")
+        p = pair(a, b)
+        if p is None:
+            raise MatchError(f"hint pairs {describe(a)} with {describe(b)}, but no rule handles both")
+        pairs.append(p)
+        src.remove(a)
+        tgt.remove(b)
+
+    positional = [pair(a, b) for a, b in zip(src, tgt)] if len(src) == len(tgt) else None
+    plan = Plan()
+    if positional is not None and all(p is not None for p in positional):
+        for p in positional:
+            if p.shapes_agree:
+                pairs.append(p)
+                continue
+            msg = (f"source layer {describe(p.source)} does not fit target layer {describe(p.target)}: "
+                   f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}")
+            if strict:
+                raise ShapeMismatchError(msg + "; the target was not changed. Fix the model, pass hints=, "
+                                         "or strict=False to copy only what fits")
+            plan.unmatched_source.append(describe(p.source))
+            plan.unmatched_target.append(describe(p.target))
+    else:
+        aligned = _align(src, tgt)
+        used_s = {id(p.source) for p in aligned}
+        used_t = {id(p.target) for p in aligned}
+        plan.unmatched_source += [describe(a) for a in src if id(a) not in used_s]
+        plan.unmatched_target += [describe(b) for b in tgt if id(b) not in used_t]
+        pairs += aligned
+        if strict and (plan.unmatched_source or plan.unmatched_target):
+            raise MatchError(
+                f"the source has {len(source_nodes)} rule-bearing layers and the target {len(target_nodes)}; "
+                f"these have no counterpart of the same kind and shapes:\n"
+                + "".join(f"  source: {d}\n" for d in plan.unmatched_source)
+                + "".join(f"  target: {d}\n" for d in plan.unmatched_target)
+                + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
+                  "to copy only what pairs.")
+
+    kept = []
+    for p in pairs:
+        if not p.shapes_agree:
+            raise ShapeMismatchError(
+                f"hinted pair {describe(p.source)} -> {describe(p.target)}: expected "
+                f"{_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}; the target was not changed")
+        issues = p.rule.check(p.source_hp, p.target_hp)
+        errors = [i for i in issues if i.severity == "error"]
+        where = f"{p.source.label} -> {p.target.label} ({p.rule.name})"
+        if errors and strict:
+            raise ConfigMismatchError(f"{where}: " + "; ".join(map(str, errors))
+                                      + ". The target was not changed; make the configurations agree")
+        plan.issues += [f"{where}: {i}" for i in issues]
+        if errors:
+            plan.unmatched_source.append(describe(p.source))
+            plan.unmatched_target.append(describe(p.target))
+            continue
+        kept.append(p)
+        plan.steps.append(Step(
+            source=p.source.label, target=p.target.label, rule=p.rule.name,
+            source_layout=p.source.layout, target_layout=p.target.layout,
+            source_hp=p.source_hp, target_hp=p.target_hp, shapes=p.source_shapes,
+            transform=_transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
+            and p.rule.exact(p.target.layout, p.target_hp)))
+    return plan, kept
+
+
+def _transform_text(p: Pair) -> str:
+    parts = []
+    for layout, hp in ((p.source.layout, p.source_hp), (p.target.layout, p.target_hp)):
+        if layout != "keras":
+            parts.append(f"{layout}: {p.rule.describe(layout, hp)}")
+    return " | ".join(parts) or "copy"

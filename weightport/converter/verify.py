@@ -1,0 +1,81 @@
+"""Forward equivalence: run two models on the same input and compare what comes out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UsageError
+
+
+@dataclass
+class VerifyResult:
+    """``ok`` when ``max_abs_diff <= atol + rtol * max|reference|`` for every output.
+
+    ``max_rel_diff`` is the largest absolute difference divided by the largest
+    magnitude of the reference (second model's) output, so outputs near zero do
+    not blow it up.
+    """
+
+    ok: bool
+    max_abs_diff: float
+    max_rel_diff: float
+    atol: float
+    rtol: float
+    outputs: int = 0
+    notes: list = field(default_factory=list)
+
+    def __bool__(self):
+        return self.ok
+
+    def __str__(self):
+        verdict = "equivalent" if self.ok else "NOT equivalent"
+        text = (f"{verdict}: {self.outputs} output(s), max abs diff {self.max_abs_diff:.3g}, "
+                f"max rel diff {self.max_rel_diff:.3g} (atol {self.atol:g}, rtol {self.rtol:g})")
+        return "\n".join([text] + [f"  note: {n}" for n in self.notes])
+
+    __repr__ = __str__
+
+
+def _flatten(out) -> list:
+    if isinstance(out, dict):
+        return [a for k in sorted(out) for a in _flatten(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [a for o in out for a in _flatten(o)]
+    return [np.asarray(out)]
+
+
+def _align(a: np.ndarray, b: np.ndarray, notes: list, index: int) -> np.ndarray:
+    """``a`` reshaped to ``b``'s layout when they differ only by channels-first vs channels-last."""
+    if a.shape == b.shape:
+        return a
+    if a.ndim >= 3 and a.ndim == b.ndim:
+        last = np.moveaxis(a, 1, -1)
+        if last.shape == b.shape:
+            notes.append(f"output {index}: compared after moving axis 1 of the first model's output to the end "
+                         "(channels-first vs channels-last)")
+            return last
+        first = np.moveaxis(a, -1, 1)
+        if first.shape == b.shape:
+            notes.append(f"output {index}: compared after moving the last axis of the first model's output to axis 1")
+            return first
+    raise UsageError(f"output {index}: the first model gives shape {a.shape}, the second {b.shape}; "
+                     "they cannot be compared")
+
+
+def compare(out_a, out_b, atol: float, rtol: float) -> VerifyResult:
+    flat_a, flat_b = _flatten(out_a), _flatten(out_b)
+    if len(flat_a) != len(flat_b):
+        raise UsageError(f"the first model returns {len(flat_a)} outputs, the second {len(flat_b)}")
+    notes, ok, max_abs, max_rel = [], True, 0.0, 0.0
+    for i, (a, b) in enumerate(zip(flat_a, flat_b)):
+        a = _align(a.astype(np.float64), b.astype(np.float64), notes, i)
+        b = b.astype(np.float64)
+        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        scale = float(np.max(np.abs(b))) if b.size else 0.0
+        if not np.isfinite(diff):
+            diff = float("inf")
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
+        ok = ok and diff <= atol + rtol * scale
+    return VerifyResult(ok, max_abs, max_rel, atol, rtol, len(flat_a), notes)

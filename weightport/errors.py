@@ -1,0 +1,45 @@
+"""One exception tree, so callers can catch ``WeightportError`` and nothing else.
+
+Every message names the thing at fault (file, layer, slot or tensor), what was
+expected, what was found, and what to try next.
+"""
+
+
+class WeightportError(Exception):
+    """Root of every error weightport raises on purpose."""
+
+
+class UsageError(WeightportError, ValueError):
+    """The call itself is wrong: an unknown layout, an unsupported object, bad arguments."""
+
+
+class UnsupportedLayerError(WeightportError):
+    """A layer holds weights but no rule knows how to translate it."""
+
+
+class ConfigMismatchError(WeightportError):
+    """Two paired layers differ in configuration that weights cannot carry."""
+
+
+class ShapeMismatchError(WeightportError):
+    """A tensor does not have the shape its slot expects."""
+
+
+class MatchError(WeightportError):
+    """Source and target layers could not be paired; the target was left untouched."""
+
+
+class FormatError(WeightportError):
+    """A file is unreadable, corrupt or not what its name or header claims."""
+
+
+class UnsafePickleError(FormatError):
+    """A torch file needs full unpickling, which could run arbitrary code."""
+
+
+class OutputExistsError(WeightportError, FileExistsError):
+    """The destination exists and ``overwrite`` was not asked for."""
+
+
+class WeightportWarning(UserWarning):
+    """A conversion went through, but something may change the model's outputs."""

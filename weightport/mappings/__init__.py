@@ -1,0 +1,1 @@
+"""What tensors mean: invertible transforms and per-layer rules (no framework imports)."""

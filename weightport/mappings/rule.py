@@ -1,0 +1,269 @@
+"""Rules: what one kind of layer's tensors mean in every layout, and the registry of them.
+
+A rule is declared once, against the canonical form (Keras layout, in
+``layer.get_weights()`` order). Per non-Keras layout it lists ``Link``s: which
+canonical slots become which layout slots, through which invertible
+transform. Both directions (to and from canonical) are derived from that one
+list. Rules read hyperparameters from live layers with plain attribute access
+and never import a framework, so loading them is cheap.
+
+Write a rule as a subclass with, per layout it supports:
+
+- ``classes = {"keras": ("Dense",), "torch": ("Linear",)}``: class names it
+  recognises (any class in the object's MRO counts, so subclasses match);
+- ``config_<layout>(layer) -> dict``: hyperparameters, in one shared vocabulary
+  (Keras conventions: ``epsilon``, ``momentum``, ``use_bias``, ``units``...);
+- ``links_<layout>(hp) -> [Link]`` for every layout but ``keras``;
+- ``canonical(hp) -> [slot names]`` in ``get_weights()`` order.
+
+Register it with ``@register`` or through the ``weightport.rules`` entry-point
+group (an entry point may name a module of rules or a Rule subclass).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from ..errors import UsageError
+from .transforms import IDENTITY, Transform
+
+LAYOUTS = ("keras", "torch", "flax", "onnx")
+
+# Built-in rule modules, imported on first use of the registry.
+BUILTIN_MODULES = (
+    "dense", "conv", "norm", "embedding", "activation",
+    "recurrent", "attention", "flatten",
+)
+
+
+@dataclass(frozen=True)
+class Link:
+    """Canonical slots -> layout slots through one transform (``forward`` direction)."""
+
+    canonical: tuple
+    native: tuple
+    transform: Transform = IDENTITY
+
+
+def link(canonical, native, transform: Transform = IDENTITY) -> Link:
+    """Shorthand: ``link("kernel", "weight", Transpose(1, 0))``; names may be tuples."""
+    as_tuple = lambda x: (x,) if isinstance(x, str) else tuple(x)  # noqa: E731
+    return Link(as_tuple(canonical), as_tuple(native), transform)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """A configuration difference between two paired layers."""
+
+    key: str
+    source: object
+    target: object
+    severity: str  # "error" or "warning"
+    hint: str = ""
+
+    def __str__(self):
+        text = f"{self.key}: source has {self.source!r}, target has {self.target!r}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class Rule:
+    """One layer kind across layouts. Subclass it; see the module docstring."""
+
+    name: str = ""
+    classes: dict = {}
+    priority: int = 0
+    # hyperparameters compared between paired layers: key -> "error" | "warning"
+    checks: dict = {}
+    check_hints: dict = {}
+    # hyperparameters only one side can know (e.g. the feature-map shape before a
+    # Keras Flatten): copied to the other side's hp when two layers are paired
+    shared: tuple = ()
+
+    # -- recognising ------------------------------------------------------
+    def layouts(self) -> tuple:
+        return tuple(self.classes)
+
+    def matches(self, layout: str, layer) -> bool:
+        """Whether this rule handles ``layer`` (a live object of ``layout``)."""
+        names = self.classes.get(layout)
+        if not names:
+            return False
+        return any(cls.__name__ in names for cls in type(layer).__mro__)
+
+    def expand(self, layout: str, hp: dict) -> list:
+        """One hp per node a live layer stands for (a torch ``num_layers=N`` RNN is N Keras layers)."""
+        return [hp]
+
+    def share(self, source_hp: dict, target_hp: dict) -> tuple:
+        """Both sides' hp, each completed with the ``shared`` keys only the other side knows."""
+        a, b = dict(source_hp), dict(target_hp)
+        for key in self.shared:
+            if key in a and key not in b:
+                b[key] = a[key]
+            elif key in b and key not in a:
+                a[key] = b[key]
+        return a, b
+
+    # -- per-layout declarations -----------------------------------------------
+    def config(self, layout: str, layer) -> dict:
+        fn = getattr(self, f"config_{layout}", None)
+        return dict(fn(layer)) if fn else {}
+
+    def canonical(self, hp: dict) -> list:
+        raise NotImplementedError(f"rule {self.name!r} must define canonical(hp)")
+
+    def links(self, layout: str, hp: dict) -> list:
+        """The links for ``layout``, restricted to slots that exist under ``hp``."""
+        present = set(self.canonical(hp))
+        if layout == "keras":
+            return [Link((s,), (s,)) for s in self.canonical(hp)]
+        fn = getattr(self, f"links_{layout}", None)
+        if fn is None:
+            raise UsageError(f"rule {self.name!r} has no {layout!r} layout (it knows {self.layouts()})")
+        return [lk for lk in fn(hp) if set(lk.canonical) <= present]
+
+    def native_slots(self, layout: str, hp: dict) -> list:
+        """The layout's slot names, in declaration order."""
+        return [s for lk in self.links(layout, hp) for s in lk.native]
+
+    def exact(self, layout: str, hp: dict) -> bool:
+        return all(lk.transform.exact for lk in self.links(layout, hp))
+
+    def describe(self, layout: str, hp: dict) -> str:
+        """One line on how the slots move, for reports."""
+        parts = []
+        for lk in self.links(layout, hp):
+            src = "+".join(lk.canonical) or "-"
+            dst = "+".join(lk.native)
+            parts.append(f"{src}->{dst}: {lk.transform.describe()}" if src != dst or lk.transform is not IDENTITY
+                         else f"{src}: copy")
+        return "; ".join(parts)
+
+    # -- moving tensors -----------------------------------------------------
+    def to_canonical(self, layout: str, hp: dict, native: dict) -> list:
+        """Layout tensors (slot -> array) to the Keras-ordered canonical list."""
+        out = {}
+        for lk in self.links(layout, hp):
+            if not lk.canonical:
+                continue  # layout-only tensor (e.g. a counter) that Keras does not keep
+            missing = [s for s in lk.native if s not in native]
+            if missing:
+                raise KeyError(missing[0])
+            arrays = lk.transform.inverse(tuple(native[s] for s in lk.native))
+            out.update(zip(lk.canonical, arrays))
+        return [out[s] for s in self.canonical(hp)]
+
+    def from_canonical(self, layout: str, hp: dict, canonical: Sequence) -> dict:
+        """The Keras-ordered canonical list to layout tensors (slot -> array)."""
+        names = self.canonical(hp)
+        if len(canonical) != len(names):
+            raise ValueError(f"{self.name}: expected {len(names)} weights {names}, got {len(canonical)}")
+        by_name = dict(zip(names, canonical))
+        out = {}
+        for lk in self.links(layout, hp):
+            out.update(zip(lk.native, lk.transform.forward(tuple(by_name[s] for s in lk.canonical))))
+        return out
+
+    def canonical_shapes(self, layout: str, hp: dict, native_shapes: dict) -> list:
+        out = {}
+        for lk in self.links(layout, hp):
+            if not lk.canonical:
+                continue
+            out.update(zip(lk.canonical, lk.transform.inverse_shapes(tuple(native_shapes[s] for s in lk.native))))
+        return [tuple(out[s]) for s in self.canonical(hp)]
+
+    def native_shapes(self, layout: str, hp: dict, canonical_shapes: Sequence) -> dict:
+        by_name = dict(zip(self.canonical(hp), canonical_shapes))
+        out = {}
+        for lk in self.links(layout, hp):
+            shapes = lk.transform.forward_shapes(tuple(by_name[s] for s in lk.canonical))
+            out.update(zip(lk.native, (tuple(s) for s in shapes)))
+        return out
+
+    # -- configuration checks ----------------------------------------------------
+    def check(self, source_hp: dict, target_hp: dict) -> list:
+        """Differences in configuration that weights cannot carry."""
+        issues = []
+        for key, severity in self.checks.items():
+            if key not in source_hp or key not in target_hp:
+                continue
+            a, b = source_hp[key], target_hp[key]
+            if not same_value(a, b):
+                issues.append(ConfigIssue(key, a, b, severity, self.check_hints.get(key, "")))
+        return issues
+
+
+def same_value(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+class Registry:
+    """All known rules; built-ins and entry points are loaded on first use."""
+
+    def __init__(self):
+        self._rules: dict = {}
+        self._loaded = False
+
+    def add(self, rule: Rule) -> Rule:
+        if not rule.name:
+            raise UsageError(f"rule {type(rule).__name__} needs a name")
+        self._rules[rule.name] = rule
+        return rule
+
+    def _load(self):
+        if self._loaded:
+            return
+        self._loaded = True
+        for mod in BUILTIN_MODULES:
+            try:
+                importlib.import_module(f"{__package__}.{mod}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__package__}.{mod}":
+                    raise
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="weightport.rules"):
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Rule):
+                self.add(obj())
+
+    def __iter__(self):
+        self._load()
+        return iter(sorted(self._rules.values(), key=lambda r: r.name))
+
+    def get(self, name: str) -> Rule:
+        self._load()
+        try:
+            return self._rules[name]
+        except KeyError:
+            raise UsageError(f"no rule named {name!r}; known: {sorted(self._rules)}") from None
+
+    def candidates(self, layout: str, layer) -> list:
+        """Rules that handle ``layer``, most specific (highest priority) first."""
+        self._load()
+        found = [r for r in self._rules.values() if r.matches(layout, layer)]
+        return sorted(found, key=lambda r: -r.priority)
+
+
+registry = Registry()
+
+
+def register(cls):
+    """Class decorator: instantiate a Rule subclass and add it to the registry."""
+    registry.add(cls())
+    return cls
+
+
+def rules_for(layout: str, layer) -> list:
+    return registry.candidates(layout, layer)
+
+
+def all_rules() -> Iterable[Rule]:
+    return iter(registry)
