@@ -106,6 +106,18 @@ class Rule:
                 a[key] = b[key]
         return a, b
 
+    def infer(self, layout: str, shapes: dict):
+        """hp for a bare checkpoint group this rule explains, else None.
+
+        ``shapes`` maps the group's local tensor names (``weight``, ``bias``,
+        ``running_mean``... or ``kernel``, ``bias``... for Keras paths) to
+        shapes. Define ``infer_<layout>(shapes)`` to support a layout; return
+        None unless the names and ranks fit exactly, so two rules rarely both
+        claim a group (when they do, the group is reported as ambiguous).
+        """
+        fn = getattr(self, f"infer_{layout}", None)
+        return fn(shapes) if fn else None
+
     # -- per-layout declarations -----------------------------------------------
     def config(self, layout: str, layer) -> dict:
         fn = getattr(self, f"config_{layout}", None)
