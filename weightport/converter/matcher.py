@@ -90,6 +90,50 @@ def _align(src, tgt) -> list:
     return pairs
 
 
+def _by_path(src, tgt) -> list | None:
+    """Same names on both sides (a same-layout checkpoint into its model): pair by name."""
+    by_path = {b.path: b for b in tgt}
+    if len(src) != len(tgt) or set(by_path) != {a.path for a in src}:
+        return None
+    pairs = [pair(a, by_path[a.path]) for a in src]
+    return pairs if all(p is not None for p in pairs) else None
+
+
+def _positional(src, tgt) -> list | None:
+    """Same number of layers and the same kinds in the same order: pair by position."""
+    if len(src) != len(tgt):
+        return None
+    pairs = [pair(a, b) for a, b in zip(src, tgt)]
+    return pairs if all(p is not None for p in pairs) else None
+
+
+def _by_class(src, tgt) -> list | None:
+    """Pair by position within each (kind, shapes) class, when every class has equal counts on both sides.
+
+    Files whose tensors are stored in alphabetical rather than module order
+    (e.g. safetensors) still pair, since layers of different kind or shape
+    cannot be confused and order is only relied on among look-alikes.
+    """
+    if len(src) != len(tgt):
+        return None
+
+    def classes(nodes):
+        out = {}
+        for n in nodes:
+            rule, hp = n.candidates[0]
+            out.setdefault((rule.name, repr(n.canonical_shapes(rule, hp))), []).append(n)
+        return out
+
+    cs, ct = classes(src), classes(tgt)
+    if {k: len(v) for k, v in cs.items()} != {k: len(v) for k, v in ct.items()}:
+        return None
+    pairs = [pair(a, b) for key in cs for a, b in zip(cs[key], ct[key])]
+    if any(p is None for p in pairs):
+        return None
+    order = {id(a): i for i, a in enumerate(src)}
+    return sorted(pairs, key=lambda p: order[id(p.source)])
+
+
 def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
@@ -107,9 +151,11 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         src.remove(a)
         tgt.remove(b)
 
-    positional = [pair(a, b) for a, b in zip(src, tgt)] if len(src) == len(tgt) else None
+    positional = _by_path(src, tgt) or _positional(src, tgt)
+    if positional is None or not all(p.shapes_agree for p in positional):
+        positional = _by_class(src, tgt) or positional  # else keep it, for its precise shape errors
     plan = Plan()
-    if positional is not None and all(p is not None for p in positional):
+    if positional is not None:
         for p in positional:
             if p.shapes_agree:
                 pairs.append(p)
