@@ -2,7 +2,7 @@
 
 Importing this package imports no framework: each call imports what it needs.
 """
-from .api import get_weights, port, set_weights, verify
+from .api import convert, get_weights, load, port, save, set_weights, verify
 from .errors import (ConfigMismatchError, FormatError, MatchError, OutputExistsError, ShapeMismatchError,
                      UnsafePickleError, UnsupportedLayerError, UsageError, WeightportError, WeightportWarning)
 from .mappings.rule import Link, Rule, link, register
@@ -10,7 +10,7 @@ from .mappings.rule import Link, Rule, link, register
 __version__ = "0.1.0"
 
 __all__ = [
-    "port", "get_weights", "set_weights", "verify",
+    "port", "convert", "load", "save", "get_weights", "set_weights", "verify",
     "Rule", "Link", "link", "register",
     "WeightportError", "UsageError", "UnsupportedLayerError", "ConfigMismatchError", "ShapeMismatchError",
     "MatchError", "FormatError", "UnsafePickleError", "OutputExistsError", "WeightportWarning",

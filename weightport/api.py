@@ -1,17 +1,30 @@
-"""The public API: port, get_weights, set_weights, verify (and load, save, convert for files)."""
+"""The public API: port, load, save, convert, get_weights, set_weights, verify.
+
+Either side of a port may be a live model (Keras, torch...), a checkpoint
+path, a loaded ``Checkpoint`` or a plain name -> array mapping (a state dict).
+"""
 from __future__ import annotations
 
+import os
+import re
+import sys
 import warnings
+from collections.abc import Mapping
 
 from .converter import engine, matcher
-from .converter.frameworks import require_adapter, walk
+from .converter.checkpoint import Checkpoint, as_sources
+from .converter.frameworks import adapter_for, require_adapter, walk
 from .converter.plan import Report
+from .converter.structure import SEPARATORS, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
 from .errors import ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportWarning
 from .mappings.rule import rules_for
 
+KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
+
 
 def _live_nodes(obj, role: str, strict: bool):
+    """(framework, rule-bearing layer nodes, notes on layers no rule handles) of a live model."""
     fw = require_adapter(obj, role)
     nodes, unmapped = walk(fw, obj)
     if unmapped and strict:
@@ -23,25 +36,249 @@ def _live_nodes(obj, role: str, strict: bool):
     return fw, nodes, [f"{u.path} ({u.class_name}: {', '.join(u.weights)}): no rule" for u in unmapped]
 
 
-def port(source, target, *, hints: dict | None = None, strict: bool = True) -> Report:
-    """Copy the weights of ``source`` into ``target``; either may be any supported live model.
+def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
+         overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False) -> Report:
+    """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind, order and shape; ``hints`` ({source_path:
     target_path}) override the pairing. With ``strict=True`` the target is
     left untouched unless every weight pairs; with ``strict=False`` what pairs
     is copied and the rest reported. Configuration that weights cannot carry
     (epsilon, momentum...) is compared, and differences are warned about and
-    listed in ``report.warnings``.
+    listed in ``report.warnings``. A path as ``target`` writes a new file (see
+    ``convert``); ``model`` gives a checkpoint's structure where names alone
+    cannot.
     """
-    _, src_nodes, src_unmapped = _live_nodes(source, "source", strict)
-    tgt_fw, tgt_nodes, tgt_unmapped = _live_nodes(target, "target", strict)
+    if _is_path(target):
+        return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
+                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet)
+    src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
+    tgt_fw, tgt_nodes, tgt_notes = _live_nodes(target, "target", strict)
     plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
-    plan.unmatched_source += src_unmapped
-    plan.unmatched_target += tgt_unmapped
+    plan.unmatched_source += src_notes
+    plan.unmatched_target += tgt_notes
     engine.run_into_live(pairs)
-    for issue in plan.issues:
-        warnings.warn(issue, WeightportWarning, stacklevel=2)
+    _warn(plan)
     return Report(plan, tgt_fw.finish(target))
+
+
+def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Checkpoint:
+    """Open a checkpoint lazily: a name -> array mapping with ``.format``, ``.layout``, ``.metadata``.
+
+    Only the header is read now; each tensor is read when indexed. torch
+    files are never unpickled beyond weights unless ``trust_pickle=True``.
+    """
+    from .converter.formats import open_checkpoint
+
+    return open_checkpoint(path, format=format, trust_pickle=trust_pickle)
+
+
+def save(model, path, layout: str | None = None, like=None, *, overwrite: bool = False, dtype=None,
+         shard_size: int | None = None, strict: bool = True, quiet: bool = False) -> Report:
+    """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
+
+    ``like`` (a live model of the target framework) gives the target names and
+    structure: a torch module's state-dict names, or the variable paths Keras'
+    ``load_weights`` expects in a ``.weights.h5``. The file appears whole or not at all.
+    """
+    return convert(model, path, like=like, to=layout, overwrite=overwrite, dtype=dtype, shard_size=shard_size,
+                   strict=strict, quiet=quiet)
+
+
+def convert(source, destination, model=None, *, to: str | None = None, like=None, hints: dict | None = None,
+            strict: bool = True, overwrite: bool = False, dtype=None, shard_size: int | None = None,
+            trust_pickle: bool = False, quiet: bool = False) -> Report:
+    """Convert a checkpoint (or live model) into a new file, tensor by tensor.
+
+    ``model`` is a live model giving the structure names cannot: if it is in
+    the source's layout it describes the source, otherwise it is the target
+    (like ``like``). ``to`` is the target layout; by default the model's, or
+    ``keras`` for Keras files, or the source's own. ``dtype`` casts floating
+    tensors. Peak memory tracks the largest layer, not the model; the output
+    is written under a temporary name and renamed into place; an existing
+    file is refused unless ``overwrite=True``.
+    """
+    src_layout = _layout_of(source, trust_pickle)
+    model_layout = require_adapter(model, "model").layout if model is not None else None
+    source_model = model if model is not None and model_layout == src_layout and like is None and (
+        to is None or to != src_layout or _is_path(source)) and not _is_live(source) else None
+    if model is not None and source_model is None and like is None:
+        like = model
+    layout = to or (require_adapter(like, "like").layout if like is not None else None) \
+        or ("keras" if str(destination).endswith(KERAS_SUFFIXES) else src_layout)
+    if layout is None:
+        raise UsageError(f"cannot tell which layout to write {destination}: pass to='torch' or to='keras'")
+    if like is not None and require_adapter(like, "like").layout != layout:
+        raise UsageError(f"like= is a {require_adapter(like).layout} model but the target layout is {layout!r}")
+
+    src_nodes, src_notes = _source_nodes(source, model=source_model, strict=strict, trust_pickle=trust_pickle)
+    if like is not None:
+        fw, tgt_nodes, tgt_notes = _live_nodes(like, "like", strict)
+        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
+        plan.unmatched_target += tgt_notes
+        names = _names_for(like, fw, destination)
+        names_of = lambda p, slot: names(p.target, slot)  # noqa: E731
+    else:
+        if str(destination).endswith(KERAS_SUFFIXES):
+            raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
+                             "each variable lands where keras' load_weights looks for it")
+        plan, pairs = _same_structure(src_nodes, layout)
+        sep = SEPARATORS.get(layout, ".")
+        names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
+    plan.unmatched_source += src_notes
+
+    from .converter.checkpoint import LAYOUT_KEY
+    from .converter.formats import write_checkpoint
+
+    sources = engine.target_sources(pairs, names_of, dtype=dtype)
+    progress = _progress_bar(sum(s.nbytes for s in sources), destination, quiet)
+    try:
+        written = write_checkpoint(destination, sources, metadata={LAYOUT_KEY: layout}, overwrite=overwrite,
+                                   shard_size=shard_size, progress=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
+    _warn(plan)
+    report = Report(plan, str(destination))
+    report.files = written
+    return report
+
+
+# -- sides of a port ----------------------------------------------------------------
+
+
+def _is_path(obj) -> bool:
+    return isinstance(obj, (str, os.PathLike))
+
+
+def _is_live(obj) -> bool:
+    return adapter_for(obj) is not None
+
+
+def _warn(plan) -> None:
+    for issue in plan.issues:
+        warnings.warn(issue, WeightportWarning, stacklevel=3)
+
+
+def _checkpoint(obj, trust_pickle: bool) -> Checkpoint:
+    if isinstance(obj, Checkpoint):
+        return obj
+    if _is_path(obj):
+        return load(obj, trust_pickle=trust_pickle)
+    if isinstance(obj, Mapping):
+        return Checkpoint(None, "memory", as_sources(obj))
+    raise UsageError(f"cannot read weights from a {type(obj).__module__}.{type(obj).__name__}: pass a live "
+                     "model, a checkpoint path, a loaded Checkpoint or a name -> array mapping")
+
+
+def _keras_archive(obj) -> bool:
+    return _is_path(obj) and str(obj).endswith(".keras")
+
+
+def _load_keras_archive(path):
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def _layout_of(obj, trust_pickle: bool):
+    if _keras_archive(obj):
+        return "keras"
+    fw = adapter_for(obj)
+    return fw.layout if fw is not None else _checkpoint(obj, trust_pickle).layout
+
+
+def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
+    """(nodes, notes) for the source side of a port, live or checkpoint."""
+    if _keras_archive(obj) and model is None:
+        obj = _load_keras_archive(obj)  # the archive's config.json says what each layer is
+    if _is_live(obj):
+        _, nodes, notes = _live_nodes(obj, "source", strict)
+        return nodes, notes
+    ckpt = _checkpoint(obj, trust_pickle)
+    where = ckpt.path or "the given mapping"
+    if model is not None:
+        fw, live, _ = _live_nodes(model, "model", strict)
+        if ckpt.layout not in (None, fw.layout):
+            raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
+        nodes, missing = model_nodes(ckpt, live, _names_for(model, fw, ckpt.path or ""))
+        if missing and strict:
+            raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
+                                     + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                                     + "; nothing was written or changed")
+        used = {n for node in nodes for n in node.names.values()}
+        leftovers = [n for n in ckpt if n not in used]
+        return nodes, [f"{m}: missing" for m in missing] + [f"{n}: not in the model" for n in leftovers]
+    if ckpt.layout is None:
+        raise UsageError(f"cannot tell whether {where} holds torch- or keras-layout tensors from its names; "
+                         "pass model= (a live model in the file's layout)")
+    if ckpt.format in ("weights.h5", "keras-h5", "h5") and ckpt.layout == "keras" and not ckpt.layers:
+        raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
+                         "belongs to) or use the .keras archive, which records each layer's class")
+    nodes, leftovers = infer_nodes(ckpt, ckpt.layout)
+    if leftovers and strict:
+        raise UnsupportedLayerError(
+            f"{where}: no rule recognises the tensors {leftovers[:5]}"
+            + (f" and {len(leftovers) - 5} more" if len(leftovers) > 5 else "")
+            + "; nothing was changed. Pass model= to give the structure, or strict=False to skip them")
+    return nodes, [f"{n}: no rule recognises it" for n in leftovers]
+
+
+def _names_for(model, fw, path) -> callable:
+    """names(node, slot) -> tensor name of that slot, as ``model``'s framework stores it in ``path``."""
+    if fw.layout == "keras" and str(path).endswith((".h5", ".hdf5", ".keras")):
+        from .converter.formats.keras import variable_paths
+
+        where = {id(v): p for v, p in zip(model.weights, variable_paths(model))}
+
+        def keras_h5(node, slot):
+            rule, hp = node.candidates[0]
+            index = rule.native_slots(node.layout, hp).index(slot)
+            return where[id(node.obj.weights[index])]
+        return keras_h5
+    sep = SEPARATORS.get(fw.layout, ".")
+
+    def dotted(node, slot):
+        base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
+        return f"{base}{sep}{slot}" if base else slot
+    return dotted
+
+
+class _Virtual:
+    """A target layer that exists only as the names it will be written under."""
+
+    def __init__(self, path, layout):
+        self.path, self.label, self.layout = path, path or "<root>", layout
+
+
+def _same_structure(src_nodes, layout) -> tuple:
+    """Plan for writing the source's own layers in ``layout`` (no target model to match)."""
+    from .converter.plan import Plan, Step
+
+    plan, pairs = Plan(), []
+    for node in src_nodes:
+        rules = [r for r, _ in node.candidates]
+        inferred = not _is_live(getattr(node, "obj", None))  # a live layer's class settles its rule
+        if layout != node.layout and len(rules) > 1 and inferred:
+            raise UsageError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
+                             f"which differ in {layout} layout; pass model= or like= to say which")
+        rule, hp = node.candidates[0]
+        if layout not in rule.layouts():
+            raise UsageError(f"{node.label}: rule {rule.name!r} has no {layout!r} layout")
+        shapes = node.canonical_shapes(rule, hp)
+        p = matcher.Pair(node, _Virtual(node.path, layout), rule, hp, hp, shapes, shapes)
+        pairs.append(p)
+        plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, hp, shapes,
+                               matcher._transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)))
+    return plan, pairs
+
+
+def _progress_bar(total: int, destination, quiet: bool):
+    if quiet or total < (64 << 20) or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(str(destination)))
 
 
 def _single(layer):

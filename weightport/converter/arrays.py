@@ -57,6 +57,11 @@ def torch_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """C-contiguous ``a``, 0-d arrays kept 0-d (``np.ascontiguousarray`` makes them 1-d)."""
+    return np.ascontiguousarray(a).reshape(a.shape)
+
+
 def numpy_to_torch(a: np.ndarray, like=None):
     """A torch tensor sharing memory with ``a`` where possible; bf16 kept bit for bit.
 
@@ -66,11 +71,11 @@ def numpy_to_torch(a: np.ndarray, like=None):
 
     a = np.asarray(a)
     if a.dtype == bfloat16():
-        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+        t = torch.from_numpy(_contiguous(a).view(np.int16)).view(torch.bfloat16)
     else:
         if not a.flags.writeable:
             a = a.copy()
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(_contiguous(a))
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype)
     return t
@@ -90,6 +95,12 @@ def to_numpy(x) -> np.ndarray:
     if tf is not None and isinstance(x, (tf.Tensor, tf.Variable)):
         return x.numpy()
     return np.asarray(x)
+
+
+def is_floating(dtype) -> bool:
+    """True for numpy floats and ml_dtypes' (bfloat16, float8...), which numpy files under kind 'V'."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or (dtype.kind == "V" and "float" in dtype.name)
 
 
 def cast(a: np.ndarray, dtype) -> np.ndarray:

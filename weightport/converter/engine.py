@@ -37,3 +37,56 @@ def run_into_live(pairs) -> None:
         frozen = p.source.framework.is_frozen(p.source.obj) if hasattr(p.source, "framework") else None
         if frozen is not None:
             p.target.framework.set_frozen(p.target.obj, frozen)
+
+
+class LayerTensors:
+    """Translate one pair on first use and hand out its target tensors one by one.
+
+    Writers load tensors in order, so at most one layer's translated tensors
+    are alive at a time.
+    """
+
+    def __init__(self, p, dtype=None):
+        self.p, self.dtype, self._arrays = p, dtype, None
+
+    def load(self, slot):
+        if self._arrays is None:
+            self._arrays = translate(self.p)
+        array = self._arrays.pop(slot)
+        if not self._arrays:
+            self._arrays = None  # all handed out; a later call would translate again
+        return array
+
+
+def target_sources(pairs, names_of, dtype=None) -> list:
+    """TensorSources for a file written in the targets' layout, shapes and dtypes known up front.
+
+    ``names_of(pair, slot)`` names each target tensor. ``dtype`` casts
+    floating tensors (integer counters keep theirs).
+    """
+    import numpy as np
+
+    from .arrays import is_floating
+    from .checkpoint import TensorSource
+
+    out = []
+    for p in pairs:
+        rule, layout, hp = p.rule, p.target.layout, p.target_hp
+        shapes = rule.native_shapes(layout, hp, p.source_shapes)
+        src_dtypes = p.source.dtypes(p.rule, p.source_hp)
+        layer_dtype = next(iter(src_dtypes.values()), np.dtype("float32"))
+        cache = LayerTensors(p)
+        for lk in rule.links(layout, hp):
+            for slot in lk.native:
+                dt = np.dtype(lk.transform.dtype) if not lk.canonical else layer_dtype
+                if dtype is not None and is_floating(dt):
+                    dt = np.dtype(dtype)
+                out.append(TensorSource(names_of(p, slot), shapes[slot], dt,
+                                        _loader(cache, slot, dt)))
+    return out
+
+
+def _loader(cache, slot, dtype):
+    from .arrays import cast
+
+    return lambda: cast(cache.load(slot), dtype)

@@ -144,14 +144,10 @@ class Rule:
         return all(lk.transform.exact for lk in self.links(layout, hp))
 
     def describe(self, layout: str, hp: dict) -> str:
-        """One line on how the slots move, for reports."""
-        parts = []
-        for lk in self.links(layout, hp):
-            src = "+".join(lk.canonical) or "-"
-            dst = "+".join(lk.native)
-            parts.append(f"{src}->{dst}: {lk.transform.describe()}" if src != dst or lk.transform is not IDENTITY
-                         else f"{src}: copy")
-        return "; ".join(parts)
+        """How the slots move, for reports; plain copies and renames are left out."""
+        parts = [("+".join(lk.canonical) + "->" if lk.canonical else "") + f"{'+'.join(lk.native)}: "
+                 + lk.transform.describe() for lk in self.links(layout, hp) if lk.transform is not IDENTITY]
+        return "; ".join(parts) or "copy"
 
     # -- moving tensors -----------------------------------------------------
     def to_canonical(self, layout: str, hp: dict, native: dict) -> list:

@@ -131,6 +131,9 @@ class LayerRef:
     def read(self, rule, hp) -> dict:
         return self.framework.read(self.obj, rule.native_slots(self.layout, hp))
 
+    def dtypes(self, rule, hp) -> dict:
+        return self.framework.dtypes(self.obj, rule.native_slots(self.layout, hp))
+
 
 @dataclass
 class Unmapped:

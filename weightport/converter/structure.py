@@ -1,0 +1,114 @@
+"""Layer structure for checkpoints: which tensors belong to which layer, and under which rule.
+
+A checkpoint is only names and tensors. Its layers come either from a live
+model in the checkpoint's layout (each layer's tensor names are known), or
+are inferred from standard naming: names are split into a tree at ``.``
+(torch) or ``/`` (Keras), and the first tree node whose tensors some rule
+recognises by names and shapes (``Rule.infer``) becomes a layer.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..mappings.rule import registry
+
+SEPARATORS = {"torch": ".", "keras": "/", "flax": "/", "onnx": "."}
+
+
+@dataclass
+class FileNode:
+    """One layer's tensors inside a checkpoint (the matcher's node protocol)."""
+
+    path: str
+    layout: str
+    candidates: list
+    checkpoint: object
+    names: dict  # slot -> tensor name in the checkpoint
+    frozen: object = field(default=None)
+
+    @property
+    def label(self) -> str:
+        return self.path or "<root>"
+
+    def canonical_shapes(self, rule, hp):
+        slots = rule.native_slots(self.layout, hp)
+        found = {s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names}
+        try:
+            return rule.canonical_shapes(self.layout, hp, found)
+        except (KeyError, ValueError):
+            return None
+
+    def dtypes(self, rule, hp) -> dict:
+        return {s: self.checkpoint.dtype(self.names[s]) for s in rule.native_slots(self.layout, hp) if s in self.names}
+
+    def read(self, rule, hp) -> dict:
+        return {s: self.checkpoint[self.names[s]] for s in rule.native_slots(self.layout, hp) if s in self.names}
+
+
+def natural_key(name: str):
+    """Sort key that puts ``layers.2`` before ``layers.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def ordered_names(checkpoint) -> list:
+    """Tensor names in module order where the file keeps it, else in natural order.
+
+    Files that store names alphabetically (safetensors written by most tools)
+    lose module order; numeric-aware sorting at least keeps ``layers.10`` after
+    ``layers.9``.
+    """
+    names = list(checkpoint)
+    return sorted(names, key=natural_key) if names == sorted(names) else names
+
+
+def infer_nodes(checkpoint, layout: str) -> tuple:
+    """(nodes, leftovers) for a checkpoint with no model: layers recognised from names and shapes.
+
+    leftovers lists tensor names no rule explains.
+    """
+    sep = SEPARATORS.get(layout, ".")
+    names = ordered_names(checkpoint)
+    nodes, leftovers = [], []
+    rules = sorted(registry, key=lambda r: -r.priority)
+
+    def visit(prefix: str, group: list):
+        local = {(n[len(prefix) + 1:] if prefix else n): n for n in group}
+        shapes = {k: tuple(checkpoint.shape(v)) for k, v in local.items()}
+        candidates = [(r, hp) for r in rules if (hp := r.infer(layout, shapes)) is not None]
+        if candidates:
+            nodes.append(FileNode(prefix, layout, candidates, checkpoint, local))
+            return
+        children: dict = {}
+        for key, full in local.items():
+            head, _, rest = key.partition(sep)
+            if rest:
+                children.setdefault(head, []).append(full)
+            else:
+                leftovers.append(full)
+        for head, members in children.items():
+            visit(f"{prefix}{sep}{head}" if prefix else head, members)
+
+    visit("", names)
+    return nodes, leftovers
+
+
+def model_nodes(checkpoint, live_nodes, names_of) -> tuple:
+    """Checkpoint nodes shaped like a live model's layers (same layout as the checkpoint).
+
+    ``names_of(live_node, slot)`` gives the tensor name a slot is stored
+    under. Returns (nodes, missing) where missing lists
+    "layer: tensor" strings the checkpoint lacks.
+    """
+    nodes, missing = [], []
+    for ln in live_nodes:
+        rule, hp = ln.candidates[0]
+        names = {}
+        for slot in rule.native_slots(ln.layout, hp):
+            name = names_of(ln, slot)
+            if name in checkpoint:
+                names[slot] = name
+            elif any(slot in lk.native and lk.canonical for lk in rule.links(ln.layout, hp)):
+                missing.append(f"{ln.label}: {name}")
+        nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names))
+    return nodes, missing
