@@ -161,7 +161,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
                 pairs.append(p)
                 continue
             msg = (f"source layer {describe(p.source)} does not fit target layer {describe(p.target)}: "
-                   f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}")
+                   f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}")
             if strict:
                 raise ShapeMismatchError(msg + "; the target was not changed. Fix the model, pass hints=, "
                                          "or strict=False to copy only what fits")
@@ -188,7 +188,8 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         if not p.shapes_agree:
             raise ShapeMismatchError(
                 f"hinted pair {describe(p.source)} -> {describe(p.target)}: expected "
-                f"{_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}; the target was not changed")
+                f"{_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}; "
+                "the target was not changed")
         issues = p.rule.check(p.source_hp, p.target_hp)
         errors = [i for i in issues if i.severity == "error"]
         where = f"{p.source.label} -> {p.target.label} ({p.rule.name})"
@@ -208,6 +209,12 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
             transform=_transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
             and p.rule.exact(p.target.layout, p.target_hp)))
     return plan, kept
+
+
+def _config_note(p: Pair) -> str:
+    """Configuration errors that explain a shape difference (use_bias, center, affine...), for its message."""
+    errors = [i for i in p.rule.check(p.source_hp, p.target_hp) if i.severity == "error"]
+    return ("; the configurations differ: " + "; ".join(map(str, errors))) if errors else ""
 
 
 def _transform_text(p: Pair) -> str:

@@ -144,6 +144,9 @@ class Reshape(Unary):
     def _resolve(shape, like):
         size = int(np.prod(like))
         known = int(np.prod([d for d in shape if d != -1]))
+        fits = size % known == 0 if -1 in shape else size == known
+        if not fits:  # caught early, so a shape that cannot be reshaped is a mismatch, not a crash later
+            raise ValueError(f"cannot reshape {tuple(like)} ({size} values) to {tuple(shape)}")
         return tuple(size // known if d == -1 else d for d in shape)
 
     def fwd_shape(self, s):

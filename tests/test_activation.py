@@ -1,0 +1,105 @@
+"""PReLU <-> PReLU: Keras alpha (shared axes collapsed to 1) <-> torch weight (num_parameters,)."""
+import numpy as np
+import pytest
+
+import weightport as wp
+from util import (assert_forward_differs, assert_forward_equal, assert_keras_roundtrip, randomize_keras,
+                  randomize_torch)
+from weightport.mappings import transforms as T
+from weightport.mappings.rule import registry
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+
+C, H, W = 7, 5, 3
+
+
+def image_pair(per_channel=True):
+    """torch PReLU on NCHW; Keras PReLU on NHWC with the spatial axes (or all axes) shared."""
+    t = torch.nn.PReLU(C if per_channel else 1)
+    shared = [1, 2] if per_channel else [1, 2, 3]
+    k = keras.Sequential([keras.Input((H, W, C)), keras.layers.PReLU(shared_axes=shared)])
+    x = np.random.randn(4, C, H, W).astype("float32")
+    return t, k, x, np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+@pytest.mark.parametrize("per_channel, alpha_shape", [(True, (1, 1, C)), (False, (1, 1, 1))])
+def test_torch_to_keras_forward(per_channel, alpha_shape):
+    t, k, x, xk = image_pair(per_channel)
+    randomize_torch(t)
+    report = wp.port(t, k)
+    assert report.steps[0].rule == "prelu" and report.steps[0].target_hp["alpha_shape"] == alpha_shape
+    assert tuple(k.layers[0].alpha.shape) == alpha_shape
+    assert_forward_equal(t, k, x, xk)
+
+
+def test_keras_to_torch_forward_and_bitwise():
+    t, k, x, xk = image_pair()
+    randomize_keras(k)
+    wp.port(k, t)
+    np.testing.assert_array_equal(t.weight.detach().numpy(), k.layers[0].get_weights()[0].reshape(C))
+    assert_forward_equal(t, k, x, xk)
+    assert_keras_roundtrip(k, t)
+
+
+def test_channels_first_keras_alpha():
+    # Keras on NCHW with shared_axes=[2, 3] keeps alpha (C, 1, 1): the same torch weight
+    t = torch.nn.PReLU(C)
+    k = keras.Sequential([keras.Input((C, H, W)), keras.layers.PReLU(shared_axes=[2, 3])])
+    randomize_torch(t)
+    wp.port(t, k)
+    assert tuple(k.layers[0].alpha.shape) == (C, 1, 1)
+    assert_forward_equal(t, k, np.random.randn(4, C, H, W).astype("float32"))
+    assert_keras_roundtrip(k, t)
+
+
+def test_dense_features_and_get_weights():
+    t = torch.nn.Sequential(torch.nn.Linear(H, C), torch.nn.PReLU(C))
+    k = keras.Sequential([keras.Input((H,)), keras.layers.Dense(C), keras.layers.PReLU()])
+    randomize_torch(t)
+    wp.port(t, k)
+    assert_forward_equal(t, k, np.random.randn(4, H).astype("float32"))
+    assert [w.shape for w in wp.get_weights(t[1])] == [(C,)]  # alone, a torch PReLU reads as a (batch, C) one
+
+
+def test_slope_count_mismatch_is_refused():
+    t = torch.nn.PReLU(1)
+    _, k, _, _ = image_pair(per_channel=True)
+    with pytest.raises(wp.ShapeMismatchError, match="expected 1x1x7, found 1x1x1"):
+        wp.port(t, k)
+    t, _, _, _ = image_pair(per_channel=True)
+    _, k, _, _ = image_pair(per_channel=False)
+    with pytest.raises(wp.ShapeMismatchError, match="expected 1x1x1, found 1x1x7"):
+        wp.port(t, k)
+
+
+@pytest.mark.parametrize("shared", [None, [1, 3]])
+def test_per_position_alpha_is_refused(shared):
+    # no shared axes: one slope per (h, w, c); shared_axes=[1, 3]: one per row. torch has neither.
+    t = torch.nn.PReLU(C)
+    k = keras.Sequential([keras.Input((H, W, C)), keras.layers.PReLU(shared_axes=shared)])
+    with pytest.raises(wp.UnsupportedLayerError, match="shared_axes"):
+        wp.port(k, t)
+
+
+def test_negative_control_wrong_channel_order(monkeypatch):
+    t, k, x, xk = image_pair()
+    randomize_torch(t)
+    rule = registry.get("prelu")
+    original = rule.links_torch
+
+    def reversed_channels(hp):
+        (lk,) = original(hp)
+        return [wp.link("alpha", "weight", T.Chain(lk.transform, T.ReorderBlocks(0, range(C - 1, -1, -1))))]
+
+    monkeypatch.setattr(rule, "links_torch", reversed_channels)
+    wp.port(t, k)
+    assert_forward_differs(t, k, x, xk)
+
+
+def test_infer_bare_groups():
+    rule = registry.get("prelu")
+    assert rule.infer("torch", {"weight": (C,)}) == {"num_parameters": C}
+    assert rule.infer("torch", {"weight": (C, H)}) is None
+    assert rule.infer("keras", {"alpha": (1, 1, C)}) == {"alpha_shape": (1, 1, C)}
+    assert rule.infer("keras", {"alpha": (C,), "beta": (C,)}) is None

@@ -1,0 +1,45 @@
+"""Embedding <-> Embedding: a (vocab, dim) table in both, one row per token id, no transpose.
+
+torch ``padding_idx`` is not a weight: torch zero-initialises that row and
+keeps its gradient at zero, but a lookup returns whatever the row holds, so
+the ported table computes the same function (Keras ``mask_zero`` is likewise
+a mask, not a weight). torch ``max_norm`` renormalises looked-up rows, in
+place, at every forward pass, which Keras never does: it is warned about.
+"""
+from .rule import Rule, link, register
+
+
+@register
+class EmbeddingRule(Rule):
+    name = "embedding"
+    classes = {"keras": ("Embedding",), "torch": ("Embedding",)}
+    checks = {"max_norm": "warning"}
+    check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "
+                                "Keras does not, so outputs differ wherever a row is longer: build the torch "
+                                "Embedding with max_norm=None")}
+
+    def config_keras(self, layer):
+        return {"input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim), "max_norm": None}
+
+    def config_torch(self, module):
+        return {"input_dim": int(module.num_embeddings), "output_dim": int(module.embedding_dim),
+                "max_norm": module.max_norm, "padding_idx": module.padding_idx}
+
+    def infer_torch(self, shapes):
+        # also what a bias-free Linear looks like: the matcher settles it against a target, or reports it
+        w = shapes.get("weight")
+        if set(shapes) != {"weight"} or len(w) != 2:
+            return None
+        return {"input_dim": w[0], "output_dim": w[1]}
+
+    def infer_keras(self, shapes):
+        e = shapes.get("embeddings")
+        if set(shapes) != {"embeddings"} or len(e) != 2:
+            return None
+        return {"input_dim": e[0], "output_dim": e[1]}
+
+    def canonical(self, hp):
+        return ["embeddings"]
+
+    def links_torch(self, hp):
+        return [link("embeddings", "weight")]

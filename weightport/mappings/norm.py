@@ -1,0 +1,273 @@
+"""Normalisation layers: BatchNorm, LayerNorm, GroupNorm, RMSNorm.
+
+Every tensor here is per channel (or per normalised element) and has the same
+shape in Keras and torch, so the links are plain copies. What weights cannot
+carry is the configuration, and that is where "converted, but outputs differ"
+comes from: the defaults disagree (epsilon 1e-3 in Keras, 1e-5 in torch;
+momentum 0.99 in Keras means 0.1 in torch). The rules compare it all in Keras
+conventions and say what differs.
+
+Channel axes: torch normalises over axis 1 (NCHW) for BatchNorm and GroupNorm;
+the paired Keras layer must use the channel axis of its own data layout (``-1``
+for channels-last, ``1`` for channels-first). The weights are the same (C,)
+vectors either way.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .rule import Rule, link, register
+from .transforms import Constant
+
+EPSILON_HINT = ("epsilon is added to the variance before the square root; Keras defaults to 1e-3, torch to 1e-5, "
+                "so outputs will differ (most where variances are small): set the target's epsilon to the source's")
+
+
+def _axes(axis, rank=None):
+    """Normalised axes as a tuple of negative ints, or None when the input rank is needed but unknown."""
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a - rank if a >= 0 else a for a in axes]
+    return tuple(sorted(axes))
+
+
+def _keras_axes(layer):
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    return _axes(layer.axis, len(shape) if shape is not None else None)
+
+
+def _maybe(hp, key, value):
+    """``hp`` with ``key`` set, unless the value is unknown (then the check is skipped)."""
+    if value is not None:
+        hp[key] = value
+    return hp
+
+
+def _shape(shapes, name):
+    s = shapes.get(name)
+    return None if s is None else tuple(s)
+
+
+@register
+class BatchNormRule(Rule):
+    """BatchNormalization <-> BatchNorm1d/2d/3d.
+
+    Keras keeps [gamma?, beta?, moving_mean, moving_variance] (gamma iff
+    scale, beta iff center); torch keeps weight, bias (iff affine),
+    running_mean, running_var and a ``num_batches_tracked`` counter that only
+    matters when momentum=None: it is dropped on import and written as 0 on
+    export. A torch BatchNorm built with track_running_stats=False keeps no
+    statistics at all (it always uses batch statistics), which no Keras
+    BatchNormalization can reproduce: that pairing is refused.
+    """
+
+    name = "batch_normalization"
+    classes = {"keras": ("BatchNormalization",),
+               "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm")}
+    checks = {"track_running_stats": "error", "center": "error", "scale": "error",
+              "epsilon": "warning", "momentum": "warning"}
+    check_hints = {
+        "epsilon": EPSILON_HINT,
+        "momentum": ("momentum only changes training (Keras momentum = 1 - torch momentum, compared here in Keras "
+                     "terms; a torch momentum of None keeps a cumulative average instead of a moving one): "
+                     "set it to match if you will train on"),
+        "center": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
+        "scale": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
+        "track_running_stats": ("torch BatchNorm with track_running_stats=False keeps no running statistics and "
+                                "always normalises with batch statistics; Keras BatchNormalization always keeps "
+                                "moving_mean/moving_variance. Build the torch layer with track_running_stats=True"),
+    }
+
+    def config_keras(self, layer):
+        return {"epsilon": float(layer.epsilon), "momentum": float(layer.momentum), "center": bool(layer.center),
+                "scale": bool(layer.scale), "axis": layer.axis, "track_running_stats": True}
+
+    def config_torch(self, module):
+        m = module.momentum
+        momentum = "cumulative average (torch momentum=None)" if m is None else round(1.0 - float(m), 12)
+        return {"epsilon": float(module.eps), "momentum": momentum, "center": bool(module.affine),
+                "scale": bool(module.affine), "track_running_stats": bool(module.track_running_stats),
+                "channels": module.num_features}
+
+    def infer_torch(self, shapes):
+        stats = _shape(shapes, "running_mean")
+        if (set(shapes) - {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+                or stats is None or len(stats) != 1 or _shape(shapes, "running_var") != stats
+                or ("weight" in shapes) != ("bias" in shapes)
+                or any(_shape(shapes, n) != stats for n in ("weight", "bias") if n in shapes)
+                or _shape(shapes, "num_batches_tracked") not in (None, ())):
+            return None
+        affine = "weight" in shapes
+        return {"center": affine, "scale": affine, "track_running_stats": True, "channels": stats[0]}
+
+    def infer_keras(self, shapes):
+        stats = _shape(shapes, "moving_mean")
+        if (set(shapes) - {"gamma", "beta", "moving_mean", "moving_variance"} or stats is None or len(stats) != 1
+                or any(_shape(shapes, n) != stats for n in shapes)):
+            return None
+        return {"center": "beta" in shapes, "scale": "gamma" in shapes, "track_running_stats": True}
+
+    def canonical(self, hp):
+        names = (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
+        # a torch layer without running statistics holds only its affine part
+        return names + (["moving_mean", "moving_variance"] if hp.get("track_running_stats", True) else [])
+
+    def links_torch(self, hp):
+        return [link("gamma", "weight"), link("beta", "bias"),
+                link("moving_mean", "running_mean"), link("moving_variance", "running_var"),
+                link((), "num_batches_tracked", Constant(0, "int64"))]
+
+
+@register
+class LayerNormRule(Rule):
+    """LayerNormalization <-> LayerNorm.
+
+    Keras gamma/beta span the normalised axes, so ``axis=(-2, -1)`` gives
+    them the shape (d1, d2): the same as torch ``normalized_shape=(d1, d2)``.
+    torch only normalises trailing axes; a Keras axis list that is not
+    trailing cannot be ported. Keras ``rms_scaling=True`` computes
+    ``x / sqrt(var + eps) * gamma`` (no centring, but divided by the
+    variance, not the mean square), which neither torch LayerNorm nor RMSNorm
+    computes: that pairing is refused (use Keras RMSNormalization <->
+    torch RMSNorm for RMS normalisation).
+    """
+
+    name = "layer_normalization"
+    classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",)}
+    checks = {"rms_scaling": "error", "axis": "error", "center": "error", "scale": "error", "epsilon": "warning"}
+    check_hints = {
+        "epsilon": EPSILON_HINT,
+        "rms_scaling": ("Keras LayerNormalization(rms_scaling=True) computes x / sqrt(var(x) + eps) * gamma, which "
+                        "neither torch LayerNorm nor RMSNorm computes; use keras.layers.RMSNormalization with "
+                        "torch.nn.RMSNorm"),
+        "axis": "torch LayerNorm normalises the trailing axes of normalized_shape; make the Keras axis list match",
+        "center": "Keras center corresponds to torch bias (elementwise_affine=True, bias=True); make them agree",
+        "scale": "Keras scale corresponds to torch elementwise_affine; make them agree",
+    }
+
+    def config_keras(self, layer):
+        hp = {"epsilon": float(layer.epsilon), "center": bool(layer.center), "scale": bool(layer.scale),
+              "rms_scaling": bool(getattr(layer, "rms_scaling", False))}
+        return _maybe(hp, "axis", _keras_axes(layer))
+
+    def config_torch(self, module):
+        affine = bool(module.elementwise_affine)
+        n = len(module.normalized_shape)
+        return {"epsilon": float(module.eps), "center": affine and module.bias is not None, "scale": affine,
+                "rms_scaling": False, "axis": tuple(range(-n, 0))}
+
+    def infer_torch(self, shapes):
+        w = _shape(shapes, "weight")
+        if set(shapes) - {"weight", "bias"} or w is None or not w or _shape(shapes, "bias") not in (None, w):
+            return None
+        return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(w), 0))}
+
+    def infer_keras(self, shapes):
+        found = [_shape(shapes, n) for n in ("gamma", "beta") if n in shapes]
+        if set(shapes) - {"gamma", "beta"} or not found or not found[0] or len(set(found)) != 1:
+            return None
+        return {"center": "beta" in shapes, "scale": "gamma" in shapes}
+
+    def canonical(self, hp):
+        rms = hp.get("rms_scaling", False)
+        return ((["gamma"] if hp.get("scale", True) or rms else [])
+                + (["beta"] if hp.get("center", True) and not rms else []))
+
+    def links_torch(self, hp):
+        return [link("gamma", "weight"), link("beta", "bias")]
+
+
+@register
+class GroupNormRule(Rule):
+    """GroupNormalization <-> GroupNorm.
+
+    Both split the channels into contiguous groups and keep per-channel
+    gamma/beta (weight/bias), so the tensors are copies; the number of groups
+    is not in the weights, so it is compared (and a bare checkpoint group
+    cannot be told from a LayerNorm: this rule infers nothing).
+    """
+
+    name = "group_normalization"
+    classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",)}
+    checks = {"groups": "error", "center": "error", "scale": "error", "epsilon": "warning"}
+    check_hints = {
+        "groups": "the number of groups changes which channels are normalised together; make them agree",
+        "epsilon": EPSILON_HINT,
+        "center": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
+        "scale": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
+    }
+
+    def config_keras(self, layer):
+        return {"groups": int(layer.groups), "epsilon": float(layer.epsilon), "center": bool(layer.center),
+                "scale": bool(layer.scale), "axis": layer.axis}
+
+    def config_torch(self, module):
+        return {"groups": int(module.num_groups), "epsilon": float(module.eps), "center": bool(module.affine),
+                "scale": bool(module.affine), "channels": module.num_channels}
+
+    def canonical(self, hp):
+        return (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
+
+    def links_torch(self, hp):
+        return [link("gamma", "weight"), link("beta", "bias")]
+
+
+def _torch_machine_epsilon(module) -> float:
+    """What torch RMSNorm uses for eps=None: the machine epsilon of its compute type.
+
+    fp16/bf16/fp32 compute in fp32, fp64 in fp64; the input dtype decides, and
+    the weight's dtype is the best guess for it (fp32 without weights).
+    """
+    weight = getattr(module, "weight", None)
+    torch = sys.modules.get("torch")
+    wide = weight is not None and torch is not None and weight.dtype == torch.float64
+    return float(np.finfo(np.float64 if wide else np.float32).eps)
+
+
+@register
+class RMSNormRule(Rule):
+    """RMSNormalization <-> RMSNorm: ``x * rsqrt(mean(x**2) + eps) * scale`` in both.
+
+    Keras always keeps ``scale`` (shape of the normalised axes; epsilon
+    defaults to 1e-6); torch keeps ``weight`` unless elementwise_affine=False,
+    and its eps=None means the machine epsilon of the compute type (about
+    1.19e-7 for fp32), which is what gets compared.
+    """
+
+    name = "rms_normalization"
+    classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",)}
+    checks = {"axis": "error", "scale": "error", "epsilon": "warning"}
+    check_hints = {
+        "epsilon": ("epsilon is added to the mean square; Keras defaults to 1e-6, torch eps=None means the machine "
+                    "epsilon (1.19e-7 for fp32): set the target's epsilon to the source's"),
+        "axis": "torch RMSNorm normalises the trailing axes of normalized_shape; make the Keras axis list match",
+        "scale": "Keras RMSNormalization always has a scale; build the torch RMSNorm with elementwise_affine=True",
+    }
+
+    def config_keras(self, layer):
+        return _maybe({"epsilon": float(layer.epsilon), "scale": True}, "axis", _keras_axes(layer))
+
+    def config_torch(self, module):
+        eps = _torch_machine_epsilon(module) if module.eps is None else float(module.eps)
+        n = len(module.normalized_shape)
+        return {"epsilon": eps, "scale": bool(module.elementwise_affine), "axis": tuple(range(-n, 0))}
+
+    def infer_torch(self, shapes):
+        w = _shape(shapes, "weight")
+        if set(shapes) != {"weight"} or not w:
+            return None
+        return {"scale": True, "axis": tuple(range(-len(w), 0))}
+
+    def infer_keras(self, shapes):
+        return {"scale": True} if set(shapes) == {"scale"} and _shape(shapes, "scale") else None
+
+    def canonical(self, hp):
+        return ["scale"] if hp.get("scale", True) else []
+
+    def links_torch(self, hp):
+        return [link("scale", "weight")]
