@@ -47,7 +47,8 @@ def randomize_keras(model, seed: int = 0) -> None:
 
 
 def keras_weights(model) -> list:
-    return [np.array(wp.converter.arrays.to_numpy(v.value)) for v in model.weights]
+    # order="C": a copy laid out row-major even where the variable is not (an orthogonal init is a transpose)
+    return [np.array(wp.converter.arrays.to_numpy(v.value), order="C") for v in model.weights]
 
 
 def assert_forward_equal(a, b, inputs_a, inputs_b=None, atol=1e-5, rtol=1e-4):
