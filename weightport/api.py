@@ -298,9 +298,9 @@ def get_weights(layer) -> list:
     ``model.get_weights()``.
     """
     fw, rule, hp = _single(layer)
-    if rule is not None:
-        native = fw.read(layer, rule.native_slots(fw.layout, hp))
-        return rule.to_canonical(fw.layout, hp, native)
+    if rule is not None:  # one layer (a stacked torch RNN stands for several Keras layers: all of them)
+        return [w for part in rule.expand(fw.layout, hp)
+                for w in rule.to_canonical(fw.layout, part, fw.read(layer, rule.native_slots(fw.layout, part)))]
     _, nodes, _ = _live_nodes(layer, "model", strict=True)
     return [w for n in nodes for w in get_weights(n.obj)]
 
@@ -309,6 +309,17 @@ def set_weights(layer, weights) -> None:
     """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework."""
     weights = list(weights)
     fw, rule, hp = _single(layer)
+    parts = rule.expand(fw.layout, hp) if rule is not None else []
+    if len(parts) > 1:
+        counts = [len(rule.canonical(part)) for part in parts]
+        if sum(counts) != len(weights):
+            raise ShapeMismatchError(f"{fw.display_name(layer)} stands for {len(parts)} Keras layers taking "
+                                     f"{sum(counts)} weights in all; got {len(weights)}")
+        start = 0
+        for part, count in zip(parts, counts):
+            _set_part(fw, layer, rule, part, weights[start:start + count])
+            start += count
+        return
     if rule is None:
         _, nodes, _ = _live_nodes(layer, "model", strict=True)
         counts = [len(n.candidates[0][0].canonical(n.candidates[0][1])) for n in nodes]
@@ -319,6 +330,11 @@ def set_weights(layer, weights) -> None:
             set_weights(node.obj, weights[start:start + count])
             start += count
         return
+    _set_part(fw, layer, rule, hp, weights)
+
+
+def _set_part(fw, layer, rule, hp, weights) -> None:
+    """Check every shape, then assign: nothing is written if one weight does not fit."""
     import numpy as np
 
     from .converter.arrays import to_numpy
