@@ -85,7 +85,7 @@ class Report:
 
     def __str__(self) -> str:
         head = ("source", "target", "rule", "transform", "shape")
-        rows = [(s.source, s.target, s.rule, s.transform + ("" if s.exact else "  [not bitwise-reversible]"),
+        rows = [(s.source, s.target, s.rule, s.transform + ("" if s.exact else "  [function-preserving, not bitwise-reversible]"),
                  ", ".join("x".join(map(str, sh)) or "scalar" for sh in s.shapes)) for s in self.plan.steps]
         widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
         line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
