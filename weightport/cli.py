@@ -10,6 +10,8 @@ import sys
 
 from .errors import FormatError, UsageError, WeightportError
 
+FORMAT_NAMES = ("safetensors", "torch", "keras", "npz")  # weightport.converter.formats.MODULES
+
 
 def cmd_rules(args) -> int:
     from .mappings.rule import all_rules
@@ -25,12 +27,54 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if nbytes < 1024:
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GB"
+
+
+def cmd_inspect(args) -> int:
+    from .converter.formats import open_checkpoint
+
+    with open_checkpoint(args.file, format=args.format, trust_pickle=args.trust_pickle) as ckpt:
+        rows = [{"name": name, "shape": list(ckpt.shape(name)), "dtype": ckpt.dtype(name).name,
+                 "nbytes": ckpt.source(name).nbytes} for name in ckpt]
+        totals = {"tensors": len(ckpt), "parameters": ckpt.num_parameters, "bytes": ckpt.nbytes}
+        if args.json:
+            print(json.dumps({"path": ckpt.path, "format": ckpt.format, "layout": ckpt.layout,
+                              "metadata": ckpt.metadata, "totals": totals, "tensors": rows,
+                              "layers": {k: v.get("class_name") for k, v in ckpt.layers.items()}}, indent=1))
+            return 0
+        width = max([len(r["name"]) for r in rows] + [4])
+        shapes = [str(tuple(r["shape"])) for r in rows]
+        swidth = max([len(x) for x in shapes] + [5])
+        print(f"{'name':<{width}}  {'shape':<{swidth}}  {'dtype':<8}  size")
+        for r, shape in zip(rows, shapes):
+            print(f"{r['name']:<{width}}  {shape:<{swidth}}  {r['dtype']:<8}  {_size(r['nbytes'])}")
+        print(f"\n{totals['tensors']} tensors, {totals['parameters']:,} parameters, {_size(totals['bytes'])} "
+              f"({totals['bytes']:,} bytes)")
+        print(f"format: {ckpt.format}   layout: {ckpt.layout or 'unknown (names do not say)'}")
+        for key, value in ckpt.metadata.items():
+            print(f"  {key}: {value if len(value) <= 80 else value[:77] + '...'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weightport", description="Move trained weights between frameworks.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rules", help="list the layer rules and the classes each recognises")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_rules)
+    p = sub.add_parser("inspect", help="list a checkpoint's tensors (name, shape, dtype, size), format and layout")
+    p.add_argument("file", help="checkpoint: .safetensors (or its .index.json), .pt/.pth/.bin, .weights.h5, "
+                                ".keras, .h5, .npz")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--format", default=None, choices=FORMAT_NAMES, help="read as this format instead of detecting it")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let a torch file run pickled code (only for files you trust)")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

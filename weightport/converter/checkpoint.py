@@ -1,0 +1,176 @@
+"""Checkpoint: an ordered, lazy name -> numpy mapping over a file, and TensorSource, what writers consume.
+
+A checkpoint knows every tensor's shape and dtype as soon as it is opened
+(from a header or an index) and reads a tensor's bytes only when asked, so
+inspecting or converting a model never holds more than one tensor at a time.
+
+Format and layout are kept apart: ``format`` names the container, ``layout``
+the framework convention the tensors follow, taken from the file's metadata
+when weightport wrote it and otherwise guessed from the names (or None).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import FormatError, UsageError
+
+LAYOUT_KEY = "weightport_layout"
+
+
+class TensorSource:
+    """One tensor whose shape and dtype are known up front and whose bytes load on demand."""
+
+    __slots__ = ("name", "shape", "dtype", "_loader")
+
+    def __init__(self, name: str, shape, dtype, loader):
+        self.name = str(name)
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self._loader = loader
+
+    @classmethod
+    def of(cls, name: str, value) -> "TensorSource":
+        """A source for an array already in memory (numpy, torch, jax, Keras variable)."""
+        from .arrays import to_numpy
+
+        array = np.asarray(to_numpy(value))
+        return cls(name, array.shape, array.dtype, lambda: array)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        return self._loader()
+
+    def __repr__(self) -> str:
+        return f"TensorSource({self.name!r}, {self.shape}, {self.dtype})"
+
+
+def as_sources(sources) -> list:
+    """TensorSources from a Checkpoint, a name -> array mapping, (name, array) pairs or TensorSources."""
+    if isinstance(sources, Checkpoint):
+        return list(sources.sources())
+    if isinstance(sources, Mapping):
+        sources = sources.items()
+    out = []
+    for item in sources:
+        if isinstance(item, TensorSource):
+            out.append(item)
+        elif isinstance(item, tuple) and len(item) == 2:
+            name, value = item
+            if isinstance(value, TensorSource):
+                out.append(TensorSource(name, value.shape, value.dtype, value.load))
+            else:
+                out.append(TensorSource.of(name, value))
+        else:
+            raise UsageError(f"cannot write {type(item).__name__} {item!r}: give TensorSources, "
+                             "(name, array) pairs or a name -> array mapping")
+    seen = set()
+    for s in out:
+        if s.name in seen:
+            raise UsageError(f"tensor name {s.name!r} appears twice; every tensor needs its own name")
+        seen.add(s.name)
+    return out
+
+
+class Checkpoint(Mapping):
+    """Tensors of one file (or sharded set), by name, in stored order; read lazily.
+
+    ``checkpoint[name]`` reads that tensor now (a read-only array or memmap);
+    ``shape``/``dtype``/``nbytes`` never read tensor bytes. ``layers`` maps a
+    layer's group path to what the file says about it (class name, config),
+    where the file says anything (``.keras`` archives, legacy Keras ``.h5``).
+    """
+
+    def __init__(self, path, format: str, sources, *, metadata=None, layout=None, layers=None, closer=None):
+        self.path = None if path is None else str(path)
+        self.format = format
+        self._sources = {s.name: s for s in sources}
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self.layout = layout or self.metadata.get(LAYOUT_KEY) or detect_layout(self._sources)
+        self.layers = dict(layers or {})
+        self._closer = closer
+
+    def __getitem__(self, name) -> np.ndarray:
+        source = self._sources[name]
+        try:
+            return source.load()
+        except FormatError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"{self.path}: could not read tensor {name!r} {source.shape} {source.dtype}: "
+                              f"{exc}; the file may have changed or be damaged since it was opened") from exc
+
+    def __iter__(self):
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, name) -> bool:
+        return name in self._sources
+
+    def shape(self, name) -> tuple:
+        return self._sources[name].shape
+
+    def dtype(self, name) -> np.dtype:
+        return self._sources[name].dtype
+
+    def source(self, name) -> TensorSource:
+        return self._sources[name]
+
+    def sources(self):
+        """TensorSources in stored order (what ``write_checkpoint`` consumes)."""
+        return iter(self._sources.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._sources.values())
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(math.prod(s.shape) for s in self._sources.values())
+
+    def close(self) -> None:
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Checkpoint {self.path!r} format={self.format} layout={self.layout} "
+                f"tensors={len(self)} bytes={self.nbytes}>")
+
+
+_TORCH_LEAF = re.compile(r"(^|\.)(weight|bias|running_mean|running_var|num_batches_tracked|"
+                         r"in_proj_weight|in_proj_bias|weight_ih_l\d+|weight_hh_l\d+|bias_ih_l\d+|bias_hh_l\d+)"
+                         r"(_reverse)?$")
+_KERAS_LEAF = re.compile(r"(^|/)(kernel|bias|gamma|beta|moving_mean|moving_variance|embeddings|"
+                         r"depthwise_kernel|pointwise_kernel|recurrent_kernel)(:\d+)?$")
+_KERAS_VARS = re.compile(r"(^|/)vars/\d+$")  # Keras 3 .weights.h5: <object path>/vars/<i>
+_FLAX_COLLECTIONS = ("params/", "batch_stats/")  # Flax trees also say kernel/bias: do not call them Keras
+
+
+def detect_layout(names) -> str | None:
+    """'torch' for dotted torch names, 'keras' for Keras weight paths, None when the names do not say."""
+    names = list(names)
+    if not names:
+        return None
+    torch_like = sum(1 for n in names if "/" not in n and _TORCH_LEAF.search(n))
+    keras_like = sum(1 for n in names if not n.startswith(_FLAX_COLLECTIONS)
+                     and (_KERAS_VARS.search(n) or ("/" in n and _KERAS_LEAF.search(n))))
+    if keras_like > torch_like and keras_like * 2 >= len(names):
+        return "keras"
+    if torch_like > keras_like and torch_like * 2 >= len(names):
+        return "torch"
+    return None

@@ -1,0 +1,126 @@
+"""numpy ``.npz`` archives: read without pickle, written member by member.
+
+Shapes and dtypes come from each member's ``.npy`` header, so opening reads
+no tensor data. numpy has no name for ml_dtypes types (bfloat16, float8): they
+are stored as same-width unsigned integers, and the archive comment (which
+numpy ignores) records their real dtype and the metadata, as JSON.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+from ...errors import FormatError, UsageError
+from ..checkpoint import Checkpoint, TensorSource
+
+NAME = "npz"
+SUFFIXES = (".npz",)
+_COMMENT_KEY = "weightport"
+
+
+def sniff(path: str, head: bytes) -> bool:
+    if head[:4] != b"PK\x03\x04":
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def _header(path, archive, info) -> tuple:
+    try:
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(f)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FormatError(f"{path}: member {info.filename!r} is not a readable .npy array ({exc})") from exc
+    if dtype.hasobject:
+        raise FormatError(f"{path}: tensor {info.filename[:-4]!r} holds Python objects, which only pickle can "
+                          "load; weightport reads numeric arrays only")
+    return shape, dtype
+
+
+def read(path: str, **opts) -> Checkpoint:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FormatError(f"{path}: not a readable .npz archive ({exc}); it may be truncated or damaged") from exc
+    if not hasattr(npz, "zip"):
+        raise FormatError(f"{path}: holds a single .npy array, not an .npz archive of named tensors")
+    try:
+        archive = npz.zip
+        try:
+            notes = json.loads(archive.comment.decode("utf-8")).get(_COMMENT_KEY, {}) if archive.comment else {}
+        except (ValueError, AttributeError):
+            notes = {}
+        real = notes.get("dtypes", {}) if isinstance(notes, dict) else {}
+        sources = []
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-4]
+            shape, dtype = _header(path, archive, info)
+            if name in real:
+                dtype = _ml_dtype(path, name, real[name], dtype)
+            sources.append(TensorSource(name, shape, dtype, _loader(path, npz, name, dtype)))
+        metadata = notes.get("metadata", {}) if isinstance(notes, dict) else {}
+        return Checkpoint(path, NAME, sources, metadata=metadata, closer=npz.close)
+    except BaseException:
+        npz.close()
+        raise
+
+
+def _ml_dtype(path, name, dtype_name, stored):
+    import ml_dtypes
+
+    try:
+        dtype = np.dtype(getattr(ml_dtypes, dtype_name))
+    except (AttributeError, TypeError):
+        raise FormatError(f"{path}: tensor {name!r} is marked as {dtype_name!r}, a dtype ml_dtypes does not "
+                          "know; upgrade ml_dtypes") from None
+    if dtype.itemsize != stored.itemsize:
+        raise FormatError(f"{path}: tensor {name!r} is marked as {dtype_name} but stored with "
+                          f"{stored.itemsize}-byte items; the archive is damaged")
+    return dtype
+
+
+def _loader(path, npz, name, dtype):
+    def load():
+        try:
+            array = npz[name]
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise FormatError(f"{path}: cannot read tensor {name!r} ({exc}); the archive may be damaged") from exc
+        if array.dtype != dtype:
+            array = array.view(dtype)
+        array.flags.writeable = False
+        return array
+
+    return load
+
+
+def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> None:
+    from .safetensors import load_checked
+
+    temp = staging.file(path)
+    real = {}
+    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for s in sources:
+            array = load_checked(s, path)
+            if s.dtype.type.__module__ == "ml_dtypes":
+                real[s.name] = s.dtype.name
+                array = array.view(np.dtype(f"<u{s.dtype.itemsize}"))
+            elif s.dtype.kind in "OV":
+                raise UsageError(f"{path}: tensor {s.name!r} has dtype {s.dtype}, which .npz cannot hold "
+                                 "without pickle")
+            with archive.open(s.name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
+            del array
+            if progress is not None:
+                progress(s.nbytes)
+        if real or metadata:
+            archive.comment = json.dumps({_COMMENT_KEY: {"dtypes": real, "metadata": metadata}}).encode("utf-8")
