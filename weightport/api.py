@@ -52,7 +52,16 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     if _is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
                        dtype=dtype, trust_pickle=trust_pickle, quiet=quiet)
-    src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
+    tgt_fw = require_adapter(target, "target")
+    source = _open_source(source, trust_pickle)
+    src_nodes = None
+    if model is None and not _is_live(source) and _layout_of(source, trust_pickle) == tgt_fw.layout:
+        # a checkpoint into a model of its own framework: where the names agree, they say what each tensor is
+        src_nodes, src_notes = _source_nodes(source, model=target, strict=False, trust_pickle=trust_pickle)
+        if any(note.endswith(("missing", "not in the model")) for note in src_notes):
+            src_nodes = None  # names differ: pair by kind, order and shape instead
+    if src_nodes is None:
+        src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
     tgt_fw, tgt_nodes, tgt_notes = _live_nodes(target, "target", strict)
     plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
     plan.unmatched_source += src_notes
@@ -98,10 +107,10 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
     is written under a temporary name and renamed into place; an existing
     file is refused unless ``overwrite=True``.
     """
+    source = _open_source(source, trust_pickle)
     src_layout = _layout_of(source, trust_pickle)
     model_layout = require_adapter(model, "model").layout if model is not None else None
-    source_model = model if model is not None and model_layout == src_layout and like is None and (
-        to is None or to != src_layout or _is_path(source)) and not _is_live(source) else None
+    source_model = model if model_layout == src_layout and like is None and not _is_live(source) else None
     if model is not None and source_model is None and like is None:
         like = model
     layout = to or (require_adapter(like, "like").layout if like is not None else None) \
@@ -171,27 +180,22 @@ def _checkpoint(obj, trust_pickle: bool) -> Checkpoint:
                      "model, a checkpoint path, a loaded Checkpoint or a name -> array mapping")
 
 
-def _keras_archive(obj) -> bool:
-    return _is_path(obj) and str(obj).endswith(".keras")
+def _open_source(obj, trust_pickle: bool):
+    """A path opened once: a Checkpoint, or the live model a ``.keras`` archive describes completely."""
+    if _is_path(obj) and str(obj).endswith(".keras"):
+        import keras
 
-
-def _load_keras_archive(path):
-    import keras
-
-    return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(obj, compile=False)
+    return _checkpoint(obj, trust_pickle) if _is_path(obj) else obj
 
 
 def _layout_of(obj, trust_pickle: bool):
-    if _keras_archive(obj):
-        return "keras"
     fw = adapter_for(obj)
     return fw.layout if fw is not None else _checkpoint(obj, trust_pickle).layout
 
 
 def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
     """(nodes, notes) for the source side of a port, live or checkpoint."""
-    if _keras_archive(obj) and model is None:
-        obj = _load_keras_archive(obj)  # the archive's config.json says what each layer is
     if _is_live(obj):
         _, nodes, notes = _live_nodes(obj, "source", strict)
         return nodes, notes
@@ -212,7 +216,7 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
     if ckpt.layout is None:
         raise UsageError(f"cannot tell whether {where} holds torch- or keras-layout tensors from its names; "
                          "pass model= (a live model in the file's layout)")
-    if ckpt.format in ("weights.h5", "keras-h5", "h5") and ckpt.layout == "keras" and not ckpt.layers:
+    if ckpt.layout == "keras" and any(re.search(r"(^|/)vars/\d+$", n) for n in ckpt):
         raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
                          "belongs to) or use the .keras archive, which records each layer's class")
     nodes, leftovers = infer_nodes(ckpt, ckpt.layout)
@@ -236,6 +240,8 @@ def _names_for(model, fw, path) -> callable:
             index = rule.native_slots(node.layout, hp).index(slot)
             return where[id(node.obj.weights[index])]
         return keras_h5
+    if hasattr(fw, "tensor_name"):  # the framework names its tensors itself (Flax: Linen collections)
+        return fw.tensor_name
     sep = SEPARATORS.get(fw.layout, ".")
 
     def dotted(node, slot):

@@ -1,0 +1,127 @@
+"""Files on either side of port, save and convert: the results load with the frameworks' own loaders."""
+import os
+
+import numpy as np
+import pytest
+
+import weightport as wp
+from util import randomize_keras, randomize_torch
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+IN, HID, OUT = 7, 5, 3
+
+
+def torch_net():
+    return torch.nn.Sequential(torch.nn.Linear(IN, HID), torch.nn.BatchNorm1d(HID), torch.nn.Tanh(),
+                               torch.nn.Linear(HID, OUT))
+
+
+def keras_net():
+    return keras.Sequential([keras.Input((IN,)), keras.layers.Dense(HID), keras.layers.BatchNormalization(
+        epsilon=1e-5, momentum=0.9), keras.layers.Activation("tanh"), keras.layers.Dense(OUT)])
+
+
+X = np.random.default_rng(3).standard_normal((4, IN)).astype("float32")
+
+
+def test_keras_model_saved_as_weights_h5_loads_with_keras(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_torch(t)
+    wp.save(t, tmp_path / "m.weights.h5", like=k)
+    fresh = keras_net()
+    fresh.load_weights(tmp_path / "m.weights.h5")
+    assert wp.verify(t, fresh, X).ok
+
+
+def test_torch_layout_safetensors_from_keras_loads_with_load_state_dict(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_keras(k)
+    wp.save(k, tmp_path / "m.safetensors", layout="torch", like=t)
+    fresh = torch_net()
+    fresh.load_state_dict(load_file(tmp_path / "m.safetensors"), strict=True)
+    assert wp.verify(fresh, k, X).ok
+    assert fresh[1].num_batches_tracked.item() == 0
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".npz"])
+def test_port_from_a_torch_checkpoint_into_keras(tmp_path, suffix):
+    t, k = torch_net(), keras_net()
+    randomize_torch(t)
+    path = tmp_path / f"m{suffix}"
+    wp.save(t, path)
+    report = wp.port(str(path), k)
+    assert len(report.steps) == 3
+    assert wp.verify(t, k, X).ok
+
+
+def test_keras_layout_file_round_trip_bitwise(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_keras(k)
+    wp.save(k, tmp_path / "k.safetensors")
+    assert wp.load(tmp_path / "k.safetensors").layout == "keras"
+    wp.convert(tmp_path / "k.safetensors", tmp_path / "t.safetensors", to="torch")
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "k2.safetensors", to="keras")
+    a, b = wp.load(tmp_path / "k.safetensors"), wp.load(tmp_path / "k2.safetensors")
+    assert list(a) == list(b)
+    for name in a:
+        assert a.dtype(name) == b.dtype(name) and np.array_equal(a[name], b[name])
+
+
+def test_convert_into_weights_h5_with_model_and_back(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_torch(t)
+    wp.save(t, tmp_path / "t.safetensors")
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "k.weights.h5", model=k)
+    fresh = keras_net()
+    fresh.load_weights(tmp_path / "k.weights.h5")
+    assert wp.verify(t, fresh, X).ok
+    # and back, with the Keras model describing the h5 file
+    wp.convert(tmp_path / "k.weights.h5", tmp_path / "back.safetensors", model=fresh, to="torch", )
+    t2 = torch_net()
+    wp.port(tmp_path / "back.safetensors", t2, hints=None)
+    assert wp.verify(t2, fresh, X).ok
+
+
+def test_state_dict_and_dtype_cast(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_torch(t)
+    wp.port(t.state_dict(), k)
+    assert wp.verify(t, k, X).ok
+    wp.save(t, tmp_path / "half.safetensors", dtype="bfloat16")
+    ckpt = wp.load(tmp_path / "half.safetensors")
+    assert ckpt.dtype("0.weight").name == "bfloat16" and ckpt.dtype("1.num_batches_tracked") == np.int64
+    np.testing.assert_allclose(ckpt["0.weight"].astype("float32"), t[0].weight.detach().numpy(), rtol=1e-2)
+
+
+def test_existing_output_refused_and_untouched(tmp_path):
+    t = torch_net()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(wp.OutputExistsError):
+        wp.save(t, path)
+    assert path.read_bytes() == b"precious"
+    wp.save(t, path, overwrite=True)
+    assert len(wp.load(path)) == len(t.state_dict())
+
+
+def test_refused_conversion_leaves_no_output(tmp_path):
+    t = torch_net()
+    wp.save(t, tmp_path / "t.safetensors")
+    small = keras.Sequential([keras.Input((IN,)), keras.layers.Dense(HID)])
+    with pytest.raises(wp.MatchError):
+        wp.convert(tmp_path / "t.safetensors", tmp_path / "k.weights.h5", model=small)
+    assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
+
+
+def test_ambiguous_file_groups_are_reported_not_guessed(tmp_path):
+    # a bare (out, in) matrix with no bias: a Linear(bias=False) or an Embedding table
+    path = tmp_path / "bare.safetensors"
+    from weightport.converter.formats import write_checkpoint
+
+    write_checkpoint(path, {"proj.weight": np.ones((5, 7), "float32")})
+    with pytest.raises(wp.UsageError, match="several rules"):
+        wp.convert(path, tmp_path / "out.safetensors", to="keras")
+    assert not (tmp_path / "out.safetensors").exists()
