@@ -1,4 +1,10 @@
-"""Dense <-> Linear: the kernel is (in, out) in Keras and Flax, (out, in) in torch."""
+"""Dense <-> Linear: the kernel is (in, out) in Keras and Flax, (out, in) in torch.
+
+A Dense that reads a flattened channels-last feature map also has its rows in
+another order than torch's Linear (see flatten.py): the Keras side records the
+feature map as ``flatten_from`` and shares it with the paired torch layer.
+"""
+from . import flatten
 from .rule import Rule, link, register
 from .transforms import Transpose
 
@@ -8,9 +14,14 @@ class DenseRule(Rule):
     name = "dense"
     classes = {"keras": ("Dense",), "torch": ("Linear",)}
     checks = {"use_bias": "error"}
+    shared = ("flatten_from",)
 
     def config_keras(self, layer):
-        return {"units": layer.units, "use_bias": layer.use_bias}
+        hp = {"units": layer.units, "use_bias": layer.use_bias}
+        feature_map = flatten.feature_map_before_flatten(layer)
+        if feature_map is not None:
+            hp["flatten_from"] = feature_map
+        return hp
 
     def config_torch(self, module):
         return {"units": module.out_features, "use_bias": module.bias is not None}
@@ -31,4 +42,6 @@ class DenseRule(Rule):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
 
     def links_torch(self, hp):
-        return [link("kernel", "weight", Transpose(1, 0)), link("bias", "bias")]
+        feature_map = hp.get("flatten_from")
+        kernel = flatten.flatten_permutation(feature_map) if feature_map else Transpose(1, 0)
+        return [link("kernel", "weight", kernel), link("bias", "bias")]

@@ -1,0 +1,337 @@
+"""Attention: Keras MultiHeadAttention <-> torch nn.MultiheadAttention or four Linear projections.
+
+Keras keeps one EinsumDense per projection, split by head: query/key/value
+kernels (in, heads, head_dim) with biases (heads, head_dim), and an output
+kernel (heads, head_dim, out) with bias (out,). torch keeps (out, in) matrices
+whose rows are the heads laid end to end, so every Keras kernel is a reshape
+and a transpose of its torch weight. nn.MultiheadAttention also packs q, k, v
+into one ``in_proj_weight`` / ``in_proj_bias`` when kdim == vdim == embed_dim.
+
+Dropout is not compared: it does nothing at inference. torch's add_bias_kv
+and add_zero_attn, and Keras' use_gate, have no counterpart and are refused.
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import UnsupportedLayerError, UsageError
+from .rule import Rule, link, register
+from .transforms import Chain, Concat, Each, Reshape, Transpose
+
+PROJECTIONS = ("query", "key", "value", "attention_output")  # Keras sub-layer names, in get_weights() order
+# words that name a projection in a torch attention module's children (q_proj, query, to_q, out_lin...)
+ROLE_WORDS = {
+    "query": {"q", "query", "wq"},
+    "key": {"k", "key", "wk"},
+    "value": {"v", "value", "wv"},
+    "attention_output": {"o", "out", "output", "wo"},
+}
+HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+
+
+def projection(heads: int, head_dim: int):
+    """Keras (in, heads, head_dim) kernel -> torch (heads*head_dim, in) weight."""
+    return Chain(Reshape((-1, heads, head_dim), (-1, heads * head_dim)), Transpose(1, 0))
+
+
+def head_bias(heads: int, head_dim: int):
+    """Keras (heads, head_dim) bias -> torch (heads*head_dim,) bias."""
+    return Reshape((heads, head_dim), (heads * head_dim,))
+
+
+def output_projection(heads: int, head_dim: int):
+    """Keras (heads, head_dim, out) kernel -> torch (out, heads*head_dim) weight."""
+    return Chain(Reshape((heads, head_dim, -1), (heads * head_dim, -1)), Transpose(1, 0))
+
+
+def _heads_of(hp: dict, what: str, how: str) -> tuple:
+    """(heads, key_dim, value_dim), or a UsageError saying how to give the heads."""
+    if not hp.get("num_heads"):
+        raise UsageError(f"{what}: the number of attention heads is unknown, and torch shapes do not tell it; "
+                         f"{how}, or port into a Keras model whose MultiHeadAttention knows its heads")
+    return hp["num_heads"], hp["key_dim"], hp["value_dim"]
+
+
+def _packed(embed_dim: int, input_dims) -> bool:
+    """Whether torch would pack q, k, v into one in_proj_weight (kdim == vdim == embed_dim)."""
+    return all(d == embed_dim for d in input_dims)
+
+
+def _has_class(obj, *names) -> bool:
+    return any(cls.__name__ in names for cls in type(obj).__mro__)
+
+
+def _slots(name: str, use_bias: bool) -> list:
+    return [f"{name}/kernel", f"{name}/bias"] if use_bias else [f"{name}/kernel"]
+
+
+@register
+class MultiHeadAttentionRule(Rule):
+    """Keras MultiHeadAttention <-> torch nn.MultiheadAttention."""
+
+    name = "multi_head_attention"
+    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",)}
+    # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
+    shared = ("num_heads", "key_dim", "value_dim")
+    checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",
+              "attention_axes": "error"}
+    check_hints = {
+        "num_heads": "the heads cut the projections differently; build both with the same num_heads",
+        "key_dim": "per-head query/key size (torch: embed_dim // num_heads)",
+        "value_dim": "per-head value size (torch: embed_dim // num_heads)",
+        "use_bias": "torch bias= and Keras use_bias= must agree",
+        "attention_axes": "torch attends over one sequence axis; Keras attends over these axes",
+    }
+
+    # -- Keras ----------------------------------------------------------------
+    def config_keras(self, layer):
+        if not layer.built or getattr(layer, "_query_dense", None) is None:
+            raise UsageError(
+                f"Keras MultiHeadAttention '{layer.name}' is not built, so its weights do not exist yet: "
+                "call it once on inputs (or build the model from keras.Input) before porting")
+        if getattr(layer, "_use_gate", False):
+            raise UnsupportedLayerError(
+                f"Keras MultiHeadAttention '{layer.name}' has use_gate=True: its gate projection has no "
+                "counterpart in torch attention; rebuild it with use_gate=False or port it by hand")
+        inputs = [sub.kernel.shape[0] for sub in (layer._query_dense, layer._key_dense, layer._value_dense)]
+        return {"num_heads": layer.num_heads, "key_dim": layer.key_dim, "value_dim": layer.value_dim,
+                "use_bias": bool(layer.use_bias), "dropout": float(layer.dropout),
+                "attention_axes": tuple(layer.attention_axes),
+                "packed": _packed(layer.num_heads * layer.key_dim, inputs)}
+
+    def infer_keras(self, shapes):
+        use_bias = "query/bias" in shapes
+        if set(shapes) != {s for p in PROJECTIONS for s in _slots(p, use_bias)}:
+            return None
+        q, k, v, o = (shapes[f"{p}/kernel"] for p in PROJECTIONS)
+        if not all(len(s) == 3 for s in (q, k, v, o)):
+            return None
+        heads, key_dim, value_dim = q[1], q[2], v[2]
+        if k[1:] != (heads, key_dim) or v[1] != heads or o[:2] != (heads, value_dim):
+            return None
+        if use_bias and (shapes["query/bias"] != q[1:] or shapes["key/bias"] != k[1:]
+                         or shapes["value/bias"] != v[1:] or shapes["attention_output/bias"] != o[2:]):
+            return None
+        return {"num_heads": heads, "key_dim": key_dim, "value_dim": value_dim, "use_bias": use_bias,
+                "packed": _packed(heads * key_dim, [q[0], k[0], v[0]])}
+
+    def canonical(self, hp):
+        return [s for p in PROJECTIONS for s in _slots(p, hp.get("use_bias", True))]
+
+    # -- torch ----------------------------------------------------------------
+    def config_torch(self, module):
+        if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
+            raise UnsupportedLayerError(
+                "torch nn.MultiheadAttention with add_bias_kv=True or add_zero_attn=True has no Keras "
+                "MultiHeadAttention counterpart (Keras appends no learned or zero key/value); "
+                "build it without them, or port this layer by hand")
+        d = module.head_dim
+        return {"num_heads": module.num_heads, "key_dim": d, "value_dim": d,
+                "use_bias": module.in_proj_bias is not None, "dropout": float(module.dropout),
+                "attention_axes": (1,), "packed": bool(module._qkv_same_embed_dim)}
+
+    def infer_torch(self, shapes, num_heads=None):
+        """hp for an nn.MultiheadAttention checkpoint group; the heads only when ``num_heads`` is given.
+
+        Heads cannot be read off torch shapes ((3E, E) fits any divisor of E).
+        Without them the group is still claimed, and the heads come from the
+        layer it pairs with (``shared``); with nothing to pair it with, its
+        tensors cannot be laid out and the conversion says so.
+        """
+        use_bias, packed = "in_proj_bias" in shapes, "in_proj_weight" in shapes
+        names = ({"in_proj_weight"} if packed else {"q_proj_weight", "k_proj_weight", "v_proj_weight"}) \
+            | {"out_proj.weight"} | ({"in_proj_bias", "out_proj.bias"} if use_bias else set())
+        out = shapes.get("out_proj.weight", ())
+        if set(shapes) != names or len(out) != 2 or out[0] != out[1] or (num_heads and out[0] % num_heads):
+            return None
+        e = out[0]
+        inputs = [shapes["in_proj_weight"]] if packed else [shapes[f"{p}_proj_weight"] for p in "qkv"]
+        if (packed and inputs[0] != (3 * e, e)) or (not packed and any(len(s) != 2 or s[0] != e for s in inputs)):
+            return None
+        if use_bias and (shapes["in_proj_bias"] != (3 * e,) or shapes["out_proj.bias"] != (e,)):
+            return None
+        hp = {"use_bias": use_bias, "packed": packed}
+        if num_heads:
+            hp.update(num_heads=num_heads, key_dim=e // num_heads, value_dim=e // num_heads)
+        return hp
+
+    def links_torch(self, hp):
+        h, dk, dv = _heads_of(hp, "torch nn.MultiheadAttention tensors (in_proj_weight...)",
+                              "pass model= (the torch model the checkpoint belongs to)")
+        e = h * dk
+        if hp.get("packed", True):
+            kernels = [link(("query/kernel", "key/kernel", "value/kernel"), "in_proj_weight",
+                            Chain(Each(3, projection(h, dk)), Concat(0, (e, e, e))))]
+        else:
+            kernels = [link("query/kernel", "q_proj_weight", projection(h, dk)),
+                       link("key/kernel", "k_proj_weight", projection(h, dk)),
+                       link("value/kernel", "v_proj_weight", projection(h, dv))]
+        return kernels + [
+            link(("query/bias", "key/bias", "value/bias"), "in_proj_bias",
+                 Chain(Each(3, head_bias(h, dk)), Concat(0, (e, e, e)))),
+            link("attention_output/kernel", "out_proj.weight", output_projection(h, dv)),
+            link("attention_output/bias", "out_proj.bias"),
+        ]
+
+
+@register
+class LinearAttentionRule(MultiHeadAttentionRule):
+    """Keras MultiHeadAttention <-> a torch module of four Linear projections (Hugging Face style).
+
+    Recognised by structure: exactly four nn.Linear below the module, named
+    like q/k/v/o (q_proj, k_proj, v_proj, o_proj / out_proj; query, key,
+    value, output.dense; q_lin...; to_q... to_out.0), no other weights, and
+    either all four with a bias or none. The heads come from the module's
+    num_heads-like attribute or its config, else from the paired Keras layer.
+    """
+
+    name = "attention_projections"
+    classes = {"keras": ("MultiHeadAttention",), "torch": ("Module",)}
+    infer_keras = None  # a Keras group is claimed by multi_head_attention alone
+    infer_torch = None  # four Linear groups may as well be four Dense layers
+
+    def matches(self, layout, layer):
+        if layout == "torch":
+            return _projections(layer) is not None
+        return super().matches(layout, layer)
+
+    def config_torch(self, module):
+        found = _projections(module)
+        q, v = found["query"], found["value"]
+        hp = {"projections": tuple(found[p][0] for p in PROJECTIONS), "use_bias": q[1].bias is not None,
+              "attention_axes": (1,), "module": type(module).__name__}
+        heads = _heads(module)
+        if heads:
+            hp.update(num_heads=heads, key_dim=q[1].out_features // heads, value_dim=v[1].out_features // heads)
+        return hp
+
+    def links_torch(self, hp):
+        what = f"torch module {hp.get('module', '')} with projections {list(hp['projections'])}"
+        h, dk, dv = _heads_of(hp, what, f"set one of {list(HEAD_ATTRIBUTES)} on it (e.g. module.num_heads = 8)")
+        q, k, v, o = hp["projections"]
+        return [
+            link("query/kernel", f"{q}.weight", projection(h, dk)), link("query/bias", f"{q}.bias", head_bias(h, dk)),
+            link("key/kernel", f"{k}.weight", projection(h, dk)), link("key/bias", f"{k}.bias", head_bias(h, dk)),
+            link("value/kernel", f"{v}.weight", projection(h, dv)), link("value/bias", f"{v}.bias", head_bias(h, dv)),
+            link("attention_output/kernel", f"{o}.weight", output_projection(h, dv)),
+            link("attention_output/bias", f"{o}.bias"),
+        ]
+
+
+def _role(path: str):
+    words = set(path.lower().replace(".", "_").split("_"))
+    roles = [r for r, names in ROLE_WORDS.items() if words & names]
+    return roles[0] if len(roles) == 1 else None
+
+
+def _own_weights(module) -> bool:
+    if next(iter(module.named_parameters(recurse=False)), None) is not None:
+        return True
+    skip = getattr(module, "_non_persistent_buffers_set", set())
+    return any(n not in skip for n, _ in module.named_buffers(recurse=False))
+
+
+def _projections(module, limit: int = 32):
+    """{role: (child path, Linear)} when ``module`` is four q/k/v/o Linear projections and nothing else weighty."""
+    if not hasattr(module, "named_modules") or _has_class(module, "Linear") or _own_weights(module):
+        return None
+    found = {}
+    for i, (path, sub) in enumerate(module.named_modules()):
+        if i > limit:
+            return None  # a whole model, not an attention block
+        if not path:
+            continue
+        if _has_class(sub, "Linear"):
+            role = _role(path)
+            if role is None or role in found or not hasattr(sub, "out_features"):
+                return None
+            found[role] = (path, sub)
+        elif _own_weights(sub):
+            return None
+    if len(found) != 4:
+        return None
+    if len({lin.bias is not None for _, lin in found.values()}) != 1:
+        return None  # Keras use_bias covers all four projections
+    return found
+
+
+def _heads(module):
+    for attr in HEAD_ATTRIBUTES:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    config = getattr(module, "config", None)
+    value = getattr(config, "num_attention_heads", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+@register
+class EinsumDenseRule(Rule):
+    """Keras EinsumDense <-> torch Linear, when the einsum kernel is a reshaped (in, out) matrix.
+
+    E.g. "abc,cde->abde" with kernel (in, heads, head_dim) is a Linear to
+    heads*head_dim features, and "abcd,cde->abe" with kernel (heads, head_dim,
+    out) a Linear from heads*head_dim. A torch Linear alone stays a Dense
+    (lower priority); the kernel shape only the Keras side knows is shared.
+    """
+
+    name = "einsum_dense"
+    classes = {"keras": ("EinsumDense",), "torch": ("Linear",)}
+    priority = -1
+    checks = {"use_bias": "error"}
+    shared = ("kernel_shape", "inputs")
+
+    def matches(self, layout, layer):
+        if not super().matches(layout, layer):
+            return False
+        if layout != "keras":
+            return True
+        plain = not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
+        return plain and contracted_axes(layer.equation, layer.bias_axes) is not None
+
+    def config_keras(self, layer):
+        hp = {"use_bias": layer.bias_axes is not None, "inputs": contracted_axes(layer.equation, layer.bias_axes),
+              "equation": layer.equation}
+        if layer.built:
+            hp["kernel_shape"] = tuple(layer.kernel.shape)
+            hp["units"] = math.prod(hp["kernel_shape"][hp["inputs"]:])
+        return hp
+
+    def config_torch(self, module):
+        return {"units": module.out_features, "use_bias": module.bias is not None}
+
+    def canonical(self, hp):
+        return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
+
+    def links_torch(self, hp):
+        shape, n = hp.get("kernel_shape"), hp.get("inputs", 1)
+        if not shape:
+            return [link("kernel", "weight", Transpose(1, 0)), link("bias", "bias")]
+        shape = tuple(shape)
+        fan_in, fan_out = math.prod(shape[:n]), math.prod(shape[n:])
+        return [link("kernel", "weight", Chain(Reshape(shape, (fan_in, fan_out)), Transpose(1, 0))),
+                link("bias", "bias", Reshape(shape[n:], (fan_out,)))]
+
+
+def contracted_axes(equation: str, bias_axes) -> int | None:
+    """How many leading kernel axes an EinsumDense contracts, when it is a Linear in disguise; else None.
+
+    That is: the input's last n axes are the kernel's first n, the output is
+    the input's other axes followed by the kernel's rest, and the bias (if
+    any) covers exactly those output axes.
+    """
+    try:
+        lhs, out = equation.replace(" ", "").split("->")
+        inp, ker = lhs.split(",")
+    except (AttributeError, ValueError):
+        return None
+    inp, out = inp.removeprefix("..."), out.removeprefix("...")
+    if "." in inp + ker + out or len(set(ker)) != len(ker):
+        return None
+    for n in range(1, len(ker)):
+        contracted, produced = ker[:n], ker[n:]
+        batch = inp[:len(inp) - n]
+        if (inp.endswith(contracted) and out == batch + produced and not set(batch) & set(ker)
+                and (bias_axes is None or set(bias_axes) == set(produced))):
+            return n
+    return None

@@ -1,0 +1,94 @@
+"""Flatten -> Dense: a flat vector's order differs between layouts, so the Dense rows must move.
+
+Keras flattens a channels-last feature map in (H, W, C) order, torch flattens
+its channels-first map in (C, H, W) order: the Dense (Linear) reading the flat
+vector has the same rows in another order. Only a Keras model shows where a
+Flatten sits and what it flattens, so the Keras side records the feature map as
+``flatten_from`` = (*spatial, channels) and the matcher shares it with the
+paired torch layer (``Rule.shared``).
+
+Which order a Keras Flatten produces depends on two things: the layout of the
+tensor it receives (read off the nearest upstream layer that has a
+``data_format``: a convolution, pooling, padding...) and its own
+``data_format``, since a ``channels_first`` Flatten first moves the channels
+last (keras/src/layers/reshaping/flatten.py). Only the two combinations that
+give (*spatial, C) order while torch gives (C, *spatial) need the permutation.
+The graph is read with plain attribute access (``_inbound_nodes``,
+``parent_nodes``, ``operation``), so nothing here imports Keras.
+"""
+from __future__ import annotations
+
+import math
+
+from .transforms import Chain, Reshape, Transform, Transpose
+
+FORMATS = ("channels_last", "channels_first")
+# rank-preserving layers that still change what the axes mean
+REARRANGING = ("Reshape", "Permute", "Flatten")
+
+
+def flatten_permutation(feature_map) -> Transform:
+    """Keras (S*C, units) kernel with rows in (*spatial, C) order -> torch (units, C*S) weight."""
+    *spatial, channels = (int(d) for d in feature_map)
+    n = len(spatial)
+    size = channels * math.prod(spatial)
+    return Chain(Reshape((size, -1), (*spatial, channels, -1)),
+                 Transpose(n + 1, n, *range(n)),
+                 Reshape((-1, channels, *spatial), (-1, size)))
+
+
+def feature_map_before_flatten(layer):
+    """(*spatial, channels) when a Keras layer reads a spatial map through a Flatten in channels-last order.
+
+    None when there is no such Flatten, when the graph is unknown (a layer
+    only ever called eagerly), or when the flat order already is torch's
+    (a channels-first tensor flattened as it is).
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    flat = _parent(nodes[-1]) if nodes else None  # the latest call: a rebuilt Sequential adds nodes
+    while flat is not None and not _is(flat.operation, "Flatten"):
+        flat = _parent(flat) if _keeps_shape(flat) else None  # Dropout, Activation... between
+    if flat is None:
+        return None
+    shape = _shape(flat.input_tensors)
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    dims = tuple(shape[1:])
+    tensor, flatten = _tensor_format(flat), getattr(flat.operation, "data_format", "channels_last")
+    if tensor == flatten == "channels_last":
+        return dims
+    if tensor == flatten == "channels_first":  # Keras moves the channels last before flattening
+        return dims[1:] + dims[:1]
+    return None
+
+
+def _is(op, *names) -> bool:
+    return any(cls.__name__ in names for cls in type(op).__mro__)
+
+
+def _parent(node):
+    parents = getattr(node, "parent_nodes", None) or []
+    return parents[0] if parents else None
+
+
+def _shape(tensors):
+    return tuple(tensors[0].shape) if tensors else None
+
+
+def _keeps_shape(node) -> bool:
+    before, after = _shape(node.input_tensors), _shape(node.outputs)
+    return before is not None and after is not None and before[1:] == after[1:]
+
+
+def _tensor_format(node):
+    """The data_format of the nearest upstream layer that has one, through rank-preserving layers."""
+    node = _parent(node)
+    while node is not None:
+        fmt = getattr(node.operation, "data_format", None)
+        if fmt in FORMATS:
+            return fmt
+        before, after = _shape(node.input_tensors), _shape(node.outputs)
+        if _is(node.operation, *REARRANGING) or before is None or after is None or len(before) != len(after):
+            return None
+        node = _parent(node)
+    return None
