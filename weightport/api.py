@@ -110,7 +110,7 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
     source = _open_source(source, trust_pickle)
     src_layout = _layout_of(source, trust_pickle)
     model_layout = require_adapter(model, "model").layout if model is not None else None
-    source_model = model if model_layout == src_layout and like is None and not _is_live(source) else None
+    source_model = model if model_layout == src_layout and not _is_live(source) else None
     if model is not None and source_model is None and like is None:
         like = model
     layout = to or (require_adapter(like, "like").layout if like is not None else None) \
@@ -206,6 +206,8 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
         if ckpt.layout not in (None, fw.layout):
             raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
         nodes, missing = model_nodes(ckpt, live, _names_for(model, fw, ckpt.path or ""))
+        for node in nodes:
+            node.from_model = True  # its rule comes from a live layer's class, not from names and shapes
         if missing and strict:
             raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
                                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -264,7 +266,8 @@ def _same_structure(src_nodes, layout) -> tuple:
     plan, pairs = Plan(), []
     for node in src_nodes:
         rules = [r for r, _ in node.candidates]
-        inferred = not _is_live(getattr(node, "obj", None))  # a live layer's class settles its rule
+        # a live layer's class settles its rule; names and shapes alone may not
+        inferred = not (_is_live(getattr(node, "obj", None)) or getattr(node, "from_model", False))
         if layout != node.layout and len(rules) > 1 and inferred:
             raise UsageError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
                              f"which differ in {layout} layout; pass model= or like= to say which")

@@ -24,13 +24,14 @@ LAYOUT_KEY = "weightport_layout"
 class TensorSource:
     """One tensor whose shape and dtype are known up front and whose bytes load on demand."""
 
-    __slots__ = ("name", "shape", "dtype", "_loader")
+    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks")
 
-    def __init__(self, name: str, shape, dtype, loader):
+    def __init__(self, name: str, shape, dtype, loader, blocks=None):
         self.name = str(name)
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self._loader = loader
+        self._blocks = blocks
 
     @classmethod
     def of(cls, name: str, value) -> "TensorSource":
@@ -46,6 +47,14 @@ class TensorSource:
 
     def load(self) -> np.ndarray:
         return self._loader()
+
+    def blocks(self):
+        """The tensor as consecutive blocks of rows (axis 0), so a writer never needs all of it at once.
+
+        One block (the whole tensor) unless the source was made with a
+        ``blocks`` generator, as a streamed transpose is.
+        """
+        return self._blocks() if self._blocks is not None else iter((self.load(),))
 
     def __repr__(self) -> str:
         return f"TensorSource({self.name!r}, {self.shape}, {self.dtype})"

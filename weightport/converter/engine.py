@@ -5,7 +5,11 @@ first assignment, so a refusal leaves the target as it was.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import ShapeMismatchError
+from ..mappings.transforms import IDENTITY, Transpose, transpose_copy, transposed_rows
+from .arrays import cast
 
 
 def translate(p) -> dict:
@@ -64,8 +68,6 @@ def target_sources(pairs, names_of, dtype=None) -> list:
     ``names_of(pair, slot)`` names each target tensor. ``dtype`` casts
     floating tensors (integer counters keep theirs).
     """
-    import numpy as np
-
     from .arrays import is_floating
     from .checkpoint import TensorSource
 
@@ -81,12 +83,45 @@ def target_sources(pairs, names_of, dtype=None) -> list:
                 dt = np.dtype(lk.transform.dtype) if not lk.canonical else layer_dtype
                 if dtype is not None and is_floating(dt):
                     dt = np.dtype(dtype)
-                out.append(TensorSource(names_of(p, slot), shapes[slot], dt,
-                                        _loader(cache, slot, dt)))
+                streamed = _plain_transpose_of(p, lk)
+                if streamed is not None:
+                    read = _slot_reader(p, streamed)
+                    source = TensorSource(names_of(p, slot), shapes[slot], dt, lambda r=read, d=dt: cast(
+                        transpose_copy(r(), (1, 0)), d), blocks=lambda r=read, d=dt: transposed_blocks(r(), d))
+                else:
+                    source = TensorSource(names_of(p, slot), shapes[slot], dt, _loader(cache, slot, dt))
+                out.append(source)
     return out
 
 
 def _loader(cache, slot, dtype):
-    from .arrays import cast
-
     return lambda: cast(cache.load(slot), dtype)
+
+
+def _plain_transpose_of(p, target_link):
+    """The source slot whose plain 2-D transpose ``target_link``'s tensor is, else None.
+
+    That tensor can then be streamed in row blocks straight from the source
+    (Dense kernels, the bulk of a large model), never held whole in memory.
+    """
+    src_link = next((lk for lk in p.rule.links(p.source.layout, p.source_hp)
+                     if lk.canonical == target_link.canonical), None)
+    if src_link is None or len(src_link.native) != 1 or len(target_link.native) != 1:
+        return None
+    flips = [_is_2d_transpose(lk.transform) for lk in (src_link, target_link)]
+    plain = [lk.transform is IDENTITY for lk in (src_link, target_link)]
+    return src_link.native[0] if (flips[0] and plain[1]) or (plain[0] and flips[1]) else None
+
+
+def _is_2d_transpose(t) -> bool:
+    return isinstance(t, Transpose) and t.axes == (1, 0)
+
+
+def _slot_reader(p, slot):
+    return lambda: p.source.read(p.rule, p.source_hp)[slot]
+
+
+def transposed_blocks(a, dtype):
+    """``a.T`` cast to ``dtype``, as consecutive row blocks (see ``transforms.transposed_rows``)."""
+    for block in transposed_rows(a):
+        yield cast(block, dtype)

@@ -378,7 +378,7 @@ def variable_paths(keras_model) -> list:
 def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> None:
     import h5py
 
-    from .safetensors import load_checked
+    from .safetensors import blocks_checked
 
     if path.lower().endswith(".keras"):
         raise UsageError(f"{path}: weightport does not write .keras archives (they need the model's config); "
@@ -391,15 +391,18 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
             if not s.name or s.name.startswith("/") or "//" in s.name:
                 raise UsageError(f"{path}: tensor name {s.name!r} is not an h5 dataset path like "
                                  "'layers/dense/vars/0'")
-            array = load_checked(s, path)
             try:
-                ds = h5.create_dataset(s.name, shape=array.shape, dtype=array.dtype)
+                ds = h5.create_dataset(s.name, shape=s.shape, dtype=s.dtype)
             except (ValueError, TypeError) as exc:
                 raise UsageError(f"{path}: cannot store tensor {s.name!r} {s.shape} {s.dtype} ({exc})") from exc
-            if array.dtype.name == "bfloat16":
+            if s.dtype.name == "bfloat16":
                 ds.attrs["dtype"] = "bfloat16"  # as Keras' H5IOStore marks it
-            if math.prod(array.shape):
-                ds[...] = array
-            del array
+            for row, block in blocks_checked(s, path):
+                if math.prod(block.shape):
+                    if block.ndim == 0:
+                        ds[...] = block
+                    else:
+                        ds[row:row + len(block)] = block
+                del block
             if progress is not None:
                 progress(s.nbytes)

@@ -231,14 +231,32 @@ def load_checked(source: TensorSource, where: str) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")  # ascontiguousarray makes 0-d 1-d
 
 
+def blocks_checked(source: TensorSource, where: str):
+    """(first row, C-contiguous block) pairs of ``source.blocks()``, checked against its promised shape and dtype."""
+    if source._blocks is None:
+        yield 0, load_checked(source, where)
+        return
+    row = 0
+    for block in source.blocks():
+        block = np.asarray(block)
+        if block.shape[1:] != source.shape[1:] or block.dtype != source.dtype or row + len(block) > source.shape[0]:
+            raise FormatError(f"{where}: tensor {source.name!r} ({source.shape} {source.dtype}) produced a block "
+                              f"{tuple(block.shape)} {block.dtype} at row {row}; nothing was written")
+        yield row, block if block.flags.c_contiguous else block.copy(order="C")
+        row += len(block)
+    if row != source.shape[0]:
+        raise FormatError(f"{where}: tensor {source.name!r} ended after {row} of {source.shape[0]} rows; "
+                          "nothing was written")
+
+
 def _write_file(temp, final_path, sources, metadata, progress):
     with open(temp, "wb") as f:
         f.write(_header(sources, metadata))
         for s in sources:
-            array = load_checked(s, final_path)
-            if array.size:
-                f.write(memoryview(array.reshape(-1).view(np.uint8)))
-            del array
+            for _, block in blocks_checked(s, final_path):
+                if block.size:
+                    f.write(memoryview(block.reshape(-1).view(np.uint8)))
+                del block
             if progress is not None:
                 progress(s.nbytes)
 
