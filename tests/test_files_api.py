@@ -58,7 +58,7 @@ def test_port_from_a_torch_checkpoint_into_keras(tmp_path, suffix):
 
 
 def test_keras_layout_file_round_trip_bitwise(tmp_path):
-    t, k = torch_net(), keras_net()
+    k = keras_net()
     randomize_keras(k)
     wp.save(k, tmp_path / "k.safetensors")
     assert wp.load(tmp_path / "k.safetensors").layout == "keras"

@@ -96,7 +96,7 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
 
 def convert(source, destination, model=None, *, to: str | None = None, like=None, hints: dict | None = None,
             strict: bool = True, overwrite: bool = False, dtype=None, shard_size: int | None = None,
-            trust_pickle: bool = False, quiet: bool = False) -> Report:
+            trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
     ``model`` is a live model giving the structure names cannot: if it is in
@@ -106,8 +106,16 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
     tensors. Peak memory tracks the largest layer, not the model; the output
     is written under a temporary name and renamed into place; an existing
     file is refused unless ``overwrite=True``.
+
+    ``dry_run=True`` plans without writing: ``report.to_json()`` can be
+    reviewed, saved, and given back as ``plan=`` (a Plan or a JSON file path)
+    to run the same conversion later with no model at hand.
     """
     source = _open_source(source, trust_pickle)
+    if plan is not None:
+        plan, pairs, names_of = _replay(plan, source, trust_pickle)
+        return _write(pairs, names_of, plan, destination, plan.steps[0].target_layout if plan.steps else to,
+                      overwrite, dtype, shard_size, quiet, dry_run)
     src_layout = _layout_of(source, trust_pickle)
     model_layout = require_adapter(model, "model").layout if model is not None else None
     source_model = model if model_layout == src_layout and not _is_live(source) else None
@@ -135,10 +143,22 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         sep = SEPARATORS.get(layout, ".")
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     plan.unmatched_source += src_notes
+    return _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run)
 
+
+def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run) -> Report:
+    """Record each step's tensor names in the plan, then (unless a dry run) write the file."""
     from .converter.checkpoint import LAYOUT_KEY
     from .converter.formats import write_checkpoint
 
+    for step, p in zip(plan.steps, pairs):
+        step.source_names = dict(getattr(p.source, "names", {}))
+        step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
+    if dry_run:
+        _warn(plan)
+        report = Report(plan, str(destination))
+        report.files = []
+        return report
     sources = engine.target_sources(pairs, names_of, dtype=dtype)
     progress = _progress_bar(sum(s.nbytes for s in sources), destination, quiet)
     try:
@@ -250,6 +270,38 @@ def _names_for(model, fw, path) -> callable:
         base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
         return f"{base}{sep}{slot}" if base else slot
     return dotted
+
+
+def _replay(plan, source, trust_pickle: bool) -> tuple:
+    """(plan, pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first."""
+    from .converter.plan import Plan
+    from .converter.structure import FileNode
+    from .mappings.rule import registry
+
+    if not isinstance(plan, Plan):
+        with open(plan, encoding="utf-8") as f:
+            plan = Plan.from_json(f.read())
+    ckpt = _checkpoint(source, trust_pickle)
+    pairs = []
+    for step in plan.steps:
+        rule = registry.get(step.rule)
+        if not step.source_names or not step.target_names:
+            raise UsageError(f"plan step {step.source} -> {step.target} records no tensor names; only plans of "
+                             "file conversions (convert/save with dry_run=True) can be run again")
+        missing = [n for n in step.source_names.values() if n not in ckpt]
+        if missing:
+            raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
+                                     "which the checkpoint does not hold; nothing was written")
+        node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
+        node.from_model = True
+        shapes = node.canonical_shapes(rule, step.source_hp)
+        if shapes != [tuple(s) for s in step.shapes]:
+            raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
+                                     f"{step.shapes}; nothing was written")
+        pairs.append(matcher.Pair(node, _Virtual(step.target, step.target_layout), rule, step.source_hp,
+                                  step.target_hp, shapes, shapes))
+    names = {id(p): step.target_names for p, step in zip(pairs, plan.steps)}
+    return plan, pairs, lambda p, slot: names[id(p)][slot]
 
 
 class _Virtual:

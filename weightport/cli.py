@@ -114,12 +114,23 @@ def cmd_convert(args) -> int:
     like = load_object(args.like) if args.like else None
     report = convert(args.source, args.destination, model=model, to=args.to, like=like, strict=not args.partial,
                      overwrite=args.overwrite, dtype=args.dtype, shard_size=parse_size(args.shard_size),
-                     trust_pickle=args.trust_pickle, quiet=args.quiet or args.json)
+                     trust_pickle=args.trust_pickle, quiet=args.quiet or args.json, plan=args.plan,
+                     dry_run=args.dry_run)
+    if args.save_plan:
+        from .converter.formats import Staging
+
+        staging = Staging(overwrite=args.overwrite)
+        try:
+            with open(staging.file(args.save_plan), "w", encoding="utf-8") as f:
+                f.write(report.to_json())
+            staging.commit()
+        finally:
+            staging.discard()
     if args.json:
         print(json.dumps({"files": report.files, "plan": json.loads(report.to_json())}, indent=1))
     elif not args.quiet:
         print(report)
-        print("wrote " + ", ".join(report.files))
+        print("wrote " + ", ".join(report.files) if report.files else "dry run: nothing written")
     return 0
 
 
@@ -172,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial", action="store_true", help="convert what pairs and report the rest (strict=False)")
     p.add_argument("--trust-pickle", action="store_true", help="let a torch file run pickled code")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no report")
+    p.add_argument("--dry-run", action="store_true", help="plan and report, write nothing")
+    p.add_argument("--save-plan", metavar="FILE", help="save the plan as JSON (review it, or replay it with --plan)")
+    p.add_argument("--plan", metavar="FILE", help="run a saved plan: no --model needed, names and shapes checked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_convert)
 

@@ -24,14 +24,17 @@ LAYOUT_KEY = "weightport_layout"
 class TensorSource:
     """One tensor whose shape and dtype are known up front and whose bytes load on demand."""
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks")
+    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks", "file_range")
 
-    def __init__(self, name: str, shape, dtype, loader, blocks=None):
+    def __init__(self, name: str, shape, dtype, loader, blocks=None, file_range=None):
         self.name = str(name)
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self._loader = loader
         self._blocks = blocks
+        # (path, offset, nbytes) where the tensor's exact little-endian bytes lie in a file, if they do:
+        # a writer may then copy them file to file in the kernel, never through Python
+        self.file_range = file_range
 
     @classmethod
     def of(cls, name: str, value) -> "TensorSource":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeMismatchError
-from ..mappings.transforms import IDENTITY, Transpose, transpose_copy, transposed_rows
+from ..mappings.transforms import IDENTITY, Transpose, fill_transposed, transpose_copy
 from .arrays import cast
 
 
@@ -84,7 +84,11 @@ def target_sources(pairs, names_of, dtype=None) -> list:
                 if dtype is not None and is_floating(dt):
                     dt = np.dtype(dtype)
                 streamed = _plain_transpose_of(p, lk)
-                if streamed is not None:
+                passthrough = _stored_bytes_of(p, lk, dt)
+                if passthrough is not None:
+                    source = TensorSource(names_of(p, slot), shapes[slot], dt, _loader(cache, slot, dt),
+                                          file_range=passthrough)
+                elif streamed is not None:
                     read = _slot_reader(p, streamed)
                     source = TensorSource(names_of(p, slot), shapes[slot], dt, lambda r=read, d=dt: cast(
                         transpose_copy(r(), (1, 0)), d), blocks=lambda r=read, d=dt: transposed_blocks(r(), d))
@@ -113,6 +117,17 @@ def _plain_transpose_of(p, target_link):
     return src_link.native[0] if (flips[0] and plain[1]) or (plain[0] and flips[1]) else None
 
 
+def _stored_bytes_of(p, target_link, dtype):
+    """The file byte range holding ``target_link``'s tensor unchanged (no transform, no cast), else None."""
+    src_link = next((lk for lk in p.rule.links(p.source.layout, p.source_hp)
+                     if lk.canonical == target_link.canonical), None)
+    if (src_link is None or not target_link.canonical or src_link.transform is not IDENTITY
+            or target_link.transform is not IDENTITY or not hasattr(p.source, "checkpoint")):
+        return None
+    stored = p.source.checkpoint.source(p.source.names[src_link.native[0]])
+    return stored.file_range if stored.dtype == dtype else None
+
+
 def _is_2d_transpose(t) -> bool:
     return isinstance(t, Transpose) and t.axes == (1, 0)
 
@@ -121,7 +136,28 @@ def _slot_reader(p, slot):
     return lambda: p.source.read(p.rule, p.source_hp)[slot]
 
 
-def transposed_blocks(a, dtype):
-    """``a.T`` cast to ``dtype``, as consecutive row blocks (see ``transforms.transposed_rows``)."""
-    for block in transposed_rows(a):
-        yield cast(block, dtype)
+def transposed_blocks(a, dtype, rows: int = 256):
+    """``a.T`` cast to ``dtype``, as consecutive row blocks; the next block is computed while the last is written.
+
+    Two buffers take turns: a helper thread fills one (numpy releases the
+    GIL while copying) while the caller writes the other out, so transposing
+    and writing overlap on two cores. A block is valid until the next one is
+    asked for.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = np.asarray(a)
+    n_out = a.shape[1]
+    buffers = [np.empty((min(rows, n_out), a.shape[0]), dtype=a.dtype) for _ in range(2 if n_out > rows else 1)]
+    starts = list(range(0, n_out, rows))
+
+    def job(k):
+        return fill_transposed(a, starts[k], buffers[k % len(buffers)][:min(rows, n_out - starts[k])])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(job, 0)
+        for k in range(len(starts)):
+            block = pending.result()
+            if k + 1 < len(starts):
+                pending = pool.submit(job, k + 1)
+            yield cast(block, dtype)

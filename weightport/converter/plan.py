@@ -19,6 +19,9 @@ class Step:
     shapes: list  # canonical (Keras-layout) shapes, in get_weights() order
     transform: str = ""  # how the slots move, source layout -> canonical -> target layout
     exact: bool = True  # False: function-preserving, not bitwise-reversible (e.g. a bias sum)
+    # file conversions: slot -> tensor name on each side, so the plan can be run again without a model
+    source_names: dict = field(default_factory=dict)
+    target_names: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -34,10 +37,21 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         data = json.loads(text)
-        return cls(steps=[Step(**s) for s in data.get("steps", [])],
+        steps = [Step(**{**s, "source_hp": _tuples(s["source_hp"]), "target_hp": _tuples(s["target_hp"]),
+                         "shapes": [tuple(x) for x in s["shapes"]]}) for s in data.get("steps", [])]
+        return cls(steps=steps,
                    unmatched_source=data.get("unmatched_source", []),
                    unmatched_target=data.get("unmatched_target", []),
                    issues=data.get("issues", []))
+
+
+def _tuples(value):
+    """JSON lists back to the tuples hyperparameters hold (kernel sizes, shapes...)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 def _jsonable(obj):

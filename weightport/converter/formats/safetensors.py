@@ -114,8 +114,9 @@ def read_header(path: str) -> tuple:
     if covered != data_size:
         raise FormatError(f"{path}: {data_size - covered} trailing bytes after the last tensor belong to no "
                           "tensor; the file is damaged")
-    sources = [TensorSource(name, shape, dtype, _memmap_loader(path, data_start + begin, shape, dtype))
-               for name, shape, dtype, (begin, _) in entries]
+    sources = [TensorSource(name, shape, dtype, _memmap_loader(path, data_start + begin, shape, dtype),
+                            file_range=(path, data_start + begin, end - begin))
+               for name, shape, dtype, (begin, end) in entries]
     return sources, metadata, data_size
 
 
@@ -249,14 +250,38 @@ def blocks_checked(source: TensorSource, where: str):
                           "nothing was written")
 
 
+def _copy_range(f, file_range) -> bool:
+    """Append a byte range of another file to ``f`` in the kernel (os.copy_file_range); False where unsupported."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    path, offset, nbytes = file_range
+    f.flush()
+    start = f.raw.tell()
+    try:
+        with open(path, "rb") as src:
+            done = 0
+            while done < nbytes:
+                n = copy(src.fileno(), f.fileno(), nbytes - done, offset + done)
+                if n == 0:
+                    raise FormatError(f"{path}: ended inside the tensor bytes [{offset}, {offset + nbytes})")
+                done += n
+    except OSError:
+        os.lseek(f.fileno(), start, os.SEEK_SET)  # not on this file system: fall back to reading
+        f.raw.truncate(start)
+        return False
+    return True
+
+
 def _write_file(temp, final_path, sources, metadata, progress):
     with open(temp, "wb") as f:
         f.write(_header(sources, metadata))
         for s in sources:
-            for _, block in blocks_checked(s, final_path):
-                if block.size:
-                    f.write(memoryview(block.reshape(-1).view(np.uint8)))
-                del block
+            if s.file_range is None or s._blocks is not None or not _copy_range(f, s.file_range):
+                for _, block in blocks_checked(s, final_path):
+                    if block.size:
+                        f.write(memoryview(block.reshape(-1).view(np.uint8)))
+                    del block
             if progress is not None:
                 progress(s.nbytes)
 

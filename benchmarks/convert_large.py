@@ -1,0 +1,141 @@
+"""Convert a ~2 GB Llama-like torch-layout checkpoint to Keras layout; compare with cp and a naive pipeline.
+
+    python benchmarks/convert_large.py [--workdir DIR] [--keep]
+
+Builds benchmarks/_work/llama_torch.safetensors (float32, ~1.94 GB) once, warms the page cache, then runs
+each contender in its own process (after a `sync`, so no one pays for another's write-back) and prints wall
+time and peak RSS (the child's ru_maxrss), with ratios against `cp` of the same file in the same run:
+
+- cp:         copying the file (the floor for reading and writing every byte);
+- naive:      safetensors.numpy.load_file, numpy `.T` copies, save_file (everything in memory at once);
+- weightport: `weightport convert ... --plan PLAN` to Keras-layout safetensors and to a Keras .weights.h5.
+
+The plans are made once beforehand, untimed, by `weightport convert --dry-run --save-plan` given the
+model's structure (torch's meta device for the source; for the .weights.h5, the Keras model whose
+variable paths the file must use): the timed runs import no framework at all.
+
+Targets (issue 3): weightport <= 2.0x cp wall time; peak RSS <= largest tensor + 300 MiB.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+MiB = 1 << 20
+
+
+def build_checkpoint(path):
+    sys.path.insert(0, HERE)
+    from llama_like import torch_structure
+
+    from weightport.converter.checkpoint import TensorSource
+    from weightport.converter.formats import write_checkpoint
+
+    rng = np.random.default_rng(0)
+    sources = [TensorSource(name, tuple(t.shape), np.float32,
+                            lambda shape=tuple(t.shape): rng.random(shape, dtype=np.float32))
+               for name, t in torch_structure().state_dict().items()]
+    write_checkpoint(path, sources, metadata={"weightport_layout": "torch"})
+
+
+def run(cmd):
+    """(wall seconds, peak RSS bytes) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss * 1024
+
+
+NAIVE = """
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+tensors = load_file(sys.argv[1])
+save_file({k: np.ascontiguousarray(v.T) if v.ndim == 2 else v for k, v in tensors.items()}, sys.argv[2])
+"""
+
+
+def make_plan(cli, src, dst, plan, *structure):
+    if not os.path.exists(plan):
+        subprocess.run([cli, "convert", src, dst, *structure, "--dry-run", "--save-plan", plan, "--quiet"],
+                       check=True, env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=os.path.join(HERE, "_work"))
+    parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    work = lambda name: os.path.join(args.workdir, name)  # noqa: E731
+    src = work("llama_torch.safetensors")
+    if not os.path.exists(src):
+        print("building the checkpoint...", flush=True)
+        build_checkpoint(src)
+    from weightport import load
+
+    source = load(src)
+    largest = max(source.source(n).nbytes for n in source)
+    cli = os.path.join(os.path.dirname(sys.executable), "weightport")
+    structure = os.path.join(HERE, "llama_like.py")
+    print("planning (untimed)...", flush=True)
+    make_plan(cli, src, work("keras.safetensors"), work("plan_safetensors.json"), "--to", "keras",
+              "--model", f"{structure}:torch_structure")
+    make_plan(cli, src, work("keras.weights.h5"), work("plan_h5.json"), "--model", f"{structure}:torch_structure",
+              "--like", f"{structure}:keras_structure")
+    with open(src, "rb") as f:  # warm the page cache
+        while f.read(64 * MiB):
+            pass
+
+    outputs = {"cp": "copy.safetensors", "naive numpy pipeline": "naive.safetensors",
+               "weightport -> safetensors": "keras.safetensors", "weightport -> .weights.h5": "keras.weights.h5"}
+    commands = {
+        "cp": ["cp", src, work(outputs["cp"])],
+        "naive numpy pipeline": [sys.executable, "-c", NAIVE, src, work(outputs["naive numpy pipeline"])],
+        "weightport -> safetensors": [cli, "convert", src, work(outputs["weightport -> safetensors"]),
+                                      "--plan", work("plan_safetensors.json"), "--quiet"],
+        "weightport -> .weights.h5": [cli, "convert", src, work(outputs["weightport -> .weights.h5"]),
+                                      "--plan", work("plan_h5.json"), "--quiet"],
+    }
+    results = {}
+    for name, cmd in commands.items():
+        if os.path.exists(work(outputs[name])):
+            os.remove(work(outputs[name]))
+        subprocess.run(["sync"], check=True)
+        results[name] = run(cmd)
+    cp_wall = results["cp"][0]
+    budget = largest + 300 * MiB
+    print(f"checkpoint: {source.nbytes / 1e9:.2f} GB float32, largest tensor {largest / MiB:.0f} MiB; "
+          f"RSS budget (largest + 300 MiB) {budget / MiB:.0f} MiB")
+    print(f"{'':28} {'wall s':>8} {'x cp':>6} {'peak RSS MiB':>13} {'x budget':>9}")
+    for name, (wall, rss) in results.items():
+        print(f"{name:28} {wall:8.2f} {wall / cp_wall:6.2f} {rss / MiB:13.0f} {rss / budget:9.2f}")
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    converted = load(work("keras.safetensors"))
+    assert np.array_equal(source[name].T, converted[name.replace(".weight", "/kernel")]), "kernel is wrong"
+    import h5py
+
+    with open(work("plan_h5.json")) as f:
+        step = next(s for s in json.load(f)["steps"] if s["source"] == name.rsplit(".", 1)[0])
+    with h5py.File(work("keras.weights.h5"), "r") as h5:
+        assert np.array_equal(source[name].T, h5[step["target_names"]["kernel"]][...]), "h5 kernel is wrong"
+    print("check: converted kernels equal the transposed source in both outputs")
+    if not args.keep:
+        for f in outputs.values():
+            if os.path.exists(work(f)):
+                os.remove(work(f))
+
+
+if __name__ == "__main__":
+    main()
