@@ -18,17 +18,15 @@ FIXTURES = os.path.join(HERE, "..", "fixtures")
 
 
 def main() -> int:
-    torch_model = TorchCNN()
-    state = torch.load(os.path.join(FIXTURES, "cnn_torch.pt"), weights_only=True)
-    torch_model.load_state_dict(state)
+    checkpoint = os.path.join(FIXTURES, "cnn_torch.pt")
     keras_model = keras_cnn()
-
-    report = wp.port(torch_model, keras_model)
+    report = wp.port(checkpoint, keras_model)  # torch-layout state dict -> Keras layers, every transform done
     print(report)
 
+    torch_model = TorchCNN()  # the checkpoint's own model, to prove the port computes the same function
+    torch_model.load_state_dict(torch.load(checkpoint, weights_only=True))
     x_nchw = np.load(os.path.join(FIXTURES, "cnn_input.npy"))
-    x_nhwc = x_nchw.transpose(0, 2, 3, 1)
-    result = wp.verify(torch_model, keras_model, (x_nchw, x_nhwc))
+    result = wp.verify(torch_model, keras_model, (x_nchw, x_nchw.transpose(0, 2, 3, 1)))
     print(result)
     return 0 if result.ok else 1
 

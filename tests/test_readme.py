@@ -19,6 +19,9 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("keras")
     monkeypatch.chdir(tmp_path)
+    root = os.path.dirname(README)
+    for folder in ("examples", "fixtures"):  # the README is followed from the repository root
+        os.symlink(os.path.join(root, folder), tmp_path / folder)
     python = [b for b in blocks("python") if "torch_model = " in b or "wp." in b]
     first = python[0]
     assert "port(torch_model, keras_model)" in first
