@@ -363,7 +363,9 @@ def get_weights(layer) -> list:
         return [w for part in rule.expand(fw.layout, hp)
                 for w in rule.to_canonical(fw.layout, part, fw.read(layer, rule.native_slots(fw.layout, part)))]
     _, nodes, _ = _live_nodes(layer, "model", strict=True)
-    return [w for n in nodes for w in get_weights(n.obj)]
+    # each node under its own hp: a stacked torch RNN's parts once each, Flax Linen groups too
+    return [w for n in nodes for rule, hp in n.candidates[:1]
+            for w in rule.to_canonical(n.layout, hp, n.read(rule, hp))]
 
 
 def set_weights(layer, weights) -> None:

@@ -10,7 +10,7 @@ import sys
 
 from .errors import FormatError, UsageError, WeightportError
 
-FORMAT_NAMES = ("safetensors", "torch", "keras", "npz")  # weightport.converter.formats.MODULES
+FORMAT_NAMES = ("safetensors", "torch", "keras", "npz", "msgpack")  # weightport.converter.formats.MODULES
 
 
 def cmd_rules(args) -> int:
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rules)
     p = sub.add_parser("inspect", help="list a checkpoint's tensors (name, shape, dtype, size), format and layout")
     p.add_argument("file", help="checkpoint: .safetensors (or its .index.json), .pt/.pth/.bin, .weights.h5, "
-                                ".keras, .h5, .npz")
+                                ".keras, .h5, .npz, .msgpack")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--format", default=None, choices=FORMAT_NAMES, help="read as this format instead of detecting it")
     p.add_argument("--trust-pickle", action="store_true",
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
     p.add_argument("source", help="input checkpoint")
     p.add_argument("destination", help="output file (its suffix picks the format)")
-    p.add_argument("--to", choices=("keras", "torch"), help="target layout (default: the model's, keras for "
+    p.add_argument("--to", choices=("keras", "torch", "flax"), help="target layout (default: the model's, keras for "
                                                             "Keras files, else the source's)")
     p.add_argument("--model", help="MODULE:NAME or FILE.py:NAME of a model (or a function building one) giving the "
                                    "structure: the source's if in its layout, else the target's")

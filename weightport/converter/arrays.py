@@ -70,11 +70,11 @@ def numpy_to_torch(a: np.ndarray, like=None):
     import torch
 
     a = np.asarray(a)
+    if not a.flags.writeable:  # torch cannot share read-only memory (jax arrays, memory maps)
+        a = a.copy()
     if a.dtype == bfloat16():
         t = torch.from_numpy(_contiguous(a).view(np.int16)).view(torch.bfloat16)
     else:
-        if not a.flags.writeable:
-            a = a.copy()
         t = torch.from_numpy(_contiguous(a))
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype)

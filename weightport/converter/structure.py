@@ -62,18 +62,38 @@ def ordered_names(checkpoint) -> list:
     return sorted(names, key=natural_key) if names == sorted(names) else names
 
 
+def tree_paths(names, layout: str) -> dict:
+    """name -> the path a tensor is grouped under, in the order to visit them.
+
+    That is the name itself, except for Flax variables, which keep one
+    layer's tensors in several top-level collections (``params/bn/scale``
+    beside ``batch_stats/bn/mean``): those are grouped by the path below the
+    collection (``params`` first, which keeps module order), unless that
+    would merge two tensors.
+    """
+    sep = SEPARATORS.get(layout, ".")
+    if layout != "flax" or not names or any(sep not in n for n in names) \
+            or "params" not in {n.partition(sep)[0] for n in names}:
+        return {n: n for n in names}
+    in_params = [n.partition(sep)[0] == "params" for n in names]
+    ordered = [n for n, p in zip(names, in_params) if p] + [n for n, p in zip(names, in_params) if not p]
+    below = {n: n.partition(sep)[2] for n in ordered}
+    return below if len(set(below.values())) == len(below) else {n: n for n in names}
+
+
 def infer_nodes(checkpoint, layout: str) -> tuple:
     """(nodes, leftovers) for a checkpoint with no model: layers recognised from names and shapes.
 
     leftovers lists tensor names no rule explains.
     """
     sep = SEPARATORS.get(layout, ".")
-    names = ordered_names(checkpoint)
+    tree = tree_paths(ordered_names(checkpoint), layout)
+    names = list(tree)
     nodes, leftovers = [], []
     rules = sorted(registry, key=lambda r: -r.priority)
 
     def visit(prefix: str, group: list):
-        local = {(n[len(prefix) + 1:] if prefix else n): n for n in group}
+        local = {(tree[n][len(prefix) + 1:] if prefix else tree[n]): n for n in group}
         shapes = {k: tuple(checkpoint.shape(v)) for k, v in local.items()}
         candidates = [(r, hp) for r in rules if (hp := r.infer(layout, shapes)) is not None]
         if candidates:

@@ -7,6 +7,10 @@ whose rows are the heads laid end to end, so every Keras kernel is a reshape
 and a transpose of its torch weight. nn.MultiheadAttention also packs q, k, v
 into one ``in_proj_weight`` / ``in_proj_bias`` when kdim == vdim == embed_dim.
 
+Flax's MultiHeadAttention (NNX; Linen's MultiHeadDotProductAttention as
+file or variables groups) keeps Keras' split-by-head kernels under the names
+query, key, value and out: copies.
+
 Dropout is not compared: it does nothing at inference. torch's add_bias_kv
 and add_zero_attn, and Keras' use_gate, have no counterpart and are refused.
 """
@@ -70,7 +74,7 @@ class MultiHeadAttentionRule(Rule):
     """Keras MultiHeadAttention <-> torch nn.MultiheadAttention."""
 
     name = "multi_head_attention"
-    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",)}
+    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",), "flax": ("MultiHeadAttention",)}
     # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
     shared = ("num_heads", "key_dim", "value_dim")
     checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",
@@ -117,6 +121,23 @@ class MultiHeadAttentionRule(Rule):
 
     def canonical(self, hp):
         return [s for p in PROJECTIONS for s in _slots(p, hp.get("use_bias", True))]
+
+    # -- Flax -----------------------------------------------------------------
+    def config_flax(self, module):
+        if getattr(module, "normalize_qk", False):
+            raise UnsupportedLayerError(
+                "Flax MultiHeadAttention with normalize_qk=True layer-normalises queries and keys, which Keras "
+                "MultiHeadAttention does not; build it with normalize_qk=False, or port this layer by hand")
+        d = module.head_dim
+        return {"num_heads": module.num_heads, "key_dim": d, "value_dim": d, "use_bias": bool(module.use_bias),
+                "dropout": float(module.dropout_rate), "attention_axes": (1,)}
+
+    def infer_flax(self, shapes):
+        renamed = {("attention_output" + k[3:] if k.startswith("out/") else k): v for k, v in shapes.items()}
+        return self.infer_keras(renamed)
+
+    def links_flax(self, hp):
+        return [link(s, s.replace("attention_output/", "out/")) for s in self.canonical(hp)]
 
     # -- torch ----------------------------------------------------------------
     def config_torch(self, module):
@@ -189,6 +210,7 @@ class LinearAttentionRule(MultiHeadAttentionRule):
     classes = {"keras": ("MultiHeadAttention",), "torch": ("Module",)}
     infer_keras = None  # a Keras group is claimed by multi_head_attention alone
     infer_torch = None  # four Linear groups may as well be four Dense layers
+    infer_flax = None  # a Flax group is claimed by multi_head_attention alone
 
     def matches(self, layout, layer):
         if layout == "torch":

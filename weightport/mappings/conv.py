@@ -12,6 +12,14 @@ Keras keeps spatial axes first and channels last in every kernel, whatever its
 Neither framework flips the kernel spatially (both compute cross-correlation,
 and both transposed convolutions are its adjoint), so only axes move.
 
+Flax keeps Keras' kernel layout: Conv (*k, in/groups, out), a depthwise conv
+(``feature_group_count == in_features``) (*k, 1, in*m). Its ConvTranspose
+keeps (*k, out, in) with ``transpose_kernel=True``, the same as Keras; by
+default (False) it convolves the stretched input with the kernel as it is, so
+the kernel is Keras' flipped spatially, (*k, in, out). Flax pads like Keras
+('SAME'/'VALID', also for transposed convs, as lax defines them), or by
+explicit (low, high) pairs.
+
 Padding is spoken differently ('valid'/'same'/'causal' against integers), so
 it is compared as the zeros each side actually adds, and only where that is
 fixed by the configuration: Keras 'same' with a stride > 1 pads by an amount
@@ -23,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigMismatchError
 from .rule import ConfigIssue, Rule, link, register
-from .transforms import Chain, Reshape, Transform, Transpose
+from .transforms import Chain, Reshape, Transform, Transpose, Unary
 
 STRIDE_HINT = "the layers stride differently, so outputs differ"
 DILATION_HINT = "the layers dilate the kernel differently, so outputs differ"
@@ -39,6 +47,26 @@ def depthwise_transform(kernel_size, multiplier: int) -> Chain:
     """Keras (*k, in, m) -> torch (in*m, 1, *k): channel-major, so output channel i*m + j is (i, j)."""
     k, rank = tuple(kernel_size), len(kernel_size)
     return Chain(Transpose(rank, rank + 1, *range(rank)), Reshape((-1, multiplier) + k, (-1, 1) + k))
+
+
+class Flip(Unary):
+    """Reverse the given axes (its own inverse): a kernel applied as a correlation vs as a transposed conv."""
+
+    def __init__(self, *axes: int):
+        self.axes = tuple(axes)
+
+    def fwd(self, a):
+        return np.ascontiguousarray(np.flip(a, self.axes))
+
+    inv = fwd
+
+    def fwd_shape(self, s):
+        return s
+
+    inv_shape = fwd_shape
+
+    def describe(self):
+        return "flip" + str(self.axes).replace(" ", "")
 
 
 class ZeroBias(Transform):
@@ -102,8 +130,8 @@ def conv_pads(hp):
             pads = [(e - 1, 0) for e in spans]
         else:
             return None
-    else:
-        pads = [(int(p), int(p)) for p in padding]
+    else:  # per axis: one int for both sides (torch), or a (low, high) pair (Flax)
+        pads = [tuple(int(x) for x in p) if isinstance(p, (tuple, list)) else (int(p), int(p)) for p in padding]
     mode = hp.get("padding_mode", "zeros")
     if mode != "zeros" and any(a or b for a, b in pads):
         return (mode,) + tuple(pads)  # not zeros at all: differs from every Keras padding
@@ -176,6 +204,32 @@ def _torch_common(module) -> dict:
             "use_bias": module.bias is not None}
 
 
+def _per_axis(value, rank: int) -> tuple:
+    """A Flax int-or-sequence setting (None means 1) as one int per spatial axis."""
+    if value is None:
+        return (1,) * rank
+    return (int(value),) * rank if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _flax_common(module) -> dict:
+    """hp of a Flax NNX Conv/ConvTranspose, in Keras' words ('SAME' -> 'same', pairs kept as pairs)."""
+    kernel_size = tuple(module.kernel_shape[:-2])
+    rank = len(kernel_size)
+    hp = {"kernel_size": kernel_size, "strides": _per_axis(module.strides, rank),
+          "dilation_rate": _per_axis(module.kernel_dilation, rank), "use_bias": bool(module.use_bias)}
+    padding = module.padding
+    if isinstance(padding, str):
+        circular = padding.upper() == "CIRCULAR"
+        hp["padding"] = "same" if circular else padding.lower()
+        if circular:
+            hp["padding_mode"] = "circular"
+    elif isinstance(padding, int):
+        hp["padding"] = ((padding, padding),) * rank
+    else:
+        hp["padding"] = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return hp
+
+
 def _weight_and_bias(shapes, weight: str, ranks=(3, 4, 5)):
     """(weight shape, bias shape or None) when ``shapes`` is exactly {weight[, bias]} of a conv's ranks."""
     w, b = shapes.get(weight), shapes.get("bias")
@@ -189,13 +243,16 @@ class ConvRule(ConvFamily):
     """Conv1D/2D/3D <-> nn.Conv1d/2d/3d, grouped or not."""
 
     name = "conv"
-    classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d")}
+    classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d"), "flax": ("Conv",)}
 
     def config_keras(self, layer):
         return {"filters": layer.filters, "groups": layer.groups, **_common(layer)}
 
     def config_torch(self, module):
         return {"filters": module.out_channels, "groups": module.groups, **_torch_common(module)}
+
+    def config_flax(self, module):
+        return {"filters": module.out_features, "groups": module.feature_group_count, **_flax_common(module)}
 
     def infer_torch(self, shapes):
         """weight (out, in/groups, *k) [+ bias (out,)].
@@ -221,11 +278,20 @@ class ConvRule(ConvFamily):
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
 
+    def infer_flax(self, shapes):
+        """As Keras: kernel (*k, in/groups, out) [+ bias (out,)] (a Linen ConvTranspose looks the same)."""
+        return self.infer_keras(shapes)
+
     def links_torch(self, hp):
         return [link("kernel", "weight", kernel_transpose(len(hp["kernel_size"]))), link("bias", "bias")]
 
+    def links_flax(self, hp):
+        return [link("kernel", "kernel"), link("bias", "bias")]
+
 
 def _is_depthwise(module) -> bool:
+    if hasattr(module, "feature_group_count"):  # Flax
+        return module.feature_group_count == module.in_features > 1
     return module.groups == module.in_channels > 1
 
 
@@ -241,17 +307,20 @@ class DepthwiseConvRule(ConvFamily):
 
     name = "depthwise_conv"
     priority = 1
-    classes = {"keras": ("DepthwiseConv1D", "DepthwiseConv2D"), "torch": ("Conv1d", "Conv2d")}
+    classes = {"keras": ("DepthwiseConv1D", "DepthwiseConv2D"), "torch": ("Conv1d", "Conv2d"), "flax": ("Conv",)}
     checks = {k: v for k, v in ConvFamily.checks.items() if k != "groups"}
 
     def matches(self, layout, layer):
-        return super().matches(layout, layer) and (layout != "torch" or _is_depthwise(layer))
+        return super().matches(layout, layer) and (layout == "keras" or _is_depthwise(layer))
 
     def config_keras(self, layer):
         return {"depth_multiplier": layer.depth_multiplier, **_common(layer)}
 
     def config_torch(self, module):
         return {"depth_multiplier": module.out_channels // module.in_channels, **_torch_common(module)}
+
+    def config_flax(self, module):
+        return {"depth_multiplier": module.out_features // module.in_features, **_flax_common(module)}
 
     def infer_keras(self, shapes):
         """kernel (*k, in, m) + bias (in*m,). Without a bias it looks like a conv, and is left to ``conv``."""
@@ -270,6 +339,12 @@ class DepthwiseConvRule(ConvFamily):
 
     def links_torch(self, hp):
         return [link("kernel", "weight", depthwise_transform(hp["kernel_size"], hp["depth_multiplier"])),
+                link("bias", "bias")]
+
+    def links_flax(self, hp):
+        """Keras (*k, in, m) -> Flax (*k, 1, in*m): output channel i*m + j, as a grouped conv orders them."""
+        k = tuple(hp["kernel_size"])
+        return [link("kernel", "kernel", Reshape(k + (-1, hp["depth_multiplier"]), k + (1, -1))),
                 link("bias", "bias")]
 
 
@@ -377,7 +452,7 @@ class ConvTransposeRule(ConvFamily):
 
     name = "conv_transpose"
     classes = {"keras": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
-               "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")}
+               "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"), "flax": ("ConvTranspose",)}
     pads = staticmethod(transpose_pads)
 
     def config_keras(self, layer):
@@ -388,6 +463,13 @@ class ConvTransposeRule(ConvFamily):
     def config_torch(self, module):
         return {"filters": module.out_channels, "groups": module.groups, **_torch_common(module),
                 "output_padding": tuple(module.output_padding)}
+
+    def config_flax(self, module):
+        hp = {"filters": module.out_features, "groups": 1, **_flax_common(module), "output_padding": None,
+              "transpose_kernel": bool(module.transpose_kernel)}
+        if not isinstance(hp["padding"], str):
+            del hp["padding"]  # explicit pairs pad the stretched input as they are: not Keras' or torch's words
+        return hp
 
     def infer_torch(self, shapes):
         """weight (in, out, *k) + bias (out,). Without a bias it looks like a conv, and is left to ``conv``;
@@ -412,3 +494,10 @@ class ConvTransposeRule(ConvFamily):
 
     def links_torch(self, hp):
         return [link("kernel", "weight", kernel_transpose(len(hp["kernel_size"]))), link("bias", "bias")]
+
+    def links_flax(self, hp):
+        if hp.get("transpose_kernel", False):
+            return [link("kernel", "kernel"), link("bias", "bias")]
+        rank = len(hp["kernel_size"])
+        swap = Transpose(*range(rank), rank + 1, rank)
+        return [link("kernel", "kernel", Flip(*range(rank)) >> swap), link("bias", "bias")]

@@ -3,6 +3,8 @@
 A Dense that reads a flattened channels-last feature map also has its rows in
 another order than torch's Linear (see flatten.py): the Keras side records the
 feature map as ``flatten_from`` and shares it with the paired torch layer.
+Flax (Linen Dense, NNX Linear) flattens channels-last feature maps as Keras
+does, so its kernel is Keras' as it is.
 """
 from . import flatten
 from .rule import Rule, link, register
@@ -12,7 +14,7 @@ from .transforms import Transpose
 @register
 class DenseRule(Rule):
     name = "dense"
-    classes = {"keras": ("Dense",), "torch": ("Linear",)}
+    classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",)}
     checks = {"use_bias": "error"}
     shared = ("flatten_from",)
 
@@ -38,6 +40,12 @@ class DenseRule(Rule):
             return None
         return {"units": k[1], "use_bias": b is not None}
 
+    def config_flax(self, module):
+        return {"units": module.out_features, "use_bias": module.bias is not None}
+
+    def infer_flax(self, shapes):
+        return self.infer_keras(shapes)
+
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
 
@@ -45,3 +53,6 @@ class DenseRule(Rule):
         feature_map = hp.get("flatten_from")
         kernel = flatten.flatten_permutation(feature_map) if feature_map else Transpose(1, 0)
         return [link("kernel", "weight", kernel), link("bias", "bias")]
+
+    def links_flax(self, hp):
+        return [link("kernel", "kernel"), link("bias", "bias")]

@@ -5,6 +5,7 @@ keeps its gradient at zero, but a lookup returns whatever the row holds, so
 the ported table computes the same function (Keras ``mask_zero`` is likewise
 a mask, not a weight). torch ``max_norm`` renormalises looked-up rows, in
 place, at every forward pass, which Keras never does: it is warned about.
+Flax's ``Embed`` keeps the same table as ``embedding``.
 """
 from .rule import Rule, link, register
 
@@ -12,7 +13,7 @@ from .rule import Rule, link, register
 @register
 class EmbeddingRule(Rule):
     name = "embedding"
-    classes = {"keras": ("Embedding",), "torch": ("Embedding",)}
+    classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",)}
     checks = {"max_norm": "warning"}
     check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "
                                 "Keras does not, so outputs differ wherever a row is longer: build the torch "
@@ -38,8 +39,20 @@ class EmbeddingRule(Rule):
             return None
         return {"input_dim": e[0], "output_dim": e[1]}
 
+    def config_flax(self, module):
+        return {"input_dim": int(module.num_embeddings), "output_dim": int(module.features), "max_norm": None}
+
+    def infer_flax(self, shapes):
+        e = shapes.get("embedding")
+        if set(shapes) != {"embedding"} or len(e) != 2:
+            return None
+        return {"input_dim": e[0], "output_dim": e[1]}
+
     def canonical(self, hp):
         return ["embeddings"]
 
     def links_torch(self, hp):
         return [link("embeddings", "weight")]
+
+    def links_flax(self, hp):
+        return [link("embeddings", "embedding")]

@@ -11,6 +11,11 @@ Channel axes: torch normalises over axis 1 (NCHW) for BatchNorm and GroupNorm;
 the paired Keras layer must use the channel axis of its own data layout (``-1``
 for channels-last, ``1`` for channels-first). The weights are the same (C,)
 vectors either way.
+
+Flax (NNX classes; Linen and file groups by names) keeps the same vectors as
+``scale``/``bias`` and, for BatchNorm, ``mean``/``var`` (Linen puts those in
+the ``batch_stats`` collection). Its momentum follows the Keras convention;
+its epsilon defaults differ again (1e-5 for BatchNorm, 1e-6 for the others).
 """
 from __future__ import annotations
 
@@ -68,7 +73,8 @@ class BatchNormRule(Rule):
 
     name = "batch_normalization"
     classes = {"keras": ("BatchNormalization",),
-               "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm")}
+               "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
+               "flax": ("BatchNorm",)}
     checks = {"track_running_stats": "error", "center": "error", "scale": "error",
               "epsilon": "warning", "momentum": "warning"}
     check_hints = {
@@ -93,6 +99,19 @@ class BatchNormRule(Rule):
         return {"epsilon": float(module.eps), "momentum": momentum, "center": bool(module.affine),
                 "scale": bool(module.affine), "track_running_stats": bool(module.track_running_stats),
                 "channels": module.num_features}
+
+    def config_flax(self, module):
+        return {"epsilon": float(module.epsilon), "momentum": float(module.momentum),
+                "center": bool(module.use_bias), "scale": bool(module.use_scale), "axis": module.axis,
+                "track_running_stats": True, "channels": module.num_features}
+
+    def infer_flax(self, shapes):
+        stats = _shape(shapes, "mean")
+        if (set(shapes) - {"scale", "bias", "mean", "var"} or stats is None or len(stats) != 1
+                or any(_shape(shapes, n) != stats for n in shapes)):
+            return None
+        return {"center": "bias" in shapes, "scale": "scale" in shapes, "track_running_stats": True,
+                "channels": stats[0]}
 
     def infer_torch(self, shapes):
         stats = _shape(shapes, "running_mean")
@@ -122,6 +141,10 @@ class BatchNormRule(Rule):
                 link("moving_mean", "running_mean"), link("moving_variance", "running_var"),
                 link((), "num_batches_tracked", Constant(0, "int64"))]
 
+    def links_flax(self, hp):
+        return [link("gamma", "scale"), link("beta", "bias"), link("moving_mean", "mean"),
+                link("moving_variance", "var")]
+
 
 @register
 class LayerNormRule(Rule):
@@ -138,7 +161,7 @@ class LayerNormRule(Rule):
     """
 
     name = "layer_normalization"
-    classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",)}
+    classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",)}
     checks = {"rms_scaling": "error", "axis": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "epsilon": EPSILON_HINT,
@@ -167,6 +190,18 @@ class LayerNormRule(Rule):
             return None
         return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(w), 0))}
 
+    def config_flax(self, module):
+        hp = {"epsilon": float(module.epsilon), "center": bool(module.use_bias), "scale": bool(module.use_scale),
+              "rms_scaling": False}
+        return _maybe(hp, "axis", _axes(module.reduction_axes))
+
+    def infer_flax(self, shapes):
+        # a lone scale is also what an RMSNorm keeps: the matcher settles it against a target, or reports it
+        s = _shape(shapes, "scale")
+        if set(shapes) - {"scale", "bias"} or s is None or not s or _shape(shapes, "bias") not in (None, s):
+            return None
+        return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(s), 0))}
+
     def infer_keras(self, shapes):
         found = [_shape(shapes, n) for n in ("gamma", "beta") if n in shapes]
         if set(shapes) - {"gamma", "beta"} or not found or not found[0] or len(set(found)) != 1:
@@ -181,6 +216,9 @@ class LayerNormRule(Rule):
     def links_torch(self, hp):
         return [link("gamma", "weight"), link("beta", "bias")]
 
+    def links_flax(self, hp):
+        return [link("gamma", "scale"), link("beta", "bias")]
+
 
 @register
 class GroupNormRule(Rule):
@@ -193,7 +231,7 @@ class GroupNormRule(Rule):
     """
 
     name = "group_normalization"
-    classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",)}
+    classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",)}
     checks = {"groups": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "groups": "the number of groups changes which channels are normalised together; make them agree",
@@ -210,11 +248,18 @@ class GroupNormRule(Rule):
         return {"groups": int(module.num_groups), "epsilon": float(module.eps), "center": bool(module.affine),
                 "scale": bool(module.affine), "channels": module.num_channels}
 
+    def config_flax(self, module):
+        return {"groups": int(module.num_groups), "epsilon": float(module.epsilon), "center": bool(module.use_bias),
+                "scale": bool(module.use_scale)}
+
     def canonical(self, hp):
         return (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
 
     def links_torch(self, hp):
         return [link("gamma", "weight"), link("beta", "bias")]
+
+    def links_flax(self, hp):
+        return [link("gamma", "scale"), link("beta", "bias")]
 
 
 def _torch_machine_epsilon(module) -> float:
@@ -240,7 +285,7 @@ class RMSNormRule(Rule):
     """
 
     name = "rms_normalization"
-    classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",)}
+    classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",), "flax": ("RMSNorm",)}
     checks = {"axis": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "epsilon": ("epsilon is added to the mean square; Keras defaults to 1e-6, torch eps=None means the machine "
@@ -266,8 +311,19 @@ class RMSNormRule(Rule):
     def infer_keras(self, shapes):
         return {"scale": True} if set(shapes) == {"scale"} and _shape(shapes, "scale") else None
 
+    def config_flax(self, module):
+        return _maybe({"epsilon": float(module.epsilon), "scale": bool(module.use_scale)}, "axis",
+                      _axes(module.reduction_axes))
+
+    def infer_flax(self, shapes):
+        s = _shape(shapes, "scale")
+        return {"scale": True, "axis": tuple(range(-len(s), 0))} if set(shapes) == {"scale"} and s else None
+
     def canonical(self, hp):
         return ["scale"] if hp.get("scale", True) else []
 
     def links_torch(self, hp):
         return [link("scale", "weight")]
+
+    def links_flax(self, hp):
+        return [link("scale", "scale")]

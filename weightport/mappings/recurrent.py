@@ -25,12 +25,31 @@ recurrent_dropout (inactive at inference), unit_forget_bias (an initializer),
 batch_first (an input layout: feed each side its own), and go_backwards,
 return_sequences, return_state, stateful, which decide what a layer computes
 or returns but are not visible from torch's side; make them agree by hand.
+
+Flax keeps a step function (a cell, run over time by ``nn.RNN``), and the
+cell is what pairs with the Keras layer. Its dense layers hold (in, out)
+kernels like Keras, in one of two forms: one dense per gate (Linen's cells,
+NNX's LSTMCell: ``ii, if, ig, io`` on the input and ``hi, hf, hg, ho`` on the
+state for LSTM; ``ir, iz, in, hr, hz, hn`` for GRU; ``i, h`` for SimpleCell),
+or the gates packed in ``dense_i``/``dense_h`` (NNX's OptimizedLSTMCell,
+GRUCell, SimpleCell). Only one side of each gate has a bias:
+
+- LSTM: the state side (``h*``), so Keras' one bias splits into it exactly;
+  gates are i, f, g, o in both.
+- GRU: the input side, plus ``hn`` (Linen only) inside the reset product,
+  like Keras ``reset_after=True``. Keras' recurrent z and r biases are
+  folded into the input ones (same function; back in Keras they come out
+  folded, so Keras -> Flax -> Keras is only function-preserving). NNX's
+  GRUCell (gates r, z, n, packed) has no ``hn`` bias at all: a layer whose
+  recurrent candidate bias is not zero cannot be ported into it (refused).
 """
 import re
 
+import numpy as np
+
 from ..errors import ConfigMismatchError, UnsupportedLayerError
 from .rule import Rule, link, register
-from .transforms import Each, ReorderBlocks, SumSplit, Transpose, Unstack
+from .transforms import Each, ReorderBlocks, Split, SumSplit, Transform, Transpose, Unstack
 
 _TORCH_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 _DIRECTIONS = (("forward/", ""), ("backward/", "_reverse"))
@@ -42,6 +61,74 @@ def _has_class(obj, names) -> bool:
 
 def _fn_name(fn) -> str:
     return getattr(fn, "__name__", repr(fn))
+
+
+def _flax_form(cell) -> str:
+    """How a live Flax cell holds its gates: "packed" (dense_i/dense_h), "gates_nnx" (NNX's ``if_``) or "gates"."""
+    if hasattr(cell, "dense_h"):
+        return "packed"
+    return "gates_nnx" if hasattr(cell, "if_") else "gates"
+
+
+class FoldRecurrentBias(Transform):
+    """Keras GRU (2, 3u) bias [input z, r, h; recurrent z, r, h] <-> Flax's input-side biases.
+
+    The recurrent z and r biases are added to the input ones (they meet in
+    the same sum before the sigmoid). With ``keep_candidate`` the recurrent h
+    bias is kept (Linen's ``hn`` bias): out are z, r, h input biases and it.
+    Without (NNX GRUCell), one (3u,) input bias comes out, and a non-zero
+    recurrent h bias is refused, since no Flax weight can hold it. Back, the
+    recurrent z and r biases are zeros: lossy in the canonical -> Flax direction.
+    """
+
+    n_in = 1
+    exact = False
+
+    def __init__(self, units: int, keep_candidate: bool):
+        self.units, self.keep_candidate = units, keep_candidate
+        self.n_out = 4 if keep_candidate else 1
+
+    def forward(self, arrays):
+        b = arrays[0]
+        u = b.shape[-1] // 3
+        folded = b[0].astype(np.float64)
+        folded[:2 * u] += b[1, :2 * u]
+        folded = folded.astype(b.dtype)
+        candidate = np.ascontiguousarray(b[1, 2 * u:])
+        if self.keep_candidate:
+            return folded[:u], folded[u:2 * u], folded[2 * u:], candidate
+        if np.any(candidate != 0):
+            raise UnsupportedLayerError(
+                f"this GRU's recurrent bias of the candidate gate (bias[1, {2 * u}:{3 * u}] in Keras, b_hn in "
+                f"torch) is not zero (largest magnitude {float(np.max(np.abs(candidate.astype(np.float64)))):g}), "
+                "but flax.nnx.GRUCell keeps no such bias: it computes n = tanh(x W_in + b_in + r * (h W_hn)), "
+                "so no weights reproduce this layer. Nothing was changed; port into a flax.linen.GRUCell "
+                "(which keeps it as hn/bias) or a Keras/torch GRU instead")
+        return (folded,)
+
+    def inverse(self, arrays):
+        if self.keep_candidate:
+            z, r, h, candidate = arrays
+            inputs, recurrent = np.concatenate([z, r, h]), np.concatenate([np.zeros_like(z), np.zeros_like(r),
+                                                                           candidate])
+        else:
+            inputs = arrays[0]
+            recurrent = np.zeros_like(inputs)
+        return (np.stack([inputs, recurrent]),)
+
+    def forward_shapes(self, shapes):
+        (two, width), = [tuple(s) for s in shapes]
+        if two != 2 or width % 3:
+            raise ValueError(f"a GRU bias with reset_after=True is (2, 3*units), got {(two, width)}")
+        return ((width // 3,),) * 4 if self.keep_candidate else ((width,),)
+
+    def inverse_shapes(self, shapes):
+        width = sum(s[0] for s in shapes[:3]) if self.keep_candidate else shapes[0][0]
+        return ((2, width),)
+
+    def describe(self):
+        kept = " and hn" if self.keep_candidate else ""
+        return f"fold recurrent z,r biases into the input ones{kept} (lossy)"
 
 
 class RecurrentRule(Rule):
@@ -105,6 +192,37 @@ class RecurrentRule(Rule):
         if bidirectional:
             hp["merge_mode"] = "concat"
         return hp
+
+    # -- Flax cells -------------------------------------------------------------
+    flax_forms = ("gates", "packed")
+
+    def config_flax(self, cell):
+        hp = self._flax_hp(int(cell.hidden_features), _flax_form(cell))
+        hp["activation"] = _fn_name(cell.activation_fn)
+        if hasattr(cell, "gate_fn"):
+            hp["recurrent_activation"] = _fn_name(cell.gate_fn)
+        return hp
+
+    def _flax_hp(self, units, form):
+        return {"units": units, "use_bias": True, "bidirectional": False, "flax_form": form}
+
+    def infer_flax(self, shapes):
+        for form in self.flax_forms:
+            names = self.links("flax", self._flax_hp(0, form))
+            hidden = next(lk.native[0] for lk in names if lk.canonical == ("recurrent_kernel",))
+            if hidden not in shapes or len(shapes[hidden]) != 2:
+                continue
+            hp = self._flax_hp(shapes[hidden][0], form)
+            if set(shapes) != set(self.native_slots("flax", hp)):
+                continue
+            try:
+                canonical = self.canonical_shapes("flax", hp, shapes)
+            except (KeyError, ValueError):
+                continue
+            keras = self.infer_keras(dict(zip(self.canonical(hp), canonical)))
+            if keras is not None and keras["units"] == hp["units"]:
+                return hp
+        return None
 
     # -- bare checkpoint groups -------------------------------------------------
     def infer_torch(self, shapes):
@@ -185,27 +303,54 @@ def _directions(layer):
 @register
 class SimpleRNNRule(RecurrentRule):
     name = "simple_rnn"
-    classes = {"keras": ("SimpleRNN", "Bidirectional"), "torch": ("RNN",)}
+    classes = {"keras": ("SimpleRNN", "Bidirectional"), "torch": ("RNN",), "flax": ("SimpleCell",)}
     keras_cells = ("SimpleRNNCell",)
+    checks = {**RecurrentRule.checks, "residual": "error"}
     check_hints = {**RecurrentRule.check_hints,
                    "activation": "torch's nn.RNN computes with its nonlinearity ('tanh' or 'relu'); "
-                                 "make it the Keras layer's activation"}
+                                 "make it the Keras layer's activation",
+                   "residual": "a Flax SimpleCell with residual=True adds the previous state, which Keras' "
+                               "SimpleRNN does not; build the cell with residual=False"}
+
+    def cell_config(self, cell):
+        return {**super().cell_config(cell), "residual": False}
+
+    def config_flax(self, cell):
+        return {**super().config_flax(cell), "residual": bool(getattr(cell, "residual", False))}
+
+    def links_flax(self, hp):
+        if hp["flax_form"] == "packed":
+            return [link("kernel", "dense_i/kernel"), link("recurrent_kernel", "dense_h/kernel"),
+                    link("bias", "dense_i/bias")]
+        return [link("kernel", "i/kernel"), link("recurrent_kernel", "h/kernel"), link("bias", "i/bias")]
 
 
 @register
 class LSTMRule(RecurrentRule):
     name = "lstm"
     gates = 4
-    classes = {"keras": ("LSTM", "Bidirectional"), "torch": ("LSTM",)}
+    classes = {"keras": ("LSTM", "Bidirectional"), "torch": ("LSTM",), "flax": ("LSTMCell", "OptimizedLSTMCell")}
     keras_cells = ("LSTMCell",)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+    flax_forms = ("gates", "gates_nnx", "packed")
+
+    def links_flax(self, hp):
+        if hp["flax_form"] == "packed":
+            return [link("kernel", "dense_i/kernel"), link("recurrent_kernel", "dense_h/kernel"),
+                    link("bias", "dense_h/bias")]
+        u = hp["units"]
+        inputs = ("ii", "if_" if hp["flax_form"] == "gates_nnx" else "if", "ig", "io")
+        states = ("hi", "hf", "hg", "ho")
+        return [link("kernel", tuple(f"{g}/kernel" for g in inputs), Split(1, (u,) * 4)),
+                link("recurrent_kernel", tuple(f"{g}/kernel" for g in states), Split(1, (u,) * 4)),
+                link("bias", tuple(f"{g}/bias" for g in states), Split(0, (u,) * 4))]
 
 
 @register
 class GRURule(RecurrentRule):
     name = "gru"
     gates = 3
-    classes = {"keras": ("GRU", "Bidirectional"), "torch": ("GRU",)}
+    classes = {"keras": ("GRU", "Bidirectional"), "torch": ("GRU",), "flax": ("GRUCell",)}
     keras_cells = ("GRUCell",)
     torch_gate_order = (1, 0, 2)  # torch r, z, n = Keras blocks 1 (r), 0 (z), 2 (h)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
@@ -215,6 +360,19 @@ class GRURule(RecurrentRule):
 
     def _torch_hp(self, *args):
         return {**super()._torch_hp(*args), "reset_after": True}
+
+    def _flax_hp(self, units, form):
+        return {**super()._flax_hp(units, form), "reset_after": True}
+
+    def links_flax(self, hp):
+        u, order = hp["units"], self.torch_gate_order  # NNX packs r, z, n like torch
+        if hp["flax_form"] == "packed":
+            return [link("kernel", "dense_i/kernel", ReorderBlocks(1, order)),
+                    link("recurrent_kernel", "dense_h/kernel", ReorderBlocks(1, order)),
+                    link("bias", "dense_i/bias", FoldRecurrentBias(u, keep_candidate=False) >> ReorderBlocks(0, order))]
+        return [link("kernel", ("iz/kernel", "ir/kernel", "in/kernel"), Split(1, (u,) * 3)),
+                link("recurrent_kernel", ("hz/kernel", "hr/kernel", "hn/kernel"), Split(1, (u,) * 3)),
+                link("bias", ("iz/bias", "ir/bias", "in/bias", "hn/bias"), FoldRecurrentBias(u, keep_candidate=True))]
 
     def keras_bias_hp(self, bias_shape, width):
         if bias_shape == (2, width):
@@ -231,8 +389,8 @@ class GRURule(RecurrentRule):
             old = source_hp if not a else target_hp
             raise ConfigMismatchError(
                 f"GRU layer {old.get('name', '(unnamed)')!r} has reset_after=False, but the layer it is paired "
-                "with computes reset_after=True (torch's nn.GRU always does: it applies the reset gate after "
-                "the recurrent matmul and keeps two biases). The two compute different functions, so no weights "
+                "with computes reset_after=True (torch's nn.GRU and Flax's GRUCell always do: they apply the reset "
+                "gate after the recurrent matmul). The two compute different functions, so no weights "
                 "were ported. Rebuild the Keras GRU with reset_after=True (the Keras 3 default) and train or "
                 "port from that")
         return super().share(source_hp, target_hp)

@@ -16,7 +16,7 @@ import uuid
 from ...errors import FormatError, OutputExistsError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, as_sources
 
-MODULES = ("safetensors", "keras", "npz", "torch")  # sniffed in this order: torch's zip check comes last
+MODULES = ("safetensors", "keras", "npz", "torch", "msgpack")  # sniffed in this order; msgpack's weak magic last
 _HEAD_BYTES = 64
 
 

@@ -66,6 +66,14 @@ class Framework:
         """The object a port returns as ``report.target`` (functional frameworks copy)."""
         return model
 
+    def layer_nodes(self, model):
+        """(refs, unmapped) for a model whose layers are not objects with classes, else None (walk() finds them).
+
+        Flax Linen variables are plain nested dicts: their adapter recognises
+        layers from tensor names and shapes, as checkpoints are.
+        """
+        return None
+
 
 _adapters: list = []
 
@@ -153,6 +161,9 @@ def walk(fw: Framework, model) -> tuple:
 
     A layer a rule claims is a leaf; any other layer is walked into.
     """
+    found = fw.layer_nodes(model)
+    if found is not None:
+        return found
     refs, unmapped, seen = [], [], set()
 
     def visit(layer, path):
