@@ -319,3 +319,21 @@ def test_generic_keras_rnn_wrapping_a_cell():
     randomize_torch(t)
     assert [s.rule for s in wp.port(t, k).steps] == ["lstm"]
     assert_forward_equal(t, k, inputs())
+
+
+def test_get_and_set_weights_on_a_model_holding_a_stacked_rnn():
+    model = torch.nn.Sequential(torch.nn.LSTM(IN, UNITS, num_layers=2, batch_first=True))
+    weights = wp.get_weights(model)
+    assert [w.shape for w in weights] == [(IN, 4 * UNITS), (UNITS, 4 * UNITS), (4 * UNITS,),
+                                         (UNITS, 4 * UNITS), (UNITS, 4 * UNITS), (4 * UNITS,)]
+    shifted = [w + 1 for w in weights]
+    wp.set_weights(model, shifted)
+    for got, want in zip(wp.get_weights(model), shifted):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    before = [w.copy() for w in wp.get_weights(model)]
+    with pytest.raises(wp.ShapeMismatchError, match="6 weights"):
+        wp.set_weights(model, shifted[:5])
+    with pytest.raises(wp.ShapeMismatchError, match="nothing was assigned"):
+        wp.set_weights(model, shifted[:5] + [np.zeros(3, "float32")])
+    for got, want in zip(wp.get_weights(model), before):
+        np.testing.assert_array_equal(got, want)

@@ -369,43 +369,37 @@ def get_weights(layer) -> list:
 
 
 def set_weights(layer, weights) -> None:
-    """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework."""
+    """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework.
+
+    Every shape is checked before anything is assigned.
+    """
     weights = list(weights)
     fw, rule, hp = _single(layer)
-    parts = rule.expand(fw.layout, hp) if rule is not None else []
-    if len(parts) > 1:
-        counts = [len(rule.canonical(part)) for part in parts]
-        if sum(counts) != len(weights):
-            raise ShapeMismatchError(f"{fw.display_name(layer)} stands for {len(parts)} Keras layers taking "
-                                     f"{sum(counts)} weights in all; got {len(weights)}")
-        start = 0
-        for part, count in zip(parts, counts):
-            _set_part(fw, layer, rule, part, weights[start:start + count])
-            start += count
-        return
-    if rule is None:
+    if rule is not None:  # a stacked torch RNN stands for several Keras layers: it takes all their weights
+        parts = [(fw, layer, rule, part) for part in rule.expand(fw.layout, hp)]
+    else:
         _, nodes, _ = _live_nodes(layer, "model", strict=True)
-        counts = [len(n.candidates[0][0].canonical(n.candidates[0][1])) for n in nodes]
-        if sum(counts) != len(weights):
-            raise ShapeMismatchError(f"the model's layers take {sum(counts)} weights in all; got {len(weights)}")
-        start = 0
-        for node, count in zip(nodes, counts):
-            set_weights(node.obj, weights[start:start + count])
-            start += count
-        return
-    _set_part(fw, layer, rule, hp, weights)
+        parts = [(n.framework, n.obj, *n.candidates[0]) for n in nodes]
+    counts = [len(r.canonical(h)) for _, _, r, h in parts]
+    if sum(counts) != len(weights):
+        raise ShapeMismatchError(f"{fw.display_name(layer)} takes {sum(counts)} weights in all "
+                                 f"({len(parts)} Keras layer(s)); got {len(weights)}")
+    prepared, start = [], 0
+    for (part_fw, obj, r, h), count in zip(parts, counts):
+        prepared.append((part_fw, obj, _checked(part_fw, obj, r, h, weights[start:start + count])))
+        start += count
+    for part_fw, obj, arrays in prepared:
+        part_fw.write(obj, arrays)
 
 
-def _set_part(fw, layer, rule, hp, weights) -> None:
-    """Check every shape, then assign: nothing is written if one weight does not fit."""
+def _checked(fw, layer, rule, hp, weights) -> dict:
+    """The layout tensors for one layer's canonical weights, after checking every shape."""
     import numpy as np
 
     from .converter.arrays import to_numpy
 
     names = rule.canonical(hp)
     label = fw.display_name(layer)
-    if len(weights) != len(names):
-        raise ShapeMismatchError(f"{label} ({rule.name}) takes {len(names)} weights {names}; got {len(weights)}")
     weights = [np.asarray(to_numpy(w)) for w in weights]
     slots = rule.native_slots(fw.layout, hp)
     expected = rule.canonical_shapes(fw.layout, hp, fw.shapes(layer, slots))
@@ -413,7 +407,7 @@ def _set_part(fw, layer, rule, hp, weights) -> None:
         if tuple(w.shape) != tuple(shape):
             raise ShapeMismatchError(f"{label} ({rule.name}) weight {name!r}: expected shape {tuple(shape)} "
                                      f"(Keras layout), got {tuple(w.shape)}; nothing was assigned")
-    fw.write(layer, rule.from_canonical(fw.layout, hp, weights))
+    return rule.from_canonical(fw.layout, hp, weights)
 
 
 def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4) -> VerifyResult:
