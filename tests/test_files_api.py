@@ -125,3 +125,51 @@ def test_ambiguous_file_groups_are_reported_not_guessed(tmp_path):
     with pytest.raises(wp.UsageError, match="several rules"):
         wp.convert(path, tmp_path / "out.safetensors", to="keras")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_stacked_rnn_checkpoint_is_every_layer(tmp_path):
+    t = torch.nn.LSTM(7, 5, num_layers=2, batch_first=True, bidirectional=True)
+    randomize_torch(t)
+    torch.save(t.state_dict(), tmp_path / "lstm.pt")
+    k = keras.Sequential([keras.Input((4, 7))] + [keras.layers.Bidirectional(keras.layers.LSTM(
+        5, return_sequences=True)) for _ in range(2)])
+    wp.port(tmp_path / "lstm.pt", k)
+
+    class Out(torch.nn.Module):
+        def forward(self, x):
+            return t(x)[0]
+
+    x = np.random.default_rng(4).standard_normal((3, 4, 7)).astype("float32")
+    assert wp.verify(Out(), k, x).ok
+    report = wp.convert(tmp_path / "lstm.pt", tmp_path / "k.safetensors", to="keras")
+    assert len(report.steps) == 2 and len(wp.load(tmp_path / "k.safetensors")) == 12  # 2 layers x 2 directions x 3
+
+
+def test_bare_checkpoint_groups_take_the_rule_of_the_layer_they_meet(tmp_path):
+    # shapes alone read a depthwise conv as a 1-input-channel conv and a GroupNorm as a LayerNorm
+    t = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=4), torch.nn.GroupNorm(2, 8))
+    randomize_torch(t)
+    torch.save(t.state_dict(), tmp_path / "t.pt")
+    k = keras.Sequential([keras.Input((7, 6, 4)), keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+                          keras.layers.GroupNormalization(2, epsilon=1e-5)])
+    report = wp.port(tmp_path / "t.pt", k)
+    assert [s.rule for s in report.steps] == ["depthwise_conv", "group_normalization"]
+    x = np.random.default_rng(5).standard_normal((2, 4, 7, 6)).astype("float32")
+    assert wp.verify(t, k, (x, x.transpose(0, 2, 3, 1))).ok
+
+
+def test_files_weightport_wrote_say_which_rule_wrote_each_layer(tmp_path):
+    # a bias-free Linear and an Embedding look alike in a torch file: (rows, cols) "weight"
+    t = torch.nn.Sequential(torch.nn.Embedding(11, 7), torch.nn.Linear(7, 5, bias=False))
+    randomize_torch(t)
+    wp.save(t, tmp_path / "t.safetensors")
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "k.safetensors", to="keras")
+    k = wp.load(tmp_path / "k.safetensors")
+    assert {n: k.shape(n) for n in k} == {"0/embeddings": (11, 7), "1/kernel": (7, 5)}
+    np.testing.assert_array_equal(k["1/kernel"], t[1].weight.detach().numpy().T)
+    # the same tensors without weightport's record are ambiguous, and said to be
+    from weightport.converter.formats import write_checkpoint
+
+    write_checkpoint(tmp_path / "plain.safetensors", {n: v.numpy() for n, v in t.state_dict().items()})
+    with pytest.raises(wp.UsageError, match="several rules"):
+        wp.convert(tmp_path / "plain.safetensors", tmp_path / "k2.safetensors", to="keras")

@@ -118,3 +118,30 @@ def test_wrong_feature_map_size_is_a_mismatch():
     t[-1] = torch.nn.Linear(C * 4 * 3, OUT)  # a torch head for a 4x3 map
     with pytest.raises(wp.ShapeMismatchError):
         wp.port(t, k)
+
+
+@pytest.mark.parametrize("nesting", ["backbone", "head"])
+def test_flatten_across_a_nested_model_boundary(nesting):
+    """The conv or the Flatten+Dense head sits inside a nested Sequential: the rows still move."""
+    L = keras.layers
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 3, 6))
+    randomize_torch(t)
+    inp = keras.Input((7, 5, 3))
+    if nesting == "backbone":
+        backbone = keras.Sequential([keras.Input((7, 5, 3)), L.Conv2D(4, 3)])
+        k = keras.Model(inp, L.Dense(6)(L.Flatten()(backbone(inp))))
+    else:
+        k = keras.Model(inp, keras.Sequential([L.Flatten(), L.Dense(6)])(L.Conv2D(4, 3)(inp)))
+    wp.port(t, k)
+    x = np.random.default_rng(2).standard_normal((2, 3, 7, 5)).astype("float32")
+    assert_forward_equal(t, k, x, x.transpose(0, 2, 3, 1))
+
+
+def test_flatten_of_an_untraceable_sequence_is_warned_about():
+    """(steps, features) entering a nested model could be a Conv1D map or an embedded sequence."""
+    L = keras.layers
+    inp = keras.Input((6, 5))
+    k = keras.Model(inp, keras.Sequential([L.Flatten(), L.Dense(4)])(L.Conv1D(5, 1)(inp)))
+    t = torch.nn.Sequential(torch.nn.Conv1d(5, 5, 1), torch.nn.Flatten(), torch.nn.Linear(30, 4))
+    with pytest.warns(wp.WeightportWarning, match="Flatten"):
+        wp.port(t, k)

@@ -5,6 +5,7 @@ path, a loaded ``Checkpoint`` or a plain name -> array mapping (a state dict).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -15,7 +16,8 @@ from .converter import engine, matcher
 from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, require_adapter, walk
 from .converter.plan import Report
-from .converter.structure import SEPARATORS, infer_nodes, model_nodes
+from .converter.plan import _jsonable
+from .converter.structure import RULES_KEY, SEPARATORS, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
 from .errors import ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportWarning
 from .mappings.rule import rules_for
@@ -151,9 +153,12 @@ def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_s
     from .converter.checkpoint import LAYOUT_KEY
     from .converter.formats import write_checkpoint
 
+    layers = {}
     for step, p in zip(plan.steps, pairs):
         step.source_names = dict(getattr(p.source, "names", {}))
         step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
+        group = group_path(list(step.target_names.values()), p.target.layout)
+        layers.setdefault(group, {"rule": p.rule.name, "hp": p.target_hp})
     if dry_run:
         _warn(plan)
         report = Report(plan, str(destination))
@@ -162,7 +167,8 @@ def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_s
     sources = engine.target_sources(pairs, names_of, dtype=dtype)
     progress = _progress_bar(sum(s.nbytes for s in sources), destination, quiet)
     try:
-        written = write_checkpoint(destination, sources, metadata={LAYOUT_KEY: layout}, overwrite=overwrite,
+        metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=_jsonable)}
+        written = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
                                    shard_size=shard_size, progress=progress.update if progress else None)
     finally:
         if progress is not None:

@@ -37,8 +37,29 @@ def common_rule(a, b):
     return None
 
 
+def adopted_rule(a, b):
+    """``b``'s rule and hyperparameters for ``a``, a checkpoint group whose rule was only guessed from shapes.
+
+    Shapes cannot tell a depthwise from a grouped convolution, or a GroupNorm
+    from a LayerNorm; the live layer it is paired with can. Taken only when the
+    group's tensors are exactly that rule's slots and their shapes match.
+    """
+    if not getattr(a, "inferred", False):
+        return None
+    for rule, hp in b.candidates:
+        if a.layout not in rule.layouts():
+            continue
+        try:
+            slots = set(rule.native_slots(a.layout, hp))
+        except (KeyError, ValueError, TypeError):
+            continue
+        if set(a.names) <= slots and a.canonical_shapes(rule, hp) == b.canonical_shapes(rule, hp):
+            return rule, hp, hp
+    return None
+
+
 def pair(a, b) -> Pair | None:
-    found = common_rule(a, b)
+    found = common_rule(a, b) or adopted_rule(a, b)
     if found is None:
         return None
     rule, hp_a, hp_b = found

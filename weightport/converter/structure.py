@@ -26,6 +26,7 @@ class FileNode:
     checkpoint: object
     names: dict  # slot -> tensor name in the checkpoint
     frozen: object = field(default=None)
+    inferred: bool = False  # rule guessed from names and shapes; a paired live layer may say better
 
     @property
     def label(self) -> str:
@@ -81,23 +82,66 @@ def tree_paths(names, layout: str) -> dict:
     return below if len(set(below.values())) == len(below) else {n: n for n in names}
 
 
+RULES_KEY = "weightport_layers"  # metadata: {group path: {"rule": name, "hp": hp}} of the layers in a file
+
+
+def recorded_layers(checkpoint) -> dict:
+    """The rule and hyperparameters weightport recorded for each layer of a file it wrote, if any."""
+    import json
+
+    from .plan import _tuples
+
+    text = checkpoint.metadata.get(RULES_KEY)
+    try:
+        return {path: (entry["rule"], _tuples(entry.get("hp", {}))) for path, entry in json.loads(text).items()}
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return {}
+
+
+def group_path(names, layout: str) -> str:
+    """The group (tree node) holding all of ``names``: their longest common prefix, in whole components."""
+    sep = SEPARATORS.get(layout, ".")
+    parts = [n.split(sep) for n in names]
+    common = []
+    for column in zip(*(p[:-1] for p in parts)):
+        if len(set(column)) != 1:
+            break
+        common.append(column[0])
+    return sep.join(common)
+
+
 def infer_nodes(checkpoint, layout: str) -> tuple:
     """(nodes, leftovers) for a checkpoint with no model: layers recognised from names and shapes.
 
-    leftovers lists tensor names no rule explains.
+    leftovers lists tensor names no rule explains. Where the file records
+    which rule wrote a group (weightport's own files), that rule is taken
+    instead of guessing: names and shapes cannot tell a bias-free depthwise
+    kernel from a convolution kernel, or a Linear from an Embedding.
     """
     sep = SEPARATORS.get(layout, ".")
     tree = tree_paths(ordered_names(checkpoint), layout)
     names = list(tree)
     nodes, leftovers = [], []
     rules = sorted(registry, key=lambda r: -r.priority)
+    recorded = recorded_layers(checkpoint)
 
     def visit(prefix: str, group: list):
         local = {(tree[n][len(prefix) + 1:] if prefix else tree[n]): n for n in group}
         shapes = {k: tuple(checkpoint.shape(v)) for k, v in local.items()}
-        candidates = [(r, hp) for r in rules if (hp := r.infer(layout, shapes)) is not None]
+        if prefix in recorded and recorded[prefix][0] in {r.name for r in rules}:
+            rule = registry.get(recorded[prefix][0])  # what names and shapes cannot say (flatten_from...) too
+            candidates = [(rule, {**recorded[prefix][1], **(rule.infer(layout, shapes) or {})})]
+        else:
+            candidates = [(r, hp) for r in rules if (hp := r.infer(layout, shapes)) is not None]
         if candidates:
-            nodes.append(FileNode(prefix, layout, candidates, checkpoint, local))
+            rule, hp = candidates[0]
+            parts = rule.expand(layout, hp)
+            guessed = prefix not in recorded
+            if len(parts) == 1:
+                nodes.append(FileNode(prefix, layout, candidates, checkpoint, local, inferred=guessed))
+            else:  # one group standing for several canonical layers (a stacked torch RNN)
+                nodes.extend(FileNode(f"{prefix}[{i}]", layout, [(rule, part)], checkpoint, local, inferred=guessed)
+                             for i, part in enumerate(parts))
             return
         children: dict = {}
         for key, full in local.items():

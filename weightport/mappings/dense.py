@@ -7,7 +7,7 @@ Flax (Linen Dense, NNX Linear) flattens channels-last feature maps as Keras
 does, so its kernel is Keras' as it is.
 """
 from . import flatten
-from .rule import Rule, link, register
+from .rule import ConfigIssue, Rule, link, register
 from .transforms import Transpose
 
 
@@ -21,9 +21,21 @@ class DenseRule(Rule):
     def config_keras(self, layer):
         hp = {"units": layer.units, "use_bias": layer.use_bias}
         feature_map = flatten.feature_map_before_flatten(layer)
-        if feature_map is not None:
+        if feature_map is flatten.UNKNOWN:
+            hp["flatten_unknown"] = True
+        elif feature_map is not None:
             hp["flatten_from"] = feature_map
         return hp
+
+    def check(self, source_hp, target_hp):
+        issues = super().check(source_hp, target_hp)
+        if source_hp.get("flatten_unknown") or target_hp.get("flatten_unknown"):
+            issues.append(ConfigIssue(
+                "flatten", "Flatten of a (steps, features) tensor", "order unknown", "warning",
+                "the Flatten's input comes from outside a nested model, so whether its rows need the "
+                "channels-last permutation (a Conv1D map) or not (an embedded sequence) cannot be told; "
+                "check the outputs with wp.verify"))
+        return issues
 
     def config_torch(self, module):
         return {"units": module.out_features, "use_bias": module.bias is not None}

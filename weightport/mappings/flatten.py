@@ -37,12 +37,18 @@ def flatten_permutation(feature_map) -> Transform:
                  Reshape((-1, channels, *spatial), (-1, size)))
 
 
+UNKNOWN = "unknown"
+
+
 def feature_map_before_flatten(layer):
     """(*spatial, channels) when a Keras layer reads a spatial map through a Flatten in channels-last order.
 
     None when there is no such Flatten, when the graph is unknown (a layer
     only ever called eagerly), or when the flat order already is torch's
-    (a channels-first tensor flattened as it is).
+    (a channels-first tensor flattened as it is). ``UNKNOWN`` when there is a
+    Flatten of a sequence-shaped (batch, steps, features) tensor whose producer
+    cannot be traced (the start of a nested model): a Conv1D map needs the
+    permutation, an embedded sequence does not.
     """
     nodes = getattr(layer, "_inbound_nodes", None)
     flat = _parent(nodes[-1]) if nodes else None  # the latest call: a rebuilt Sequential adds nodes
@@ -54,7 +60,12 @@ def feature_map_before_flatten(layer):
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
         return None
     dims = tuple(shape[1:])
-    tensor, flatten = _tensor_format(flat), getattr(flat.operation, "data_format", "channels_last")
+    flatten = getattr(flat.operation, "data_format", "channels_last")
+    tensor = _tensor_format(flat)
+    if tensor is UNKNOWN:
+        if len(dims) == 2:
+            return UNKNOWN
+        tensor = flatten  # an image-shaped map from outside a nested model: Keras' own convention
     if tensor == flatten == "channels_last":
         return dims
     if tensor == flatten == "channels_first":  # Keras moves the channels last before flattening
@@ -81,14 +92,38 @@ def _keeps_shape(node) -> bool:
 
 
 def _tensor_format(node):
-    """The data_format of the nearest upstream layer that has one, through rank-preserving layers."""
+    """The data_format of the nearest upstream layer that has one, through rank-preserving layers.
+
+    A nested model on the way is entered at its output. ``UNKNOWN`` when the
+    trail ends at an input that may be fed from outside (a nested model's own
+    Input), None when it ends in a layer that does not keep the axes' meaning.
+    """
     node = _parent(node)
     while node is not None:
+        inner = _output_node(node.operation)
+        if inner is not None:
+            node = inner  # a nested model: continue from what produces its output
+            continue
         fmt = getattr(node.operation, "data_format", None)
         if fmt in FORMATS:
             return fmt
         before, after = _shape(node.input_tensors), _shape(node.outputs)
+        if _is(node.operation, "InputLayer"):
+            return UNKNOWN
         if _is(node.operation, *REARRANGING) or before is None or after is None or len(before) != len(after):
             return None
         node = _parent(node)
     return None
+
+
+def _output_node(op):
+    """The node producing a nested model's (single) output, or None when ``op`` is not a model."""
+    outputs = getattr(op, "outputs", None)
+    if not outputs or not _is(op, "Functional", "Sequential"):
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    if history is None:
+        return None
+    producer, node_index = history[0], history[1]
+    nodes = getattr(producer, "_inbound_nodes", None) or []
+    return nodes[node_index] if node_index < len(nodes) else None
