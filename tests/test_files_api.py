@@ -173,3 +173,12 @@ def test_files_weightport_wrote_say_which_rule_wrote_each_layer(tmp_path):
     write_checkpoint(tmp_path / "plain.safetensors", {n: v.numpy() for n, v in t.state_dict().items()})
     with pytest.raises(wp.UsageError, match="several rules"):
         wp.convert(tmp_path / "plain.safetensors", tmp_path / "k2.safetensors", to="keras")
+
+
+def test_each_tensor_keeps_its_own_dtype_within_a_layer(tmp_path):
+    lin = torch.nn.Linear(7, 5)
+    lin.weight.data = lin.weight.data.to(torch.bfloat16)  # a mixed-precision layer: bf16 kernel, f32 bias
+    wp.save(lin, tmp_path / "k.safetensors", layout="keras")
+    ckpt = wp.load(tmp_path / "k.safetensors")
+    assert (ckpt.dtype("kernel").name, ckpt.dtype("bias").name) == ("bfloat16", "float32")
+    assert np.array_equal(ckpt["kernel"].view(np.uint16), wp.get_weights(lin)[0].view(np.uint16))

@@ -50,8 +50,8 @@ class LayerTensors:
     are alive at a time.
     """
 
-    def __init__(self, p, dtype=None):
-        self.p, self.dtype, self._arrays = p, dtype, None
+    def __init__(self, p):
+        self.p, self._arrays = p, None
 
     def load(self, slot):
         if self._arrays is None:
@@ -79,12 +79,16 @@ def target_sources(pairs, names_of, dtype=None) -> list:
         layer_dtype = next(iter(src_dtypes.values()), np.dtype("float32"))
         cache = LayerTensors(p)
         for lk in rule.links(layout, hp):
+            src_link = _source_link(p, lk)
             for slot in lk.native:
-                dt = np.dtype(lk.transform.dtype) if not lk.canonical else layer_dtype
+                if not lk.canonical:  # a layout-only constant (num_batches_tracked)
+                    dt = np.dtype(lk.transform.dtype)
+                else:  # transforms keep dtypes: the dtype of the source tensor it comes from
+                    dt = src_dtypes.get(src_link.native[0], layer_dtype) if src_link else layer_dtype
                 if dtype is not None and is_floating(dt):
                     dt = np.dtype(dtype)
-                streamed = _plain_transpose_of(p, lk)
-                passthrough = _stored_bytes_of(p, lk, dt)
+                streamed = _plain_transpose_of(src_link, lk)
+                passthrough = _stored_bytes_of(p, src_link, lk, dt)
                 if passthrough is not None:
                     source = TensorSource(names_of(p, slot), shapes[slot], dt, _loader(cache, slot, dt),
                                           file_range=passthrough)
@@ -102,14 +106,20 @@ def _loader(cache, slot, dtype):
     return lambda: cast(cache.load(slot), dtype)
 
 
-def _plain_transpose_of(p, target_link):
+def _source_link(p, target_link):
+    """The source layout's link for the same canonical slots as ``target_link`` (None for constants)."""
+    if not target_link.canonical:
+        return None
+    return next((lk for lk in p.rule.links(p.source.layout, p.source_hp)
+                 if lk.canonical == target_link.canonical), None)
+
+
+def _plain_transpose_of(src_link, target_link):
     """The source slot whose plain 2-D transpose ``target_link``'s tensor is, else None.
 
     That tensor can then be streamed in row blocks straight from the source
     (Dense kernels, the bulk of a large model), never held whole in memory.
     """
-    src_link = next((lk for lk in p.rule.links(p.source.layout, p.source_hp)
-                     if lk.canonical == target_link.canonical), None)
     if src_link is None or len(src_link.native) != 1 or len(target_link.native) != 1:
         return None
     flips = [_is_2d_transpose(lk.transform) for lk in (src_link, target_link)]
@@ -117,12 +127,10 @@ def _plain_transpose_of(p, target_link):
     return src_link.native[0] if (flips[0] and plain[1]) or (plain[0] and flips[1]) else None
 
 
-def _stored_bytes_of(p, target_link, dtype):
+def _stored_bytes_of(p, src_link, target_link, dtype):
     """The file byte range holding ``target_link``'s tensor unchanged (no transform, no cast), else None."""
-    src_link = next((lk for lk in p.rule.links(p.source.layout, p.source_hp)
-                     if lk.canonical == target_link.canonical), None)
-    if (src_link is None or not target_link.canonical or src_link.transform is not IDENTITY
-            or target_link.transform is not IDENTITY or not hasattr(p.source, "checkpoint")):
+    if (src_link is None or src_link.transform is not IDENTITY or target_link.transform is not IDENTITY
+            or len(src_link.native) != 1 or not hasattr(p.source, "checkpoint")):
         return None
     stored = p.source.checkpoint.source(p.source.names[src_link.native[0]])
     return stored.file_range if stored.dtype == dtype else None
