@@ -232,8 +232,6 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
         if ckpt.layout not in (None, fw.layout):
             raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
         nodes, missing = model_nodes(ckpt, live, _names_for(model, fw, ckpt.path or ""))
-        for node in nodes:
-            node.from_model = True  # its rule comes from a live layer's class, not from names and shapes
         if missing and strict:
             raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
                                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -299,7 +297,6 @@ def _replay(plan, source, trust_pickle: bool) -> tuple:
             raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
                                      "which the checkpoint does not hold; nothing was written")
         node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
-        node.from_model = True
         shapes = node.canonical_shapes(rule, step.source_hp)
         if shapes != [tuple(s) for s in step.shapes]:
             raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
@@ -325,8 +322,7 @@ def _same_structure(src_nodes, layout) -> tuple:
     for node in src_nodes:
         rules = [r for r, _ in node.candidates]
         # a live layer's class settles its rule; names and shapes alone may not
-        inferred = not (_is_live(getattr(node, "obj", None)) or getattr(node, "from_model", False))
-        if layout != node.layout and len(rules) > 1 and inferred:
+        if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False):
             raise UsageError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
                              f"which differ in {layout} layout; pass model= or like= to say which")
         rule, hp = node.candidates[0]
@@ -374,10 +370,12 @@ def get_weights(layer) -> list:
             for w in rule.to_canonical(n.layout, hp, n.read(rule, hp))]
 
 
-def set_weights(layer, weights) -> None:
+def set_weights(layer, weights):
     """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework.
 
-    Every shape is checked before anything is assigned.
+    Every shape is checked before anything is assigned. Returns the layer with
+    its new weights: ``layer`` itself, or for frameworks whose objects cannot
+    change (Equinox modules, Flax Linen variables) a new one.
     """
     weights = list(weights)
     fw, rule, hp = _single(layer)
@@ -396,6 +394,7 @@ def set_weights(layer, weights) -> None:
         start += count
     for part_fw, obj, arrays in prepared:
         part_fw.write(obj, arrays)
+    return fw.finish(layer)
 
 
 def _checked(fw, layer, rule, hp, weights) -> dict:
