@@ -9,7 +9,9 @@ into one ``in_proj_weight`` / ``in_proj_bias`` when kdim == vdim == embed_dim.
 
 Flax's MultiHeadAttention (NNX; Linen's MultiHeadDotProductAttention as
 file or variables groups) keeps Keras' split-by-head kernels under the names
-query, key, value and out: copies.
+query, key, value and out: copies. Equinox's MultiheadAttention keeps four
+Linear layers (query_proj, key_proj, value_proj, output_proj) with torch's
+(out, in) weights, heads laid end to end, as a torch projection module does.
 
 Dropout is not compared: it does nothing at inference. torch's add_bias_kv
 and add_zero_attn, and Keras' use_gate, have no counterpart and are refused.
@@ -74,7 +76,8 @@ class MultiHeadAttentionRule(Rule):
     """Keras MultiHeadAttention <-> torch nn.MultiheadAttention."""
 
     name = "multi_head_attention"
-    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",), "flax": ("MultiHeadAttention",)}
+    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",), "flax": ("MultiHeadAttention",),
+               "equinox": ("MultiheadAttention",)}
     # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
     shared = ("num_heads", "key_dim", "value_dim")
     checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",
@@ -138,6 +141,31 @@ class MultiHeadAttentionRule(Rule):
 
     def links_flax(self, hp):
         return [link(s, s.replace("attention_output/", "out/")) for s in self.canonical(hp)]
+
+    # -- Equinox --------------------------------------------------------------
+    def config_equinox(self, module):
+        flags = {module.use_query_bias, module.use_key_bias, module.use_value_bias, module.use_output_bias}
+        if len(flags) != 1:
+            raise UnsupportedLayerError(
+                "Equinox MultiheadAttention has a bias on some projections and not on others "
+                f"(query {module.use_query_bias}, key {module.use_key_bias}, value {module.use_value_bias}, "
+                f"output {module.use_output_bias}), but Keras' use_bias covers all four; build it with all four "
+                "equal, or port this layer by hand")
+        return {"num_heads": module.num_heads, "key_dim": module.qk_size, "value_dim": module.vo_size,
+                "use_bias": flags.pop(), "dropout": float(module.dropout.p), "attention_axes": (1,)}
+
+    def links_equinox(self, hp):
+        h, dk, dv = hp["num_heads"], hp["key_dim"], hp["value_dim"]
+        return [
+            link("query/kernel", "query_proj.weight", projection(h, dk)),
+            link("query/bias", "query_proj.bias", head_bias(h, dk)),
+            link("key/kernel", "key_proj.weight", projection(h, dk)),
+            link("key/bias", "key_proj.bias", head_bias(h, dk)),
+            link("value/kernel", "value_proj.weight", projection(h, dv)),
+            link("value/bias", "value_proj.bias", head_bias(h, dv)),
+            link("attention_output/kernel", "output_proj.weight", output_projection(h, dv)),
+            link("attention_output/bias", "output_proj.bias"),
+        ]
 
     # -- torch ----------------------------------------------------------------
     def config_torch(self, module):

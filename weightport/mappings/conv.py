@@ -20,6 +20,13 @@ the kernel is Keras' flipped spatially, (*k, in, out). Flax pads like Keras
 ('SAME'/'VALID', also for transposed convs, as lax defines them), or by
 explicit (low, high) pairs.
 
+Equinox keeps torch's Conv weight (out, in/groups, *k), but its bias is
+(out, 1, ..., 1) so that it broadcasts over the spatial axes (a reshape).
+Its ConvTranspose holds (out, in/groups, *k) too, and runs it as a plain
+convolution over the stretched input: the transposed kernel, flipped
+spatially (Keras (*k, out, in) -> (out, in, *k), then every spatial axis
+reversed).
+
 Padding is spoken differently ('valid'/'same'/'causal' against integers), so
 it is compared as the zeros each side actually adds, and only where that is
 fixed by the configuration: Keras 'same' with a stride > 1 pads by an amount
@@ -140,6 +147,8 @@ def conv_pads(hp):
 
 def transpose_pads(hp):
     """(left, right) zeros per axis of a transposed convolution's stretched input, or None."""
+    if "stretched_pads" in hp:  # worked out by the layer's own framework
+        return hp["stretched_pads"]
     if "padding" not in hp or "kernel_size" not in hp:
         return None
     padding, spans = hp["padding"], _effective(hp)
@@ -230,6 +239,20 @@ def _flax_common(module) -> dict:
     return hp
 
 
+def _equinox_common(module) -> dict:
+    """hp of an Equinox Conv/ConvTranspose, in Keras' words ('SAME' -> 'same', pairs kept as pairs)."""
+    padding = module.padding
+    padding = padding.lower() if isinstance(padding, str) else tuple(tuple(int(x) for x in p) for p in padding)
+    return {"filters": module.out_channels, "groups": module.groups, "kernel_size": tuple(module.kernel_size),
+            "strides": tuple(module.stride), "dilation_rate": tuple(module.dilation), "padding": padding,
+            "padding_mode": str(module.padding_mode).lower(), "use_bias": bool(module.use_bias)}
+
+
+def equinox_bias(rank: int) -> Reshape:
+    """Keras (out,) bias -> Equinox (out, 1, ..., 1)."""
+    return Reshape((-1,), (-1,) + (1,) * rank)
+
+
 def _weight_and_bias(shapes, weight: str, ranks=(3, 4, 5)):
     """(weight shape, bias shape or None) when ``shapes`` is exactly {weight[, bias]} of a conv's ranks."""
     w, b = shapes.get(weight), shapes.get("bias")
@@ -243,10 +266,18 @@ class ConvRule(ConvFamily):
     """Conv1D/2D/3D <-> nn.Conv1d/2d/3d, grouped or not."""
 
     name = "conv"
-    classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d"), "flax": ("Conv",)}
+    classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d"), "flax": ("Conv",),
+               "equinox": ("Conv",)}
 
     def config_keras(self, layer):
         return {"filters": layer.filters, "groups": layer.groups, **_common(layer)}
+
+    def config_equinox(self, module):
+        return _equinox_common(module)
+
+    def links_equinox(self, hp):
+        rank = len(hp["kernel_size"])
+        return [link("kernel", "weight", kernel_transpose(rank)), link("bias", "bias", equinox_bias(rank))]
 
     def config_torch(self, module):
         return {"filters": module.out_channels, "groups": module.groups, **_torch_common(module)}
@@ -452,8 +483,22 @@ class ConvTransposeRule(ConvFamily):
 
     name = "conv_transpose"
     classes = {"keras": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
-               "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"), "flax": ("ConvTranspose",)}
+               "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"), "flax": ("ConvTranspose",),
+               "equinox": ("ConvTranspose",)}
     pads = staticmethod(transpose_pads)
+
+    def config_equinox(self, module):
+        hp = {**_equinox_common(module), "output_padding": tuple(module.output_padding)}
+        if hp["padding_mode"] != "zeros":
+            hp["stretched_pads"] = (hp["padding_mode"],)  # wraps around: differs from every Keras padding
+        elif hasattr(module, "_padding_transpose"):
+            hp["stretched_pads"] = tuple(tuple(p) for p in module._padding_transpose())
+        return hp
+
+    def links_equinox(self, hp):
+        rank = len(hp["kernel_size"])
+        swap_and_flip = Transpose(rank, rank + 1, *range(rank)) >> Flip(*range(2, rank + 2))
+        return [link("kernel", "weight", swap_and_flip), link("bias", "bias", equinox_bias(rank))]
 
     def config_keras(self, layer):
         extra = layer.output_padding

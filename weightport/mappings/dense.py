@@ -4,7 +4,8 @@ A Dense that reads a flattened channels-last feature map also has its rows in
 another order than torch's Linear (see flatten.py): the Keras side records the
 feature map as ``flatten_from`` and shares it with the paired torch layer.
 Flax (Linen Dense, NNX Linear) flattens channels-last feature maps as Keras
-does, so its kernel is Keras' as it is.
+does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
+(out, in) weight, and flattens channels-first feature maps as torch does.
 """
 from . import flatten
 from .rule import ConfigIssue, Rule, link, register
@@ -14,7 +15,7 @@ from .transforms import Transpose
 @register
 class DenseRule(Rule):
     name = "dense"
-    classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",)}
+    classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
     checks = {"use_bias": "error"}
     shared = ("flatten_from",)
 
@@ -57,6 +58,12 @@ class DenseRule(Rule):
 
     def infer_flax(self, shapes):
         return self.infer_keras(shapes)
+
+    def config_equinox(self, module):
+        return {"units": module.out_features, "use_bias": module.bias is not None}
+
+    def links_equinox(self, hp):
+        return self.links_torch(hp)
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]

@@ -5,7 +5,7 @@ keeps its gradient at zero, but a lookup returns whatever the row holds, so
 the ported table computes the same function (Keras ``mask_zero`` is likewise
 a mask, not a weight). torch ``max_norm`` renormalises looked-up rows, in
 place, at every forward pass, which Keras never does: it is warned about.
-Flax's ``Embed`` keeps the same table as ``embedding``.
+Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` as ``weight``.
 """
 from .rule import Rule, link, register
 
@@ -13,7 +13,7 @@ from .rule import Rule, link, register
 @register
 class EmbeddingRule(Rule):
     name = "embedding"
-    classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",)}
+    classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",), "equinox": ("Embedding",)}
     checks = {"max_norm": "warning"}
     check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "
                                 "Keras does not, so outputs differ wherever a row is longer: build the torch "
@@ -47,6 +47,12 @@ class EmbeddingRule(Rule):
         if set(shapes) != {"embedding"} or len(e) != 2:
             return None
         return {"input_dim": e[0], "output_dim": e[1]}
+
+    def config_equinox(self, module):
+        return {"input_dim": int(module.num_embeddings), "output_dim": int(module.embedding_size), "max_norm": None}
+
+    def links_equinox(self, hp):
+        return [link("embeddings", "weight")]
 
     def canonical(self, hp):
         return ["embeddings"]

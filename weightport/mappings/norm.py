@@ -16,6 +16,13 @@ Flax (NNX classes; Linen and file groups by names) keeps the same vectors as
 ``scale``/``bias`` and, for BatchNorm, ``mean``/``var`` (Linen puts those in
 the ``batch_stats`` collection). Its momentum follows the Keras convention;
 its epsilon defaults differ again (1e-5 for BatchNorm, 1e-6 for the others).
+
+Equinox keeps ``weight``/``bias`` like torch (LayerNorm and RMSNorm over the
+whole of the ``shape`` they are built with; GroupNorm per channel, channels
+first). Its BatchNorm keeps the running statistics in an ``eqx.nn.State``
+outside the module, where a port into or out of the module cannot reach
+them: refused. Its RMSNorm adds a bias by default, which Keras' and torch's
+have no slot for: written as zeros, and refused on import unless all zeros.
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ import sys
 
 import numpy as np
 
+from ..errors import ConfigMismatchError, UnsupportedLayerError
 from .rule import Rule, link, register
-from .transforms import Constant
+from .transforms import Constant, Transform
 
 EPSILON_HINT = ("epsilon is added to the variance before the square root; Keras defaults to 1e-3, torch to 1e-5, "
                 "so outputs will differ (most where variances are small): set the target's epsilon to the source's")
@@ -74,7 +82,7 @@ class BatchNormRule(Rule):
     name = "batch_normalization"
     classes = {"keras": ("BatchNormalization",),
                "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
-               "flax": ("BatchNorm",)}
+               "flax": ("BatchNorm",), "equinox": ("BatchNorm",)}
     checks = {"track_running_stats": "error", "center": "error", "scale": "error",
               "epsilon": "warning", "momentum": "warning"}
     check_hints = {
@@ -104,6 +112,13 @@ class BatchNormRule(Rule):
         return {"epsilon": float(module.epsilon), "momentum": float(module.momentum),
                 "center": bool(module.use_bias), "scale": bool(module.use_scale), "axis": module.axis,
                 "track_running_stats": True, "channels": module.num_features}
+
+    def config_equinox(self, module):
+        raise UnsupportedLayerError(
+            "Equinox BatchNorm keeps its running mean and variance in an eqx.nn.State, outside the module, so "
+            "porting the module alone would drop them (or leave them stale) and change what it computes at "
+            "inference. Nothing was changed. Port the layer by hand (its weight/bias and the State's running "
+            "statistics), or replace it with a GroupNorm/LayerNorm model")
 
     def infer_flax(self, shapes):
         stats = _shape(shapes, "mean")
@@ -161,7 +176,8 @@ class LayerNormRule(Rule):
     """
 
     name = "layer_normalization"
-    classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",)}
+    classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",),
+               "equinox": ("LayerNorm",)}
     checks = {"rms_scaling": "error", "axis": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "epsilon": EPSILON_HINT,
@@ -194,6 +210,14 @@ class LayerNormRule(Rule):
         hp = {"epsilon": float(module.epsilon), "center": bool(module.use_bias), "scale": bool(module.use_scale),
               "rms_scaling": False}
         return _maybe(hp, "axis", _axes(module.reduction_axes))
+
+    def config_equinox(self, module):
+        hp = {"epsilon": float(module.eps), "center": bool(module.use_bias), "scale": bool(module.use_weight),
+              "rms_scaling": False}
+        return _maybe(hp, "axis", None if module.shape is None else tuple(range(-len(module.shape), 0)))
+
+    def links_equinox(self, hp):
+        return self.links_torch(hp)
 
     def infer_flax(self, shapes):
         # a lone scale is also what an RMSNorm keeps: the matcher settles it against a target, or reports it
@@ -231,7 +255,8 @@ class GroupNormRule(Rule):
     """
 
     name = "group_normalization"
-    classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",)}
+    classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",),
+               "equinox": ("GroupNorm",)}
     checks = {"groups": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "groups": "the number of groups changes which channels are normalised together; make them agree",
@@ -251,6 +276,13 @@ class GroupNormRule(Rule):
     def config_flax(self, module):
         return {"groups": int(module.num_groups), "epsilon": float(module.epsilon), "center": bool(module.use_bias),
                 "scale": bool(module.use_scale)}
+
+    def config_equinox(self, module):
+        affine = bool(module.channelwise_affine)
+        return {"groups": int(module.groups), "epsilon": float(module.eps), "center": affine, "scale": affine}
+
+    def links_equinox(self, hp):
+        return self.links_torch(hp)
 
     def canonical(self, hp):
         return (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
@@ -274,6 +306,33 @@ def _torch_machine_epsilon(module) -> float:
     return float(np.finfo(np.float64 if wide else np.float32).eps)
 
 
+class ZeroBias(Transform):
+    """Equinox RMSNorm's bias, which Keras' and torch's RMSNorm lack: zeros on export, refused on import unless zeros."""
+
+    n_in, n_out = 1, 2
+
+    def forward(self, arrays):
+        return arrays[0], np.zeros_like(arrays[0])
+
+    def inverse(self, arrays):
+        scale, bias = arrays
+        if np.any(bias != 0):
+            raise ConfigMismatchError(
+                "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for "
+                "it (dropping it would change the function). Nothing was changed; port this layer by hand, or "
+                "into a model that keeps such a bias")
+        return (scale,)
+
+    def forward_shapes(self, shapes):
+        return tuple(shapes[0]), tuple(shapes[0])
+
+    def inverse_shapes(self, shapes):
+        return (tuple(shapes[0]),)
+
+    def describe(self):
+        return "+ zero bias"
+
+
 @register
 class RMSNormRule(Rule):
     """RMSNormalization <-> RMSNorm: ``x * rsqrt(mean(x**2) + eps) * scale`` in both.
@@ -285,7 +344,8 @@ class RMSNormRule(Rule):
     """
 
     name = "rms_normalization"
-    classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",), "flax": ("RMSNorm",)}
+    classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",), "flax": ("RMSNorm",),
+               "equinox": ("RMSNorm",)}
     checks = {"axis": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "epsilon": ("epsilon is added to the mean square; Keras defaults to 1e-6, torch eps=None means the machine "
@@ -314,6 +374,15 @@ class RMSNormRule(Rule):
     def config_flax(self, module):
         return _maybe({"epsilon": float(module.epsilon), "scale": bool(module.use_scale)}, "axis",
                       _axes(module.reduction_axes))
+
+    def config_equinox(self, module):
+        hp = {"epsilon": float(module.eps), "scale": bool(module.use_weight), "equinox_bias": bool(module.use_bias)}
+        return _maybe(hp, "axis", None if module.shape is None else tuple(range(-len(module.shape), 0)))
+
+    def links_equinox(self, hp):
+        if hp.get("equinox_bias"):
+            return [link("scale", ("weight", "bias"), ZeroBias())]
+        return self.links_torch(hp)
 
     def infer_flax(self, shapes):
         s = _shape(shapes, "scale")

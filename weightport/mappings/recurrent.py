@@ -42,6 +42,12 @@ GRUCell, SimpleCell). Only one side of each gate has a bias:
   folded, so Keras -> Flax -> Keras is only function-preserving). NNX's
   GRUCell (gates r, z, n, packed) has no ``hn`` bias at all: a layer whose
   recurrent candidate bias is not zero cannot be ported into it (refused).
+
+Equinox keeps cells too (``LSTMCell``, ``GRUCell``: one step, run over time
+by the user's code), with torch's (G*u, in) and (G*u, u) matrices in torch's
+gate order and one input-side ``bias``. LSTM: i, f, g, o and one bias, as
+Keras: exact. GRU: r, z, n, the recurrent r and z biases folded into
+``bias`` as for Flax, the recurrent candidate bias kept as ``bias_n``.
 """
 import re
 
@@ -131,6 +137,37 @@ class FoldRecurrentBias(Transform):
         return f"fold recurrent z,r biases into the input ones{kept} (lossy)"
 
 
+class PackGates(Transform):
+    """(z, r, h, candidate) gate biases -> (one bias with the blocks in ``order``, candidate): Equinox's GRU bias."""
+
+    n_in, n_out = 4, 2
+
+    def __init__(self, order):
+        self.order = tuple(order)
+
+    def forward(self, arrays):
+        *gates, candidate = arrays
+        return np.concatenate([gates[k] for k in self.order]), candidate
+
+    def inverse(self, arrays):
+        packed, candidate = arrays
+        blocks = np.split(packed, len(self.order))
+        gates = [None] * len(self.order)
+        for block, k in zip(blocks, self.order):
+            gates[k] = np.ascontiguousarray(block)
+        return (*gates, candidate)
+
+    def forward_shapes(self, shapes):
+        return (sum(s[0] for s in shapes[:-1]),), tuple(shapes[-1])
+
+    def inverse_shapes(self, shapes):
+        width = shapes[0][0] // len(self.order)
+        return ((width,),) * len(self.order) + (tuple(shapes[1]),)
+
+    def describe(self):
+        return "pack gate biases " + str(self.order).replace(" ", "")
+
+
 class RecurrentRule(Rule):
     """Shared by the three kinds; subclasses set the gate count and what differs."""
 
@@ -205,6 +242,16 @@ class RecurrentRule(Rule):
 
     def _flax_hp(self, units, form):
         return {"units": units, "use_bias": True, "bidirectional": False, "flax_form": form}
+
+    # -- Equinox cells ----------------------------------------------------------
+    def config_equinox(self, cell):
+        return {"units": int(cell.hidden_size), "use_bias": bool(cell.use_bias), **self.torch_activations,
+                "bidirectional": False}
+
+    def links_equinox(self, hp):
+        return [link("kernel", "weight_ih", self.kernel_transform()),
+                link("recurrent_kernel", "weight_hh", self.kernel_transform()),
+                link("bias", "bias")]
 
     def infer_flax(self, shapes):
         for form in self.flax_forms:
@@ -329,7 +376,8 @@ class SimpleRNNRule(RecurrentRule):
 class LSTMRule(RecurrentRule):
     name = "lstm"
     gates = 4
-    classes = {"keras": ("LSTM", "Bidirectional"), "torch": ("LSTM",), "flax": ("LSTMCell", "OptimizedLSTMCell")}
+    classes = {"keras": ("LSTM", "Bidirectional"), "torch": ("LSTM",), "flax": ("LSTMCell", "OptimizedLSTMCell"),
+               "equinox": ("LSTMCell",)}
     keras_cells = ("LSTMCell",)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
     flax_forms = ("gates", "gates_nnx", "packed")
@@ -350,7 +398,8 @@ class LSTMRule(RecurrentRule):
 class GRURule(RecurrentRule):
     name = "gru"
     gates = 3
-    classes = {"keras": ("GRU", "Bidirectional"), "torch": ("GRU",), "flax": ("GRUCell",)}
+    classes = {"keras": ("GRU", "Bidirectional"), "torch": ("GRU",), "flax": ("GRUCell",),
+               "equinox": ("GRUCell",)}
     keras_cells = ("GRUCell",)
     torch_gate_order = (1, 0, 2)  # torch r, z, n = Keras blocks 1 (r), 0 (z), 2 (h)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
@@ -373,6 +422,13 @@ class GRURule(RecurrentRule):
         return [link("kernel", ("iz/kernel", "ir/kernel", "in/kernel"), Split(1, (u,) * 3)),
                 link("recurrent_kernel", ("hz/kernel", "hr/kernel", "hn/kernel"), Split(1, (u,) * 3)),
                 link("bias", ("iz/bias", "ir/bias", "in/bias", "hn/bias"), FoldRecurrentBias(u, keep_candidate=True))]
+
+    def config_equinox(self, cell):
+        return {**super().config_equinox(cell), "reset_after": True}
+
+    def links_equinox(self, hp):
+        folded = FoldRecurrentBias(hp["units"], keep_candidate=True) >> PackGates(self.torch_gate_order)
+        return super().links_equinox(hp)[:2] + [link("bias", ("bias", "bias_n"), folded)]
 
     def keras_bias_hp(self, bias_shape, width):
         if bias_shape == (2, width):

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 from ..errors import UsageError
 from .transforms import IDENTITY, Transform
 
-LAYOUTS = ("keras", "torch", "flax", "onnx")
+LAYOUTS = ("keras", "torch", "flax", "equinox", "onnx")
 
 # Built-in rule modules, imported on first use of the registry.
 BUILTIN_MODULES = (

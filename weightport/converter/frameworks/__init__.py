@@ -14,7 +14,7 @@ from ...mappings.rule import rules_for
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
 # torch.nn.Module, so Keras must be asked first.
-ADAPTER_MODULES = ("keras", "torch", "flax")
+ADAPTER_MODULES = ("keras", "torch", "flax", "equinox")
 
 
 class Framework:
@@ -104,7 +104,7 @@ def require_adapter(obj, role: str = "object") -> Framework:
     if fw is None:
         raise UsageError(
             f"the {role} is a {type(obj).__module__}.{type(obj).__name__}, which weightport cannot read: "
-            "pass a Keras layer/model, a torch.nn.Module, a Flax module or variables dict, "
+            "pass a Keras layer/model, a torch.nn.Module, a Flax module or variables dict, an Equinox module, "
             "a state dict, or a checkpoint path")
     return fw
 
