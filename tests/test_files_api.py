@@ -182,3 +182,16 @@ def test_each_tensor_keeps_its_own_dtype_within_a_layer(tmp_path):
     ckpt = wp.load(tmp_path / "k.safetensors")
     assert (ckpt.dtype("kernel").name, ckpt.dtype("bias").name) == ("bfloat16", "float32")
     assert np.array_equal(ckpt["kernel"].view(np.uint16), wp.get_weights(lin)[0].view(np.uint16))
+
+
+def test_integer_bookkeeping_tensors_do_not_block_a_port(tmp_path):
+    t, k = torch_net(), keras_net()
+    randomize_torch(t)
+    state = dict(t.state_dict())
+    state["embeddings.position_ids"] = torch.arange(9)[None]  # as Hugging Face checkpoints carry
+    report = wp.port(state, k)
+    assert any("position_ids" in note for note in report.unmatched_source)
+    assert wp.verify(t, k, X).ok
+    state["logit_scale"] = torch.tensor(2.0)  # a float tensor no rule explains still stops a strict port
+    with pytest.raises(wp.UnsupportedLayerError, match="logit_scale"):
+        wp.port(state, keras_net())

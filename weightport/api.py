@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Mapping
 
 from .converter import engine, matcher
+from .converter.arrays import is_floating
 from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, require_adapter, walk
 from .converter.plan import Report
@@ -246,10 +247,12 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
         raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
                          "belongs to) or use the .keras archive, which records each layer's class")
     nodes, leftovers = infer_nodes(ckpt, ckpt.layout)
-    if leftovers and strict:
+    # integer tensors nobody claims are bookkeeping (position_ids, step counters), not weights
+    unexplained = [n for n in leftovers if is_floating(ckpt.dtype(n))]
+    if unexplained and strict:
         raise UnsupportedLayerError(
-            f"{where}: no rule recognises the tensors {leftovers[:5]}"
-            + (f" and {len(leftovers) - 5} more" if len(leftovers) > 5 else "")
+            f"{where}: no rule recognises the tensors {unexplained[:5]}"
+            + (f" and {len(unexplained) - 5} more" if len(unexplained) > 5 else "")
             + "; nothing was changed. Pass model= to give the structure, or strict=False to skip them")
     return nodes, [f"{n}: no rule recognises it" for n in leftovers]
 
