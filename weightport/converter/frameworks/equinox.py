@@ -28,9 +28,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..arrays import is_jax_array, to_numpy
+from ..arrays import to_numpy
 from . import Framework
-from .flax import _like
+from .flax import _is_array, _like
 
 
 def _eqx():
@@ -40,10 +40,6 @@ def _eqx():
 def is_module(obj) -> bool:
     eqx = _eqx()
     return eqx is not None and isinstance(obj, eqx.Module)
-
-
-def _is_array(x) -> bool:
-    return isinstance(x, np.ndarray) or is_jax_array(x)
 
 
 def _fields(module):
