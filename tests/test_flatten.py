@@ -145,3 +145,27 @@ def test_flatten_of_an_untraceable_sequence_is_warned_about():
     t = torch.nn.Sequential(torch.nn.Conv1d(5, 5, 1), torch.nn.Flatten(), torch.nn.Linear(30, 4))
     with pytest.warns(wp.WeightportWarning, match="Flatten"):
         wp.port(t, k)
+
+
+def test_a_subclassed_model_without_a_graph_is_warned_about():
+    L = keras.layers
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.flat, self.fc = L.Conv2D(4, 3), L.Flatten(), L.Dense(6)
+
+        def call(self, x):
+            return self.fc(self.flat(self.conv(x)))
+
+    k = Sub()
+    k(np.zeros((1, 7, 5, 3), "float32"))
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(60, 6))
+    with pytest.warns(wp.WeightportWarning, match="records no graph"):
+        wp.port(t, k)
+    plain = keras.Sequential([keras.Input((7,)), L.Dense(6)])  # no Flatten anywhere: nothing to say
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wp.WeightportWarning)
+        wp.port(torch.nn.Linear(7, 6), plain)

@@ -18,6 +18,7 @@ class DenseRule(Rule):
     classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
     checks = {"use_bias": "error"}
     shared = ("flatten_from",)
+    graph_sensitive = {"keras": ("Flatten",)}
 
     def config_keras(self, layer):
         hp = {"units": layer.units, "use_bias": layer.use_bias}
@@ -30,9 +31,16 @@ class DenseRule(Rule):
 
     def check(self, source_hp, target_hp):
         issues = super().check(source_hp, target_hp)
+        if source_hp.get("graph_unknown") or target_hp.get("graph_unknown"):
+            issues.append(ConfigIssue(
+                "flatten", None, None, "warning",
+                "the Keras model holds a Flatten but records no graph (a subclassed model), so whether this "
+                "Dense reads a flattened channels-last feature map, whose rows torch and Equinox order "
+                "differently, cannot be seen; check the outputs with wp.verify, or write the model with the "
+                "functional API"))
         if source_hp.get("flatten_unknown") or target_hp.get("flatten_unknown"):
             issues.append(ConfigIssue(
-                "flatten", "Flatten of a (steps, features) tensor", "order unknown", "warning",
+                "flatten", None, None, "warning",
                 "the Flatten's input comes from outside a nested model, so whether its rows need the "
                 "channels-last permutation (a Conv1D map) or not (an embedded sequence) cannot be told; "
                 "check the outputs with wp.verify"))

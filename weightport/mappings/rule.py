@@ -64,6 +64,8 @@ class ConfigIssue:
     hint: str = ""
 
     def __str__(self):
+        if self.source is None and self.target is None:  # a caveat, not a difference
+            return f"{self.key}: {self.hint}"
         text = f"{self.key}: source has {self.source!r}, target has {self.target!r}"
         return f"{text} ({self.hint})" if self.hint else text
 
@@ -80,6 +82,9 @@ class Rule:
     # hyperparameters only one side can know (e.g. the feature-map shape before a
     # Keras Flatten): copied to the other side's hp when two layers are paired
     shared: tuple = ()
+    # layout -> class names whose presence in a model makes this rule's config depend on
+    # the model's graph; where the graph is unknown, hp["graph_unknown"] lists those present
+    graph_sensitive: dict = {}
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:

@@ -48,6 +48,10 @@ class Framework:
         """Assign slot -> array into ``layer`` in place (shapes already checked)."""
         raise NotImplementedError
 
+    def has_graph(self, layer) -> bool:
+        """Whether the model records what feeds this layer (Keras: a symbolic graph; others: n/a)."""
+        return True
+
     def is_frozen(self, layer):
         """True/False, or None where the layer has nothing to freeze."""
         return None
@@ -164,12 +168,13 @@ def walk(fw: Framework, model) -> tuple:
     found = fw.layer_nodes(model)
     if found is not None:
         return found
-    refs, unmapped, seen = [], [], set()
+    refs, unmapped, seen, classes = [], [], set(), set()
 
     def visit(layer, path):
         if id(layer) in seen:
             return  # shared layers are ported once
         seen.add(id(layer))
+        classes.add(type(layer).__name__)
         rules = rules_for(fw.layout, layer)
         if rules:
             candidates = [(r, r.config(fw.layout, layer)) for r in rules]
@@ -187,4 +192,21 @@ def walk(fw: Framework, model) -> tuple:
             visit(child, join(path, name, fw.sep))
 
     visit(model, "")
+    _mark_unseen_context(fw, refs, classes)
     return refs, unmapped
+
+
+def _mark_unseen_context(fw, refs, classes) -> None:
+    """Flag layers whose rule reads the model's graph (``Rule.graph_sensitive``) where there is none to read.
+
+    A Keras Dense after a Flatten needs its rows permuted, which only the
+    graph shows; a subclassed model called eagerly records no graph. The
+    rule then sees ``hp["graph_unknown"]`` (the classes that may matter) and
+    can warn rather than guess.
+    """
+    for ref in refs:
+        rule = ref.candidates[0][0]
+        near = classes.intersection(getattr(rule, "graph_sensitive", {}).get(fw.layout, ()))
+        if near and not fw.has_graph(ref.obj):
+            for _, hp in ref.candidates:
+                hp["graph_unknown"] = sorted(near)

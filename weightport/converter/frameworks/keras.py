@@ -62,6 +62,9 @@ class KerasFramework(Framework):
             value = cast(np.asarray(arrays[slot]), dtype_of(var.dtype))
             var.assign(numpy_to_torch(value) if on_torch else value)
 
+    def has_graph(self, layer) -> bool:
+        return bool(getattr(layer, "_inbound_nodes", None))
+
     def is_frozen(self, layer):
         return None if not layer.weights else not layer.trainable
 
