@@ -7,9 +7,10 @@ layers and checkpoint groups alike. It never looks at a layer kind by name.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
-from ..errors import ConfigMismatchError, MatchError, ShapeMismatchError, UsageError
+from ..errors import ConfigMismatchError, MatchError, ShapeMismatchError, UsageError, WeightportError
 from .plan import Plan, Step
 
 
@@ -80,7 +81,7 @@ def _fmt_shapes(shapes) -> str:
 
 def _find(nodes, path, side):
     for n in nodes:
-        if path in (n.path, n.label):
+        if path in (n.path, n.label, getattr(getattr(n, "obj", None), "name", None)):
             return n
     close = difflib.get_close_matches(path, [n.path for n in nodes], n=3)
     raise UsageError(f"hint names {side} layer {path!r}, which is not among the {side}'s rule-bearing layers"
@@ -128,27 +129,111 @@ def _positional(src, tgt) -> list | None:
     return pairs if all(p is not None for p in pairs) else None
 
 
-def _by_class(src, tgt) -> list | None:
-    """Pair by position within each (kind, shapes) class, when every class has equal counts on both sides.
+def _classes(nodes, wanted=()) -> dict:
+    """(kind, canonical shapes) -> the nodes of that class, in order: layers that only order tells apart.
 
-    Files whose tensors are stored in alphabetical rather than module order
-    (e.g. safetensors) still pair, since layers of different kind or shape
-    cannot be confused and order is only relied on among look-alikes.
+    A node several rules could explain (a checkpoint group: Linear or
+    Embedding?) is classed under the first reading found in ``wanted``, the
+    other side's classes.
+    """
+    out = {}
+    for n in nodes:
+        keys = [(r.name, repr(_shapes_or_none(n, r, h))) for r, h in n.candidates]
+        out.setdefault(next((k for k in keys if k in wanted), keys[0]), []).append(n)
+    return out
+
+
+def _shapes_or_none(node, rule, hp):
+    """Canonical shapes, or None where they need what only the paired layer knows (MHA heads from a file)."""
+    try:
+        return node.canonical_shapes(rule, hp)
+    except WeightportError:
+        return None
+
+
+def _template(path: str) -> str:
+    return re.sub(r"\d+", "#", path)
+
+
+def _words(path: str) -> set:
+    return {w for w in re.split(r"[^a-z]+", path.lower()) if w}
+
+
+def _scrambled(nodes) -> bool:
+    """Look-alikes that differ by more than a number, from a file that does not keep the model's order.
+
+    Natural sorting restores ``layers.2`` before ``layers.10``, but not
+    ``query`` before ``key``: such layers cannot be paired by position.
+    """
+    return len({_template(n.path) for n in nodes}) > 1 and any(getattr(n, "unordered", False) for n in nodes)
+
+
+def _abbreviates(short: str, long: str) -> bool:
+    """``attn`` for ``attention``, ``out`` for ``output``: same first letter, the rest in order."""
+    if short == long:
+        return True
+    if len(short) < 2 or short[0] != long[0]:
+        return False
+    rest = iter(long)
+    return all(ch in rest for ch in short)
+
+
+def _names_agree(words: set, other: set) -> bool:
+    return any(_abbreviates(*sorted((a, b), key=len)) for a in words for b in other)
+
+
+def _by_names(srcs, tgts) -> list | None:
+    """Pairs for scrambled look-alikes, from the words that tell them apart (query, key...); None if names can't say.
+
+    Each name pattern (numbers aside) must find exactly as many target layers
+    whose names hold one of its own words as it has members; one pattern may
+    take what is left. Members pair in numeric order with targets in model order.
+    """
+    templates: dict = {}
+    for a in srcs:
+        templates.setdefault(_template(a.path), []).append(a)
+    shared = set.intersection(*(_words(t) for t in templates))
+    claimed = {t: [b for b in tgts if _names_agree(_words(t) - shared, _words(b.path))] for t in templates}
+    settled = [t for t in templates if len(claimed[t]) == len(templates[t])]
+    taken = [id(b) for t in settled for b in claimed[t]]
+    rest = [t for t in templates if t not in settled]
+    if len(taken) != len(set(taken)) or len(rest) > 1:
+        return None
+    if rest:
+        claimed[rest[0]] = [b for b in tgts if id(b) not in set(taken)]
+        if len(claimed[rest[0]]) != len(templates[rest[0]]):
+            return None
+    return [pair(a, b) for t, members in templates.items() for a, b in zip(members, claimed[t])]
+
+
+def _scrambled_error(srcs) -> MatchError:
+    names = ", ".join(n.label for n in srcs[:6]) + (" ..." if len(srcs) > 6 else "")
+    return MatchError(f"{len(srcs)} source layers look alike (same kind and shapes) and the file stores them in "
+                      f"alphabetical, not model, order: {names}. Their names do not say which target layer each "
+                      "is, so they cannot be paired safely; pass model= (the checkpoint's own model), or "
+                      "hints={source_path: target_path}. The target was not changed")
+
+
+def _by_class(src, tgt) -> list | None:
+    """Pair within each (kind, shapes) class, when every class has equal counts on both sides.
+
+    Layers of different kind or shape cannot be confused. Look-alikes that
+    differ by more than a number pair by the words in their names where those
+    settle it (``self.query`` with ``l0_query``), else by position, unless the
+    file stored them alphabetically: then they are refused.
     """
     if len(src) != len(tgt):
         return None
-
-    def classes(nodes):
-        out = {}
-        for n in nodes:
-            rule, hp = n.candidates[0]
-            out.setdefault((rule.name, repr(n.canonical_shapes(rule, hp))), []).append(n)
-        return out
-
-    cs, ct = classes(src), classes(tgt)
+    ct = _classes(tgt)
+    cs = _classes(src, ct)
     if {k: len(v) for k, v in cs.items()} != {k: len(v) for k, v in ct.items()}:
         return None
-    pairs = [pair(a, b) for key in cs for a, b in zip(cs[key], ct[key])]
+    pairs = []
+    for key, members in cs.items():
+        found = _by_names(members, ct[key]) if len({_template(a.path) for a in members}) > 1 else None
+        if found is None and _scrambled(members):
+            raise _scrambled_error(members)
+        pairs += found or [pair(a, b) for a, b in zip(members, ct[key])]
     if any(p is None for p in pairs):
         return None
     order = {id(a): i for i, a in enumerate(src)}
@@ -172,9 +257,15 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         src.remove(a)
         tgt.remove(b)
 
-    positional = _by_path(src, tgt) or _positional(src, tgt)
+    classes = _classes(src, _classes(tgt)).values()
+    scrambled = [m for m in classes if _scrambled(m)]
+    # look-alikes with different names (query, key...) pair by name where names agree, before order
+    named = any(len({_template(a.path) for a in m}) > 1 for m in classes)
+    positional = _by_path(src, tgt) or (None if scrambled or named else _positional(src, tgt))
     if positional is None or not all(p.shapes_agree for p in positional):
         positional = _by_class(src, tgt) or positional  # else keep it, for its precise shape errors
+    if positional is None and scrambled:
+        raise _scrambled_error(scrambled[0])  # an alignment by order would pair them blindly
     plan = Plan()
     if positional is not None:
         for p in positional:

@@ -27,6 +27,7 @@ class FileNode:
     names: dict  # slot -> tensor name in the checkpoint
     frozen: object = field(default=None)
     inferred: bool = False  # rule guessed from names and shapes; a paired live layer may say better
+    unordered: bool = False  # the file stores names alphabetically: its order is not the model's
 
     @property
     def label(self) -> str:
@@ -121,6 +122,7 @@ def infer_nodes(checkpoint, layout: str) -> tuple:
     sep = SEPARATORS.get(layout, ".")
     tree = tree_paths(ordered_names(checkpoint), layout)
     names = list(tree)
+    alphabetical = len(names) > 1 and list(checkpoint) == sorted(checkpoint)
     nodes, leftovers = [], []
     rules = sorted(registry, key=lambda r: -r.priority)
     recorded = recorded_layers(checkpoint)
@@ -136,11 +138,11 @@ def infer_nodes(checkpoint, layout: str) -> tuple:
         if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(layout, hp)
-            guessed = prefix not in recorded
+            flags = {"inferred": prefix not in recorded, "unordered": alphabetical}
             if len(parts) == 1:
-                nodes.append(FileNode(prefix, layout, candidates, checkpoint, local, inferred=guessed))
+                nodes.append(FileNode(prefix, layout, candidates, checkpoint, local, **flags))
             else:  # one group standing for several canonical layers (a stacked torch RNN)
-                nodes.extend(FileNode(f"{prefix}[{i}]", layout, [(rule, part)], checkpoint, local, inferred=guessed)
+                nodes.extend(FileNode(f"{prefix}[{i}]", layout, [(rule, part)], checkpoint, local, **flags)
                              for i, part in enumerate(parts))
             return
         children: dict = {}

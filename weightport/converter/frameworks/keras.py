@@ -23,7 +23,24 @@ class KerasFramework(Framework):
         return keras is not None and isinstance(obj, keras.Layer)
 
     def children(self, layer) -> list:
-        return [(child.name, child) for child in getattr(layer, "_layers", [])]
+        """Sub-layers, named by the attribute holding them where there is one (a subclassed layer), else by name.
+
+        Attribute names (``attn_ln``) say what a layer is where Keras' own names
+        (``layer_normalization_3``) do not, which pairing look-alikes by name needs.
+        """
+        attributes = {}
+        # under the torch backend a Keras layer is a torch Module, which keeps module attributes in _modules
+        fields = {**dict(getattr(layer, "_modules", None) or {}), **vars(layer)}
+        for attr, value in fields.items():
+            if attr.startswith("_"):
+                continue
+            if self.owns(value):
+                attributes.setdefault(id(value), attr)
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if self.owns(item):
+                        attributes.setdefault(id(item), f"{attr}/{i}")
+        return [(attributes.get(id(child), child.name), child) for child in getattr(layer, "_layers", [])]
 
     def own_weights(self, layer) -> list:
         direct = list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
