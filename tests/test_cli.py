@@ -81,3 +81,10 @@ def test_convert_overwrite_and_layout(workdir):
     info = json.loads(run("inspect", "k.safetensors", "--json", cwd=workdir).stdout)
     assert info["layout"] == "keras"
     assert {t["name"]: t["shape"] for t in info["tensors"]}["0/kernel"] == [7, 5]
+
+
+def test_convert_with_an_unreadable_plan_is_a_usage_error(workdir):
+    (workdir / "broken.json").write_text('{"steps": 3}')
+    for plan in ("missing.json", "broken.json"):
+        out = run("convert", "net.pt", "o.safetensors", "--plan", plan, cwd=workdir)
+        assert out.returncode == 2 and "cannot read the plan" in out.stderr and "Traceback" not in out.stderr

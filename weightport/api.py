@@ -286,8 +286,12 @@ def _replay(plan, source, trust_pickle: bool) -> tuple:
     from .mappings.rule import registry
 
     if not isinstance(plan, Plan):
-        with open(plan, encoding="utf-8") as f:
-            plan = Plan.from_json(f.read())
+        try:
+            with open(plan, encoding="utf-8") as f:
+                plan = Plan.from_json(f.read())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise UsageError(f"cannot read the plan {plan}: {exc}; give a file written by "
+                             "`weightport convert --dry-run --save-plan` (or report.to_json())") from None
     ckpt = _checkpoint(source, trust_pickle)
     pairs = []
     for step in plan.steps:

@@ -53,7 +53,7 @@ import re
 
 import numpy as np
 
-from ..errors import ConfigMismatchError, UnsupportedLayerError
+from ..errors import ConfigMismatchError, UnsupportedLayerError, UsageError
 from .rule import Rule, link, register
 from .transforms import Each, ReorderBlocks, Split, SumSplit, Transform, Transpose, Unstack
 
@@ -67,6 +67,16 @@ def _has_class(obj, names) -> bool:
 
 def _fn_name(fn) -> str:
     return getattr(fn, "__name__", repr(fn))
+
+
+def _flax_form_of(hp) -> str:
+    """Which of Flax's cell layouts a flax-side hp stands for; only a Flax cell can say."""
+    form = hp.get("flax_form")
+    if form is None:
+        raise UsageError("a Flax recurrent cell keeps its gates in one of several layouts (Linen per-gate "
+                         "dense layers, NNX packed...); write flax layout for it with like= (the Flax model or "
+                         "(module, variables)) so the layout is known")
+    return form
 
 
 def _flax_form(cell) -> str:
@@ -366,7 +376,7 @@ class SimpleRNNRule(RecurrentRule):
         return {**super().config_flax(cell), "residual": bool(getattr(cell, "residual", False))}
 
     def links_flax(self, hp):
-        if hp["flax_form"] == "packed":
+        if _flax_form_of(hp) == "packed":
             return [link("kernel", "dense_i/kernel"), link("recurrent_kernel", "dense_h/kernel"),
                     link("bias", "dense_i/bias")]
         return [link("kernel", "i/kernel"), link("recurrent_kernel", "h/kernel"), link("bias", "i/bias")]
@@ -383,11 +393,11 @@ class LSTMRule(RecurrentRule):
     flax_forms = ("gates", "gates_nnx", "packed")
 
     def links_flax(self, hp):
-        if hp["flax_form"] == "packed":
+        if _flax_form_of(hp) == "packed":
             return [link("kernel", "dense_i/kernel"), link("recurrent_kernel", "dense_h/kernel"),
                     link("bias", "dense_h/bias")]
         u = hp["units"]
-        inputs = ("ii", "if_" if hp["flax_form"] == "gates_nnx" else "if", "ig", "io")
+        inputs = ("ii", "if_" if _flax_form_of(hp) == "gates_nnx" else "if", "ig", "io")
         states = ("hi", "hf", "hg", "ho")
         return [link("kernel", tuple(f"{g}/kernel" for g in inputs), Split(1, (u,) * 4)),
                 link("recurrent_kernel", tuple(f"{g}/kernel" for g in states), Split(1, (u,) * 4)),
@@ -415,7 +425,7 @@ class GRURule(RecurrentRule):
 
     def links_flax(self, hp):
         u, order = hp["units"], self.torch_gate_order  # NNX packs r, z, n like torch
-        if hp["flax_form"] == "packed":
+        if _flax_form_of(hp) == "packed":
             return [link("kernel", "dense_i/kernel", ReorderBlocks(1, order)),
                     link("recurrent_kernel", "dense_h/kernel", ReorderBlocks(1, order)),
                     link("bias", "dense_i/bias", FoldRecurrentBias(u, keep_candidate=False) >> ReorderBlocks(0, order))]
