@@ -195,3 +195,16 @@ def test_integer_bookkeeping_tensors_do_not_block_a_port(tmp_path):
     state["logit_scale"] = torch.tensor(2.0)  # a float tensor no rule explains still stops a strict port
     with pytest.raises(wp.UnsupportedLayerError, match="logit_scale"):
         wp.port(state, keras_net())
+
+
+@pytest.mark.parametrize("suffix", [".msgpack", ".npz", ".safetensors"])
+def test_keras_layout_round_trip_through_every_format_that_keeps_metadata(tmp_path, suffix):
+    k = keras_net()
+    randomize_keras(k)
+    before = [w.copy() for w in k.get_weights()]
+    wp.save(k, tmp_path / f"k{suffix}")
+    assert wp.load(tmp_path / f"k{suffix}").layout == "keras"
+    fresh = keras_net()
+    wp.port(tmp_path / f"k{suffix}", fresh)
+    for a, b in zip(before, fresh.get_weights()):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -8,8 +8,10 @@ here are the map keys joined with ``/`` (``params/Dense_0/kernel``).
 Reading walks the file once, skipping every array's bytes, and memory-maps
 each array when it is asked for; flax and msgpack are not needed. Leaves
 that are not arrays (step counters as plain numbers, strings) are not
-tensors and are left out. The format has no room for metadata: a file is
-taken as ``flax`` layout unless its names are torch's dotted ones.
+tensors and are left out. A file of another layout than Flax's, written by
+weightport, keeps its metadata (layout, layer rules) under ``__metadata__``;
+any other file is taken as ``flax`` layout unless its names are torch's dotted
+ones.
 Writing nests the ``/`` names back into maps, one array at a time, and is
 read back by ``flax.serialization.msgpack_restore`` / ``from_bytes``.
 """
@@ -22,8 +24,9 @@ import struct
 import numpy as np
 
 from ...errors import FormatError, UsageError
-from ..checkpoint import Checkpoint, TensorSource, detect_layout
+from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource, detect_layout
 
+METADATA = "__metadata__"
 NAME = "msgpack"
 SUFFIXES = (".msgpack",)
 NDARRAY, NPSCALAR = 1, 3  # flax's extension type codes
@@ -224,9 +227,12 @@ def read(path: str, **opts) -> Checkpoint:
         raise FormatError(f"{path}: nested too deeply to be a state dict") from None
     if not isinstance(tree, dict):
         raise FormatError(f"{path}: holds a msgpack {type(tree).__name__}, not a map of named arrays")
+    metadata = tree.pop(METADATA, None)
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        metadata = {}
     sources = list(_sources(path, tree))
-    layout = "torch" if detect_layout(s.name for s in sources) == "torch" else "flax"
-    return Checkpoint(path, NAME, sources, layout=layout)
+    layout = metadata.get(LAYOUT_KEY) or ("torch" if detect_layout(s.name for s in sources) == "torch" else "flax")
+    return Checkpoint(path, NAME, sources, metadata=metadata, layout=layout)
 
 
 # -- writing ------------------------------------------------------------------------------------------------
@@ -305,6 +311,9 @@ def _write_tree(f, node: dict, path, progress):
         if isinstance(value, dict):
             _write_tree(f, value, path, progress)
             continue
+        if isinstance(value, str):
+            f.write(_str(value))
+            continue
         array = load_checked(value, path)
         if array.dtype.hasobject or array.dtype.names:
             raise UsageError(f"{path}: tensor {value.name!r} has dtype {array.dtype}, which msgpack cannot hold")
@@ -328,5 +337,11 @@ def _write_tree(f, node: dict, path, progress):
 
 def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> None:
     tree = _nest(sources, path)
+    if metadata.get(LAYOUT_KEY, "flax") != "flax":
+        # another layout's names mean nothing to Flax: say what they are (a flax-layout file stays as Flax
+        # writes it, so flax.serialization restores it into a model's state unchanged)
+        if METADATA in tree:
+            raise UsageError(f"{path}: a tensor is named {METADATA!r}, which weightport keeps for metadata")
+        tree = {**tree, METADATA: dict(metadata)}
     with open(staging.file(path), "wb") as f:
         _write_tree(f, tree, path, progress)
