@@ -208,3 +208,18 @@ def test_keras_layout_round_trip_through_every_format_that_keeps_metadata(tmp_pa
     wp.port(tmp_path / f"k{suffix}", fresh)
     for a, b in zip(before, fresh.get_weights()):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_a_keras_model_saves_its_own_weights_h5_and_sharded_names_open_by_their_name(tmp_path):
+    k = keras_net()
+    randomize_keras(k)
+    wp.save(k, tmp_path / "own.weights.h5")
+    fresh = keras_net()
+    fresh.load_weights(tmp_path / "own.weights.h5")
+    for a, b in zip(k.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    t = torch_net()
+    randomize_torch(t)
+    files = wp.save(t, tmp_path / "sharded.safetensors", shard_size=64).files
+    assert len(files) > 2 and not (tmp_path / "sharded.safetensors").exists()
+    assert wp.verify(t, wp.port(tmp_path / "sharded.safetensors", keras_net()).target, X).ok

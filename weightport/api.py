@@ -124,6 +124,8 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
     source_model = model if model_layout == src_layout and not _is_live(source) else None
     if model is not None and source_model is None and like is None:
         like = model
+    if like is None and str(destination).endswith(KERAS_SUFFIXES) and src_layout == "keras" and _is_live(source):
+        like = source  # a Keras model saved as Keras weights: it says where each variable goes
     layout = to or (require_adapter(like, "like").layout if like is not None else None) \
         or ("keras" if str(destination).endswith(KERAS_SUFFIXES) else src_layout)
     if layout is None:

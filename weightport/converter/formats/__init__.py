@@ -69,6 +69,8 @@ def open_checkpoint(path, *, format=None, trust_pickle=False) -> Checkpoint:
     ``trust_pickle=True`` lets torch files run arbitrary pickled code; only for files you trust.
     """
     path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".index.json"):
+        path += ".index.json"  # written with shard_size=: the shards and their index stand for the name
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file; check the path")
     if os.path.isdir(path):
