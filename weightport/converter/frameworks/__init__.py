@@ -79,6 +79,27 @@ class Framework:
         return None
 
 
+class ArrayFields(Framework):
+    """An adapter that finds a layer's arrays by slot (``_arrays``): reading, shapes and dtypes follow from it."""
+
+    def _arrays(self, layer, slots) -> dict:
+        """slot -> the array held now, for the slots the layer has."""
+        raise NotImplementedError
+
+    def read(self, layer, slots) -> dict:
+        from ..arrays import to_numpy
+
+        return {s: to_numpy(a) for s, a in self._arrays(layer, slots).items()}
+
+    def shapes(self, layer, slots) -> dict:
+        return {s: tuple(a.shape) for s, a in self._arrays(layer, slots).items()}
+
+    def dtypes(self, layer, slots) -> dict:
+        import numpy as np
+
+        return {s: np.dtype(a.dtype) for s, a in self._arrays(layer, slots).items()}
+
+
 _adapters: list = []
 
 

@@ -26,10 +26,9 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 
-import numpy as np
 
 from ..arrays import to_numpy
-from . import Framework
+from . import ArrayFields
 from .flax import _is_array, _like
 
 
@@ -75,7 +74,7 @@ def _submodules(value, name):
     return []
 
 
-class EquinoxFramework(Framework):
+class EquinoxFramework(ArrayFields):
     layout = "equinox"
     sep = "."
 
@@ -96,15 +95,6 @@ class EquinoxFramework(Framework):
     def _arrays(self, layer, slots) -> dict:
         found = {s: _get(layer, s) for s in slots}
         return {s: a for s, a in found.items() if _is_array(a)}
-
-    def read(self, layer, slots) -> dict:
-        return {s: to_numpy(a) for s, a in self._arrays(layer, slots).items()}
-
-    def shapes(self, layer, slots) -> dict:
-        return {s: tuple(a.shape) for s, a in self._arrays(layer, slots).items()}
-
-    def dtypes(self, layer, slots) -> dict:
-        return {s: np.dtype(a.dtype) for s, a in self._arrays(layer, slots).items()}
 
     def write(self, layer, arrays: dict) -> None:
         """Record the new arrays; ``finish`` builds the new module (the layer itself is immutable)."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from ...errors import UsageError
 from ..arrays import cast, is_jax_array, to_numpy
-from . import Framework, LayerRef, Unmapped
+from . import ArrayFields, LayerRef, Unmapped
 
 
 def _nnx():
@@ -156,7 +156,7 @@ def _variable(layer, slot):
     return obj if _is_weight(obj) else None
 
 
-class FlaxFramework(Framework):
+class FlaxFramework(ArrayFields):
     layout = "flax"
     sep = "/"
 
@@ -211,15 +211,6 @@ class FlaxFramework(Framework):
             return {s: layer.leaf(s) for s in slots if s in layer.names}
         found = {s: _variable(layer, s) for s in slots}
         return {s: _get(v) for s, v in found.items() if v is not None and _get(v) is not None}
-
-    def read(self, layer, slots) -> dict:
-        return {s: to_numpy(a) for s, a in self._arrays(layer, slots).items()}
-
-    def shapes(self, layer, slots) -> dict:
-        return {s: tuple(a.shape) for s, a in self._arrays(layer, slots).items()}
-
-    def dtypes(self, layer, slots) -> dict:
-        return {s: np.dtype(a.dtype) for s, a in self._arrays(layer, slots).items()}
 
     def write(self, layer, arrays: dict) -> None:
         if isinstance(layer, LinenLayer):
