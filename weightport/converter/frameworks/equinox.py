@@ -26,7 +26,6 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 
-
 from ..arrays import to_numpy
 from . import ArrayFields
 from .flax import _is_array, _like
