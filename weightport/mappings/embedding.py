@@ -28,25 +28,16 @@ class EmbeddingRule(Rule):
 
     def infer_torch(self, shapes):
         # also what a bias-free Linear looks like: the matcher settles it against a target, or reports it
-        w = shapes.get("weight")
-        if set(shapes) != {"weight"} or len(w) != 2:
-            return None
-        return {"input_dim": w[0], "output_dim": w[1]}
+        return _table(shapes, "weight")
 
     def infer_keras(self, shapes):
-        e = shapes.get("embeddings")
-        if set(shapes) != {"embeddings"} or len(e) != 2:
-            return None
-        return {"input_dim": e[0], "output_dim": e[1]}
+        return _table(shapes, "embeddings")
 
     def config_flax(self, module):
         return {"input_dim": int(module.num_embeddings), "output_dim": int(module.features), "max_norm": None}
 
     def infer_flax(self, shapes):
-        e = shapes.get("embedding")
-        if set(shapes) != {"embedding"} or len(e) != 2:
-            return None
-        return {"input_dim": e[0], "output_dim": e[1]}
+        return _table(shapes, "embedding")
 
     def config_equinox(self, module):
         return {"input_dim": int(module.num_embeddings), "output_dim": int(module.embedding_size), "max_norm": None}
@@ -62,3 +53,11 @@ class EmbeddingRule(Rule):
 
     def links_flax(self, hp):
         return [link("embeddings", "embedding")]
+
+
+def _table(shapes, name):
+    """hp for a group holding only a (vocab, dim) table under ``name``, else None."""
+    table = shapes.get(name)
+    if set(shapes) != {name} or len(table) != 2:
+        return None
+    return {"input_dim": table[0], "output_dim": table[1]}

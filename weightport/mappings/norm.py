@@ -66,6 +66,14 @@ def _shape(shapes, name):
     return None if s is None else tuple(s)
 
 
+def _layer_norm_hp(shapes, scale_name):
+    """LayerNorm hp for a group of a scale (under ``scale_name``) and an optional ``bias`` of one shape."""
+    scale = _shape(shapes, scale_name)
+    if set(shapes) - {scale_name, "bias"} or not scale or _shape(shapes, "bias") not in (None, scale):
+        return None
+    return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(scale), 0))}
+
+
 @register
 class BatchNormRule(Rule):
     """BatchNormalization <-> BatchNorm1d/2d/3d.
@@ -201,10 +209,7 @@ class LayerNormRule(Rule):
                 "rms_scaling": False, "axis": tuple(range(-n, 0))}
 
     def infer_torch(self, shapes):
-        w = _shape(shapes, "weight")
-        if set(shapes) - {"weight", "bias"} or w is None or not w or _shape(shapes, "bias") not in (None, w):
-            return None
-        return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(w), 0))}
+        return _layer_norm_hp(shapes, "weight")
 
     def config_flax(self, module):
         hp = {"epsilon": float(module.epsilon), "center": bool(module.use_bias), "scale": bool(module.use_scale),
@@ -221,10 +226,7 @@ class LayerNormRule(Rule):
 
     def infer_flax(self, shapes):
         # a lone scale is also what an RMSNorm keeps: the matcher settles it against a target, or reports it
-        s = _shape(shapes, "scale")
-        if set(shapes) - {"scale", "bias"} or s is None or not s or _shape(shapes, "bias") not in (None, s):
-            return None
-        return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(s), 0))}
+        return _layer_norm_hp(shapes, "scale")
 
     def infer_keras(self, shapes):
         found = [_shape(shapes, n) for n in ("gamma", "beta") if n in shapes]
