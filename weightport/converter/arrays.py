@@ -19,20 +19,45 @@ def bfloat16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def dtype_of(name: str) -> np.dtype:
-    """numpy dtype for a name such as 'float32', 'bf16', 'BF16' or 'bfloat16'."""
+def dtype_of(name) -> np.dtype:
+    """numpy dtype for a name ('float32', 'bf16', 'BF16', 'bfloat16', 'float8_e4m3fn'...) or dtype object.
+
+    ml_dtypes' names (bfloat16, the float8 variants) count, as do torch's
+    (``torch.bfloat16``) and safetensors' (``F8_E4M3``).
+    """
+    if not isinstance(name, str) and type(name).__module__ != "torch":
+        try:
+            return np.dtype(name)  # np.float16, ml_dtypes.bfloat16, jnp.bfloat16, a dtype
+        except TypeError:
+            pass
     key = str(name).lower().replace("torch.", "")
-    aliases = {"bf16": "bfloat16", "f32": "float32", "f16": "float16", "half": "float16",
-               "float": "float32", "double": "float64", "f64": "float64"}
+    aliases = {"bf16": "bfloat16", "f32": "float32", "f16": "float16", "half": "float16", "fp16": "float16",
+               "fp32": "float32", "float": "float32", "double": "float64", "f64": "float64",
+               "f8_e4m3": "float8_e4m3fn", "f8_e5m2": "float8_e5m2"}
     key = aliases.get(key, key)
-    if key == "bfloat16":
-        return bfloat16()
+    import ml_dtypes
+
+    extra = getattr(ml_dtypes, key, None)
+    if isinstance(extra, type) and issubclass(extra, np.generic):
+        return np.dtype(extra)
     try:
         return np.dtype(key)
     except TypeError as exc:
         from ..errors import UsageError
 
-        raise UsageError(f"unknown dtype {name!r}; use e.g. 'float32', 'float16' or 'bfloat16'") from exc
+        raise UsageError(f"unknown dtype {name!r}; use e.g. 'float32', 'float16', 'bfloat16', "
+                         "'float8_e4m3fn' or 'float8_e5m2'") from exc
+
+
+def cast_dtype(name) -> np.dtype:
+    """The floating dtype a conversion casts to (``dtype=``); an integer one would destroy the weights."""
+    dtype = dtype_of(name)
+    if not is_floating(dtype):
+        from ..errors import UsageError
+
+        raise UsageError(f"dtype={name!r} is not a floating dtype; casting weights to it would destroy them. "
+                         "Use e.g. 'float32', 'float16', 'bfloat16', 'float8_e4m3fn' or 'float8_e5m2'")
+    return dtype
 
 
 def is_torch_tensor(x) -> bool:

@@ -68,10 +68,11 @@ def target_sources(pairs, names_of, dtype=None) -> list:
     ``names_of(pair, slot)`` names each target tensor. ``dtype`` casts
     floating tensors (integer counters keep theirs).
     """
-    from .arrays import is_floating
+    from .arrays import cast_dtype, is_floating
     from .checkpoint import TensorSource
 
     out = []
+    dtype = None if dtype is None else cast_dtype(dtype)  # names such as "bfloat16" (ml_dtypes) too
     for p in pairs:
         rule, layout, hp = p.rule, p.target.layout, p.target_hp
         shapes = rule.native_shapes(layout, hp, p.source_shapes)
