@@ -27,6 +27,15 @@ def keras_net():
 
 def keras_wrong():
     return keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), keras.layers.Dense(4)])
+
+
+def keras_named():
+    return keras.Sequential([keras.Input((7,)), keras.layers.Dense(5, activation="tanh", name="hid"),
+                             keras.layers.Dense(3, name="out")])
+
+
+def broken():
+    raise RuntimeError("boom from the model builder")
 '''
 
 
@@ -88,3 +97,104 @@ def test_convert_with_an_unreadable_plan_is_a_usage_error(workdir):
     for plan in ("missing.json", "broken.json"):
         out = run("convert", "net.pt", "o.safetensors", "--plan", plan, cwd=workdir)
         assert out.returncode == 2 and "cannot read the plan" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_hints_reach_the_matcher(workdir):
+    ok = run("convert", "net.pt", "h.weights.h5", "--model", "models.py:keras_named", "--hint", "0=hid",
+             "--hint", "2=out", "--quiet", cwd=workdir)
+    assert ok.returncode == 0, ok.stderr
+    swapped = run("convert", "net.pt", "s.weights.h5", "--model", "models.py:keras_named", "--hint", "0=out",
+                  "--hint", "2=hid", cwd=workdir)
+    assert swapped.returncode == 1 and "5x3" in swapped.stderr and "Traceback" not in swapped.stderr
+    bad = run("convert", "net.pt", "b.weights.h5", "--model", "models.py:keras_named", "--hint", "0", cwd=workdir)
+    assert bad.returncode == 2 and "--hint takes SOURCE=TARGET" in bad.stderr
+
+
+def test_convert_reads_the_source_as_the_format_given(workdir):
+    out = run("convert", "net.pt", "o.safetensors", "--to", "keras", "--format", "npz", cwd=workdir)
+    assert out.returncode == 2 and "net.pt" in out.stderr and "Traceback" not in out.stderr
+    assert run("convert", "net.pt", "o.safetensors", "--to", "keras", "--format", "torch", "--quiet",
+               cwd=workdir).returncode == 0
+
+
+def test_an_unknown_output_suffix_names_the_suffixes_not_a_python_keyword(workdir):
+    out = run("convert", "net.pt", "out.xyz", "--to", "keras", cwd=workdir)
+    assert out.returncode == 2 and ".safetensors" in out.stderr and "format=" not in out.stderr
+
+
+def test_report_counts_in_the_singular(workdir):
+    torch.save(torch.nn.Linear(7, 5).state_dict(), workdir / "one.pt")
+    out = run("convert", "one.pt", "one.safetensors", "--to", "keras", cwd=workdir)
+    assert out.returncode == 0 and "1 layer ported" in out.stdout
+    out = run("convert", "net.pt", "two.safetensors", "--to", "keras", cwd=workdir)
+    assert "2 layers ported" in out.stdout
+
+
+def test_progress_flag_shows_a_bar_even_on_a_pipe(workdir):
+    shown = run("convert", "net.pt", "p.safetensors", "--to", "keras", "--progress", "--quiet", cwd=workdir)
+    assert shown.returncode == 0 and "100%" in shown.stderr and shown.stdout == ""
+    hidden = run("convert", "net.pt", "q.safetensors", "--to", "keras", "--no-progress", cwd=workdir)
+    assert hidden.returncode == 0 and "100%" not in hidden.stderr and "ported" in hidden.stdout
+    default = run("convert", "net.pt", "r.safetensors", "--to", "keras", cwd=workdir)  # a pipe, 200 bytes
+    assert "100%" not in default.stderr
+
+
+def parse_rules(text):
+    """{rule: {layout: what it recognises}} from `weightport rules`."""
+    rules, current = {}, None
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            current = rules.setdefault(line.strip(), {})
+        else:
+            layout, _, what = line.strip().partition(" ")
+            current[layout] = what.strip()
+    return rules
+
+
+def test_rules_say_what_a_user_can_give(tmp_path):
+    out = run("rules", cwd=tmp_path)
+    assert out.returncode == 0
+    rules = parse_rules(out.stdout)
+    assert all(what for layouts in rules.values() for what in layouts.values()), rules
+    assert rules["dense"] == {"keras": "Dense", "torch": "Linear", "flax": "Linear", "equinox": "Linear"}
+    separable = rules["separable_conv"]["torch"]
+    assert "depthwise" in separable and "pointwise" in separable
+    projections = rules["attention_projections"]["torch"]
+    assert "four Linear" in projections and "q_proj" in projections and projections != "Module"
+    columns = {line.index(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert len(columns) == 1  # one column, equinox included
+    as_json = {r["rule"]: r for r in json.loads(run("rules", "--json", cwd=tmp_path).stdout)}
+    assert as_json["separable_conv"]["recognises"]["torch"] == separable
+
+
+KERAS_CNN = '''
+import keras
+m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+                      keras.layers.BatchNormalization(name="bn"), keras.layers.Flatten(), keras.layers.Dense(5, name="fc")])
+m.save_weights("cnn.weights.h5")
+m.save("cnn.keras")
+'''
+
+
+def test_inspect_names_the_layers_of_keras_files(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+    subprocess.run([sys.executable, "-c", KERAS_CNN], cwd=tmp_path, check=True, env=env)
+    for name, label in (("cnn.weights.h5", "{}"), ("cnn.keras", "{} ({})")):
+        out = run("inspect", name, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        rows = {ln.split()[0]: ln for ln in out.stdout.splitlines() if ln.startswith("layers/")}
+        for path, layer, cls in (("layers/conv2d/vars/0", "c1", "Conv2D"), ("layers/batch_normalization/vars/3",
+                                 "bn", "BatchNormalization"), ("layers/dense/vars/1", "fc", "Dense")):
+            assert rows[path].endswith("  " + label.format(layer, cls)), rows[path]
+        tensors = json.loads(run("inspect", name, "--json", cwd=tmp_path).stdout)["tensors"]
+        assert {t["name"]: t["layer"] for t in tensors}["layers/dense/vars/0"] == "fc"
+        assert "3.3 KB (3,412 bytes)" in out.stdout and "8 tensors, 853 parameters" in out.stdout
+
+
+def test_inspect_counts_and_sizes_read_as_english(tmp_path):
+    from weightport.converter.formats import write_checkpoint
+
+    write_checkpoint(tmp_path / "one.safetensors", {"scale": np.ones((), "float32")})
+    out = run("inspect", "one.safetensors", cwd=tmp_path)
+    assert "\n1 tensor, 1 parameter, 4 B\n" in out.stdout and "bytes)" not in out.stdout
+    assert "layer" not in out.stdout.splitlines()[0]  # nothing in a bare file names its layers

@@ -36,7 +36,7 @@ def test_table_lists_every_tensor_and_the_totals(tmp_path, capsys):
                                ("head.ids", "(3,)", "int64")]:
         line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
         assert shape in line and dtype in line
-    assert "3 tensors, 43 parameters" in out and f"({7 * 5 * 4 + 5 * 2 + 3 * 8} bytes)" in out
+    assert f"3 tensors, 43 parameters, {7 * 5 * 4 + 5 * 2 + 3 * 8} B\n" in out  # under 1 KB: no "(174 bytes)" echo
     assert "format: safetensors" in out and "layout: torch" in out
 
 

@@ -3,7 +3,7 @@
 Importing this package imports no framework: each call imports what it needs.
 """
 from .api import convert, get_weights, load, port, save, set_weights, verify
-from .errors import (ConfigMismatchError, FormatError, MatchError, OutputExistsError, ShapeMismatchError,
+from .errors import (AmbiguityError, ConfigMismatchError, FormatError, MatchError, OutputExistsError, ShapeMismatchError,
                      UnsafePickleError, UnsupportedLayerError, UsageError, WeightportError, WeightportWarning)
 from .mappings.rule import Link, Rule, link, register
 
@@ -13,5 +13,5 @@ __all__ = [
     "port", "convert", "load", "save", "get_weights", "set_weights", "verify",
     "Rule", "Link", "link", "register",
     "WeightportError", "UsageError", "UnsupportedLayerError", "ConfigMismatchError", "ShapeMismatchError",
-    "MatchError", "FormatError", "UnsafePickleError", "OutputExistsError", "WeightportWarning",
+    "MatchError", "AmbiguityError", "FormatError", "UnsafePickleError", "OutputExistsError", "WeightportWarning",
 ]

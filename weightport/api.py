@@ -20,7 +20,7 @@ from .converter.plan import Report
 from .converter.plan import _jsonable
 from .converter.structure import RULES_KEY, SEPARATORS, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
-from .errors import ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportWarning
+from .errors import AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportWarning
 from .mappings.rule import rules_for
 
 KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
@@ -332,8 +332,8 @@ def _same_structure(src_nodes, layout) -> tuple:
         rules = [r for r, _ in node.candidates]
         # a live layer's class settles its rule; names and shapes alone may not
         if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False):
-            raise UsageError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
-                             f"which differ in {layout} layout; pass model= or like= to say which")
+            raise AmbiguityError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
+                                 f"which differ in {layout} layout; pass model= or like= to say which")
         rule, hp = node.candidates[0]
         if layout not in rule.layouts():
             raise UsageError(f"{node.label}: rule {rule.name!r} has no {layout!r} layout")
@@ -346,11 +346,9 @@ def _same_structure(src_nodes, layout) -> tuple:
 
 
 def _progress_bar(total: int, destination, quiet: bool):
-    if quiet or total < (64 << 20) or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    from .progress import bar
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(str(destination)))
+    return bar(total, os.path.basename(str(destination)), quiet)
 
 
 def _single(layer):

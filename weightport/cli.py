@@ -1,33 +1,56 @@
 """The ``weightport`` command: inspect | convert | verify | rules.
 
-Exit codes: 0 ok, 1 conversion refused (mismatch), 2 usage error or unreadable input.
+How it ends (exit codes, messages in the command's words, no traceback unless
+``--debug``) is in ``exits``; this module parses arguments and runs commands.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
-from .errors import FormatError, UsageError, WeightportError
+from . import exits
+from .errors import UsageError, WeightportWarning
 
 FORMAT_NAMES = ("safetensors", "torch", "keras", "npz", "msgpack")  # weightport.converter.formats.MODULES
+VERSIONS_OF = ("numpy", "torch", "keras", "jax", "flax", "equinox", "safetensors", "h5py")
 
 
-def cmd_rules(args) -> int:
-    from .mappings.rule import all_rules
+def version_text() -> str:
+    """weightport's version and those of the libraries it works with, as a bug report wants them."""
+    import platform
+    from importlib import metadata
 
-    rows = [{"rule": r.name, **{lay: list(r.classes.get(lay, ())) for lay in r.layouts()}} for r in all_rules()]
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    for r in all_rules():
-        print(f"{r.name}")
-        for lay in r.layouts():
-            print(f"  {lay:<6} {', '.join(r.classes[lay])}")
-    return 0
+    from . import __version__
+
+    found = []
+    for dist in VERSIONS_OF:
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"weightport {__version__} (Python {platform.python_version()}; {', '.join(found)})"
 
 
-def _size(nbytes: float) -> str:
+class VersionAction(argparse.Action):
+    """``--version``: looked up only when asked (reading package metadata takes a moment)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def size_text(nbytes: float) -> str:
+    """'432 B', '2.8 KB', '1.5 GB' (powers of 1024)."""
     for unit in ("B", "KB", "MB"):
         if nbytes < 1024:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
@@ -35,37 +58,92 @@ def _size(nbytes: float) -> str:
     return f"{nbytes:.1f} GB"
 
 
+# -- rules -----------------------------------------------------------------------------
+
+
+def recognised(rule, layout: str) -> str:
+    """What a user can give for ``rule`` in ``layout``: its classes, or the structure it recognises."""
+    described = getattr(rule, "describe_classes", {}).get(layout)
+    return described or ", ".join(rule.classes.get(layout, ())) or "(recognised by structure)"
+
+
+def cmd_rules(args) -> int:
+    from .mappings.rule import all_rules
+
+    rules = list(all_rules())
+    if args.json:
+        rows = [{"rule": r.name, **{lay: list(r.classes.get(lay, ())) for lay in r.layouts()},
+                 "recognises": {lay: recognised(r, lay) for lay in r.layouts()}} for r in rules]
+        print(json.dumps(rows, indent=1))
+        return exits.OK
+    width = max(len(lay) for r in rules for lay in r.layouts())
+    for r in rules:
+        print(r.name)
+        for lay in r.layouts():
+            print(f"  {lay:<{width}}  {recognised(r, lay)}")
+    return exits.OK
+
+
+# -- inspect ---------------------------------------------------------------------------
+
+
+def layer_of(name: str, layers: dict) -> dict:
+    """What the file says of the layer holding tensor ``name``: the deepest group path above it."""
+    above = [group for group in layers if name.startswith(group + "/")]
+    return layers[max(above, key=len)] if above else {}
+
+
+def layer_label(info: dict) -> str:
+    name, cls = info.get("name"), info.get("class_name")
+    return f"{name} ({cls})" if name and cls else name or cls or ""
+
+
 def cmd_inspect(args) -> int:
     from .converter.formats import open_checkpoint
 
     with open_checkpoint(args.file, format=args.format, trust_pickle=args.trust_pickle) as ckpt:
-        rows = [{"name": name, "shape": list(ckpt.shape(name)), "dtype": ckpt.dtype(name).name,
-                 "nbytes": ckpt.source(name).nbytes} for name in ckpt]
+        layers = {g: info for g, info in ckpt.layers.items() if g and isinstance(info, dict)}
+        rows = []
+        for name in ckpt:
+            info = layer_of(name, layers)
+            rows.append({"name": name, "shape": list(ckpt.shape(name)), "dtype": ckpt.dtype(name).name,
+                         "nbytes": ckpt.source(name).nbytes, "layer": info.get("name"),
+                         "class": info.get("class_name")})
         totals = {"tensors": len(ckpt), "parameters": ckpt.num_parameters, "bytes": ckpt.nbytes}
         if args.json:
             print(json.dumps({"path": ckpt.path, "format": ckpt.format, "layout": ckpt.layout,
                               "metadata": ckpt.metadata, "totals": totals, "tensors": rows,
                               "layers": {k: v.get("class_name") for k, v in ckpt.layers.items()}}, indent=1))
-            return 0
-        width = max([len(r["name"]) for r in rows] + [4])
-        shapes = [str(tuple(r["shape"])) for r in rows]
-        swidth = max([len(x) for x in shapes] + [5])
-        print(f"{'name':<{width}}  {'shape':<{swidth}}  {'dtype':<8}  size")
-        for r, shape in zip(rows, shapes):
-            print(f"{r['name']:<{width}}  {shape:<{swidth}}  {r['dtype']:<8}  {_size(r['nbytes'])}")
-        print(f"\n{totals['tensors']} tensors, {totals['parameters']:,} parameters, {_size(totals['bytes'])} "
-              f"({totals['bytes']:,} bytes)")
+            return exits.OK
+        print_table(rows)
+        total = size_text(totals["bytes"]) + (f" ({totals['bytes']:,} bytes)" if totals["bytes"] >= 1024 else "")
+        print(f"\n{plural(totals['tensors'], 'tensor')}, {plural(totals['parameters'], 'parameter')}, {total}")
         print(f"format: {ckpt.format}   layout: {ckpt.layout or 'unknown (names do not say)'}")
         for key, value in ckpt.metadata.items():
             print(f"  {key}: {value if len(value) <= 80 else value[:77] + '...'}")
-    return 0
+    return exits.OK
+
+
+def print_table(rows) -> None:
+    """name, shape, dtype, size, and the layer each tensor belongs to where the file names it."""
+    columns = [("name", [r["name"] for r in rows]), ("shape", [str(tuple(r["shape"])) for r in rows]),
+               ("dtype", [r["dtype"] for r in rows]), ("size", [size_text(r["nbytes"]) for r in rows])]
+    labels = [layer_label({"name": r["layer"], "class_name": r["class"]}) for r in rows]
+    if any(labels):
+        columns.append(("layer", labels))
+    widths = [max([len(head)] + [len(v) for v in values]) for head, values in columns]
+    print("  ".join(head.ljust(w) for (head, _), w in zip(columns, widths)).rstrip())
+    for i in range(len(rows)):
+        print("  ".join(values[i].ljust(w) for (_, values), w in zip(columns, widths)).rstrip())
+
+
+# -- convert ---------------------------------------------------------------------------
 
 
 def load_object(spec: str):
     """The object named by ``pkg.module:name`` or ``path/to/file.py:name``; a callable is called with no arguments."""
     import importlib
     import importlib.util
-    import os
 
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
@@ -107,15 +185,59 @@ def parse_size(text):
         raise UsageError(f"--shard-size takes a size such as 5GB or 500MiB, got {text!r}") from None
 
 
-def cmd_convert(args) -> int:
-    from .api import convert
+def parse_dtype(text: str) -> str:
+    """``text`` if it names a floating dtype (float16, bfloat16, float8_e4m3fn...), checked before any work."""
+    from .converter.arrays import cast_dtype
 
+    try:
+        cast_dtype(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exits.cli_words(str(exc))) from None
+    return text
+
+
+def parse_hints(pairs) -> dict | None:
+    """{source path: target path} from repeated ``--hint SOURCE=TARGET``."""
+    if not pairs:
+        return None
+    hints = {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep or not source or not target:
+            raise UsageError(f"--hint takes SOURCE=TARGET (a source layer path, a target layer path), got {pair!r}")
+        hints[source] = target
+    return hints
+
+
+def check_destination(path: str) -> None:
+    """Refuse an output whose suffix names no format before any work (the command picks the format by suffix)."""
+    from .converter.formats import format_for, modules
+
+    try:
+        format_for(path)
+    except UsageError:
+        suffixes = ", ".join(s for mod in modules() for s in mod.SUFFIXES)
+        raise UsageError(f"cannot tell which format to write for {path!r}: end its name with one of {suffixes}"
+                         ) from None
+
+
+def cmd_convert(args) -> int:
+    from . import progress
+    from .api import convert, load
+
+    check_destination(args.destination)
     model = load_object(args.model) if args.model else None
     like = load_object(args.like) if args.like else None
-    report = convert(args.source, args.destination, model=model, to=args.to, like=like, strict=not args.partial,
-                     overwrite=args.overwrite, dtype=args.dtype, shard_size=parse_size(args.shard_size),
-                     trust_pickle=args.trust_pickle, quiet=args.quiet or args.json, plan=args.plan,
-                     dry_run=args.dry_run)
+    source = load(args.source, format=args.format, trust_pickle=args.trust_pickle) if args.format else args.source
+    show = args.progress if args.progress is not None else (False if args.quiet or args.json else None)
+    progress.forced = show
+    try:
+        report = convert(source, args.destination, model=model, to=args.to, like=like, hints=parse_hints(args.hint),
+                         strict=not args.partial, overwrite=args.overwrite, dtype=args.dtype,
+                         shard_size=parse_size(args.shard_size), trust_pickle=args.trust_pickle,
+                         quiet=show is False, plan=args.plan, dry_run=args.dry_run)
+    finally:
+        progress.forced = None
     if args.save_plan:
         from .converter.formats import Staging
 
@@ -131,7 +253,10 @@ def cmd_convert(args) -> int:
     elif not args.quiet:
         print(report)
         print("wrote " + ", ".join(report.files) if report.files else "dry run: nothing written")
-    return 0
+    return exits.OK
+
+
+# -- verify ----------------------------------------------------------------------------
 
 
 def cmd_verify(args) -> int:
@@ -151,16 +276,32 @@ def cmd_verify(args) -> int:
                           "atol": result.atol, "rtol": result.rtol, "notes": result.notes}, indent=1))
     else:
         print(result)
-    return 0 if result.ok else 1
+    return exits.OK if result.ok else exits.REFUSED
+
+
+# -- the parser ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weightport", description="Move trained weights between frameworks.")
+    parser = argparse.ArgumentParser(
+        prog="weightport", description="Move trained weights between frameworks.",
+        epilog="exit codes:\n" + exits.exit_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=VersionAction, help="show the versions of weightport and the "
+                                                                 "frameworks it finds, then exit")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works as well
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("rules", help="list the layer rules and the classes each recognises")
+
+    def command(name, **kw):
+        return sub.add_parser(name, parents=[common], epilog="exit codes:\n" + exits.exit_table(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    p = command("rules", help="list the layer rules and what each recognises in each layout")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_rules)
-    p = sub.add_parser("inspect", help="list a checkpoint's tensors (name, shape, dtype, size), format and layout")
+
+    p = command("inspect", help="list a checkpoint's tensors (name, shape, dtype, size, layer), format and layout")
     p.add_argument("file", help="checkpoint: .safetensors (or its .index.json), .pt/.pth/.bin, .weights.h5, "
                                 ".keras, .h5, .npz, .msgpack")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -169,27 +310,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let a torch file run pickled code (only for files you trust)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
+    p = command("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
     p.add_argument("source", help="input checkpoint")
     p.add_argument("destination", help="output file (its suffix picks the format)")
-    p.add_argument("--to", choices=("keras", "torch", "flax", "equinox"), help="target layout (default: the model's, keras for "
-                                                            "Keras files, else the source's)")
+    p.add_argument("--to", choices=("keras", "torch", "flax", "equinox"),
+                   help="target layout (default: the model's, keras for Keras files, else the source's)")
     p.add_argument("--model", help="MODULE:NAME or FILE.py:NAME of a model (or a function building one) giving the "
                                    "structure: the source's if in its layout, else the target's")
     p.add_argument("--like", help="MODULE:NAME of a target-framework model whose names the output should use")
-    p.add_argument("--dtype", help="cast floating tensors, e.g. float16 or bfloat16")
+    p.add_argument("--hint", action="append", metavar="SOURCE=TARGET",
+                   help="pair these two layers (paths); repeat for more")
+    p.add_argument("--format", default=None, choices=FORMAT_NAMES,
+                   help="read the source as this format instead of detecting it")
+    p.add_argument("--dtype", type=parse_dtype,
+                   help="cast floating tensors: float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 (float8 "
+                        "where the output format holds it)")
     p.add_argument("--shard-size", help="split safetensors output into shards of this size (e.g. 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--partial", action="store_true", help="convert what pairs and report the rest (strict=False)")
     p.add_argument("--trust-pickle", action="store_true", help="let a torch file run pickled code")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no report")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: on a terminal, for outputs over 64 MB)")
+    p.add_argument("--quiet", action="store_true", help="no report, and no progress bar unless --progress")
     p.add_argument("--dry-run", action="store_true", help="plan and report, write nothing")
     p.add_argument("--save-plan", metavar="FILE", help="save the plan as JSON (review it, or replay it with --plan)")
     p.add_argument("--plan", metavar="FILE", help="run a saved plan: no --model needed, names and shapes checked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("verify", help="run two models on the same input and compare their outputs")
+    p = command("verify", help="run two models on the same input and compare their outputs")
     p.add_argument("model_a", help="MODULE:NAME or FILE.py:NAME of the first model (or a function building it)")
     p.add_argument("model_b", help="the same for the second model")
     p.add_argument("--inputs", required=True, help=".npy input for both models (or for the first)")
@@ -204,17 +353,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line in the command's words, not Python's file:line form."""
+    label = "warning" if issubclass(category, WeightportWarning) else category.__name__
+    print(f"weightport: {label}: {exits.cli_words(str(message))}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command; return its exit code (see ``exits.EXIT_CODES``)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        return args.func(args)
-    except (UsageError, FormatError) as exc:
-        print(f"weightport: {exc}", file=sys.stderr)
-        return 2
-    except WeightportError as exc:
-        print(f"weightport: {exc}", file=sys.stderr)
-        return 1
+        try:
+            args = build_parser().parse_args(argv)  # --help, --version and bad arguments end here (SystemExit)
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return args.func(args)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside the guard, not at interpreter exit
+    except BrokenPipeError:
+        # the reader left (`| head`): send what is still buffered nowhere and end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exits.BROKEN_PIPE
+    except (Exception, KeyboardInterrupt) as exc:
+        if "--debug" in argv:
+            import traceback
+
+            traceback.print_exc()
+        print(f"weightport: {exits.describe(exc)}", file=sys.stderr)
+        return exits.exit_code(exc)
 
 
 if __name__ == "__main__":

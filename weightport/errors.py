@@ -29,6 +29,13 @@ class MatchError(WeightportError):
     """Source and target layers could not be paired; the target was left untouched."""
 
 
+class AmbiguityError(MatchError, UsageError):
+    """Several readings fit and weightport will not guess; more information (a model, hints) settles it.
+
+    A refusal like any ``MatchError``, and a ``UsageError`` for callers who catch that.
+    """
+
+
 class FormatError(WeightportError):
     """A file is unreadable, corrupt or not what its name or header claims."""
 

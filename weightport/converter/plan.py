@@ -104,7 +104,7 @@ class Report:
         widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
         line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
         out = [line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows]
-        out.append(f"{len(rows)} layers ported")
+        out.append(f"{len(rows)} layer{'s' * (len(rows) != 1)} ported")
         for title, items in (("not ported from the source", self.plan.unmatched_source),
                              ("left as it was in the target", self.plan.unmatched_target),
                              ("warnings", self.plan.issues)):

@@ -236,6 +236,8 @@ class LinearAttentionRule(MultiHeadAttentionRule):
 
     name = "attention_projections"
     classes = {"keras": ("MultiHeadAttention",), "torch": ("Module",)}
+    describe_classes = {"torch": "a module of four Linear q/k/v/o projections (q_proj, k_proj, v_proj, o_proj; "
+                                 "query, key, value, out...), num_heads on it or its config"}
     infer_keras = None  # a Keras group is claimed by multi_head_attention alone
     infer_torch = None  # four Linear groups may as well be four Dense layers
     infer_flax = None  # a Flax group is claimed by multi_head_attention alone

@@ -422,6 +422,7 @@ class SeparableConvRule(ConvFamily):
     name = "separable_conv"
     priority = 1
     classes = {"keras": ("SeparableConv1D", "SeparableConv2D"), "torch": ()}
+    describe_classes = {"torch": "a container (any class) of a depthwise Conv1d/2d then a pointwise 1x1 Conv"}
     checks = {k: v for k, v in ConvFamily.checks.items() if k != "groups"}
 
     def matches(self, layout, layer):
