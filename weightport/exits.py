@@ -16,11 +16,12 @@ EXIT_CODES = (
     (0, "done; for verify, the outputs agree", ()),
     (1, "refused: the weights do not fit the target, a pairing would be a guess, the output exists; "
         "for verify, the outputs differ", (WeightportError, MatchError)),
-    (2, "usage error or unreadable input: a bad argument, a missing, corrupt or unreadable file",
+    (2, "usage error or unreadable input: a bad argument, a missing or corrupt file, an output that cannot be "
+        "written",
      (UsageError, FormatError, OSError)),
     (3, "unexpected error (a bug): a one-line message; rerun with --debug for the traceback", (Exception,)),
     (130, "interrupted (Ctrl-C)", (KeyboardInterrupt,)),
-    (141, "the reader of the output went away (`| head`): quietly, as Unix tools do", (BrokenPipeError,)),
+    (141, "the reader of the output left early (as `head` does): quietly, as Unix tools do", (BrokenPipeError,)),
 )
 OK, REFUSED, USAGE, UNEXPECTED, INTERRUPTED, BROKEN_PIPE = (row[0] for row in EXIT_CODES)
 
