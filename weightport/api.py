@@ -43,14 +43,49 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
-    Layers are paired by kind, order and shape; ``hints`` ({source_path:
-    target_path}) override the pairing. With ``strict=True`` the target is
-    left untouched unless every weight pairs; with ``strict=False`` what pairs
-    is copied and the rest reported. Configuration that weights cannot carry
-    (epsilon, momentum...) is compared, and differences are warned about and
-    listed in ``report.warnings``. A path as ``target`` writes a new file (see
-    ``convert``); ``model`` gives a checkpoint's structure where names alone
-    cannot.
+    Layers are paired by kind and shape, and among look-alikes by the
+    evidence the matcher finds (hints, paths, dataflow, names); configuration
+    that weights cannot carry (epsilon, momentum...) is compared, and
+    differences are warned about and listed in ``report.warnings``. A refused
+    port leaves the target as it was.
+
+    Args:
+        source: a live model (Keras, torch, Flax NNX or Linen variables,
+            Equinox), a checkpoint path, a loaded ``Checkpoint`` or a
+            name -> array mapping (a state dict).
+        target: a live model to fill, or a path: then a new file is written
+            (see ``convert``).
+        hints: ``{source_path: target_path}`` pairs that override the pairing.
+        strict: True (the default) leaves the target untouched unless every
+            target weight pairs; False copies what pairs and reports the rest
+            (``report.unmatched_source``, ``report.unmatched_target``).
+        model: a checkpoint's own live model, giving its structure where names
+            alone cannot.
+        overwrite: with a path as ``target``, replace an existing file.
+        dtype: with a path as ``target``, cast floating tensors ("float16",
+            "bfloat16", "float8_e4m3fn"...; see ``convert``).
+        trust_pickle: let a torch file run pickled code beyond plain tensors
+            (only for files you trust).
+        quiet: no progress bar.
+
+    Returns:
+        Report: the plan that ran (printed, a table of source -> target, rule,
+        transform and shapes); ``report.target`` is the ported target: the
+        object given, or a new one where the framework's objects cannot change
+        (Flax Linen variables, Equinox modules).
+
+    Raises:
+        MatchError: layers could not be paired; an AmbiguityError where several
+            pairings fit and ``hints`` or ``model`` must say which.
+        ShapeMismatchError: a paired tensor has another shape than its slot.
+        ConfigMismatchError: paired layers differ in configuration that changes
+            what they compute (groups, use_bias...).
+        UnsupportedLayerError: a layer holds weights that no rule handles
+            (with ``strict=True``).
+        FormatError: a checkpoint could not be read (UnsafePickleError: it
+            needs ``trust_pickle``).
+        UsageError: the call itself is wrong: an unsupported object,
+            arguments that do not go together.
     """
     if _is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
@@ -77,8 +112,30 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
 def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Checkpoint:
     """Open a checkpoint lazily: a name -> array mapping with ``.format``, ``.layout``, ``.metadata``.
 
-    Only the header is read now; each tensor is read when indexed. torch
-    files are never unpickled beyond weights unless ``trust_pickle=True``.
+    Only the header is read now; each tensor is read when indexed, so opening
+    a large file is cheap. torch files are never unpickled beyond weights
+    unless ``trust_pickle=True``.
+
+    Args:
+        path: a checkpoint: ``.safetensors`` (or a sharded set's
+            ``.index.json``), ``.pt``/``.pth``/``.bin``, ``.weights.h5``,
+            ``.keras``, legacy ``.h5``, ``.npz`` or ``.msgpack``.
+        format: read as this format ("safetensors", "torch", "keras", "npz",
+            "msgpack") instead of detecting it from the file's first bytes and
+            suffix.
+        trust_pickle: let a torch file run pickled code beyond plain tensors
+            (only for files you trust: unpickling can run anything).
+
+    Returns:
+        Checkpoint: ``ckpt[name]`` (a read-only array), ``ckpt.shape(name)``,
+        ``ckpt.dtype(name)``, ``ckpt.layout`` ("torch", "keras", "flax"... or
+        None where the names do not say); usable in a ``with`` block.
+
+    Raises:
+        FormatError: the file is missing, unreadable or not what its name says.
+        UnsafePickleError: a torch file needs full unpickling and
+            ``trust_pickle`` is False.
+        UsageError: an unknown ``format``.
     """
     from .converter.formats import open_checkpoint
 
@@ -89,9 +146,34 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
          shard_size: int | None = None, strict: bool = True, quiet: bool = False) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
-    ``like`` (a live model of the target framework) gives the target names and
-    structure: a torch module's state-dict names, or the variable paths Keras'
-    ``load_weights`` expects in a ``.weights.h5``. The file appears whole or not at all.
+    The file appears whole or not at all.
+
+    Args:
+        model: a live model of any supported framework.
+        path: the output file; its suffix picks the format (``.safetensors``,
+            ``.pt``, ``.weights.h5``, ``.npz``, ``.msgpack``).
+        layout: whose conventions the tensors follow: "torch", "keras", "flax"
+            or "equinox"; by default ``like``'s, keras for Keras files, else
+            the model's own.
+        like: a live model of the target framework giving the target names and
+            structure: a torch module's state-dict names, or the variable paths
+            Keras' ``load_weights`` expects in a ``.weights.h5``.
+        overwrite: replace an existing file (otherwise refused).
+        dtype: cast floating tensors (see ``convert``).
+        shard_size: split a safetensors output into shards of at most this
+            many bytes, with an ``.index.json``.
+        strict: False writes what pairs with ``like`` and reports the rest.
+        quiet: no progress bar.
+
+    Returns:
+        Report: the plan that ran; ``report.files`` lists the files written.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        UsageError: no layout can be told, the suffix names no format, a
+            ``.weights.h5`` without the Keras model.
+        MatchError: ``model`` and ``like`` do not pair (also
+            ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError).
     """
     return convert(model, path, like=like, to=layout, overwrite=overwrite, dtype=dtype, shard_size=shard_size,
                    strict=strict, quiet=quiet)
@@ -102,17 +184,53 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
             trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
-    ``model`` is a live model giving the structure names cannot: if it is in
-    the source's layout it describes the source, otherwise it is the target
-    (like ``like``). ``to`` is the target layout; by default the model's, or
-    ``keras`` for Keras files, or the source's own. ``dtype`` casts floating
-    tensors. Peak memory tracks the largest layer, not the model; the output
-    is written under a temporary name and renamed into place; an existing
-    file is refused unless ``overwrite=True``.
+    Peak memory tracks the largest layer, not the model. The output is
+    written under a temporary name and renamed into place: it appears whole
+    or not at all.
 
-    ``dry_run=True`` plans without writing: ``report.to_json()`` can be
-    reviewed, saved, and given back as ``plan=`` (a Plan or a JSON file path)
-    to run the same conversion later with no model at hand.
+    Args:
+        source: a checkpoint path, a loaded ``Checkpoint``, a name -> array
+            mapping or a live model.
+        destination: the output file; its suffix picks the format.
+        model: a live model giving the structure names cannot: if it is in the
+            source's layout it describes the source, otherwise it is the target
+            (as ``like``).
+        to: the target layout ("torch", "keras", "flax", "equinox"); by default
+            the model's, keras for Keras files, else the source's own.
+        like: a live model of the target framework whose names (and, for a
+            ``.weights.h5``, variable paths) the output takes.
+        hints: ``{source_path: target_path}`` pairs that override the pairing.
+        strict: False converts what pairs and reports the rest.
+        overwrite: replace an existing output (otherwise refused).
+        dtype: cast floating tensors: "float32", "float16", "bfloat16", or
+            "float8_e4m3fn"/"float8_e5m2" where the format holds them
+            (safetensors, ``.npz``, ``.msgpack``); integer tensors keep theirs.
+        shard_size: split a safetensors output into shards of at most this
+            many bytes, with an ``.index.json``.
+        trust_pickle: let a torch source run pickled code beyond plain tensors
+            (only for files you trust).
+        quiet: no progress bar.
+        plan: a Plan, or the path of one saved as JSON (``report.to_json()``),
+            to run again with no model at hand; every name and shape is
+            checked against the source first.
+        dry_run: plan without writing; ``report.to_json()`` can be reviewed,
+            saved, and given back as ``plan``.
+
+    Returns:
+        Report: the plan that ran (printed, a table); ``report.files`` lists the
+        files written (none for a dry run).
+
+    Raises:
+        OutputExistsError: the destination exists and ``overwrite`` is False.
+        FormatError: the source is unreadable (UnsafePickleError: it needs
+            ``trust_pickle``).
+        AmbiguityError: the source's tensors fit several rules and no model
+            says which.
+        UsageError: no layout can be told, a ``.weights.h5`` without the Keras
+            model, a suffix that names no format, an unreadable plan.
+        MatchError: the source does not pair with ``like``/``model`` (also
+            ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError);
+            nothing was written.
     """
     source = _open_source(source, trust_pickle)
     if plan is not None:
@@ -361,11 +479,22 @@ def _single(layer):
 
 
 def get_weights(layer) -> list:
-    """The layer's weights as Keras would list them (``get_weights()`` order and layout), as numpy.
+    """The weights of ``layer`` as Keras lists them (``get_weights()`` order and layout), as numpy.
 
-    Works for a layer of any supported framework; for a whole model, the lists
-    of its rule-bearing layers are concatenated in order, like Keras'
-    ``model.get_weights()``.
+    Works for a layer of any supported framework, so layers of two frameworks
+    compare directly; for a whole model, the lists of its rule-bearing layers
+    are concatenated in order, like Keras' ``model.get_weights()``.
+
+    Args:
+        layer: a live layer or model (Keras, torch, Flax, Equinox).
+
+    Returns:
+        list of numpy arrays, e.g. ``[kernel (in, out), bias (out,)]`` for a
+        torch Linear.
+
+    Raises:
+        UsageError: ``layer`` is not an object of a supported framework.
+        UnsupportedLayerError: a layer holds weights that no rule handles.
     """
     fw, rule, hp = _single(layer)
     if rule is not None:  # one layer (a stacked torch RNN stands for several Keras layers: all of them)
@@ -380,9 +509,24 @@ def get_weights(layer) -> list:
 def set_weights(layer, weights):
     """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework.
 
-    Every shape is checked before anything is assigned. Returns the layer with
-    its new weights: ``layer`` itself, or for frameworks whose objects cannot
-    change (Equinox modules, Flax Linen variables) a new one.
+    Every shape is checked before anything is assigned, so a wrong list
+    changes nothing.
+
+    Args:
+        layer: a live layer or model (Keras, torch, Flax, Equinox).
+        weights: arrays (numpy, torch, jax...) in Keras' ``get_weights()`` order
+            and layout: ``keras_layer.get_weights()`` or ``wp.get_weights(...)``.
+
+    Returns:
+        The layer with its new weights: ``layer`` itself, or for frameworks
+        whose objects cannot change (Equinox modules, Flax Linen variables) a
+        new one.
+
+    Raises:
+        ShapeMismatchError: the list has the wrong length or a weight the wrong
+            shape; nothing was assigned.
+        UsageError: ``layer`` is not an object of a supported framework.
+        UnsupportedLayerError: a layer holds weights that no rule handles.
     """
     weights = list(weights)
     fw, rule, hp = _single(layer)
@@ -425,10 +569,28 @@ def _checked(fw, layer, rule, hp, weights) -> dict:
 def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4) -> VerifyResult:
     """Run both models on ``inputs`` in inference mode and compare their outputs.
 
-    ``inputs`` is one input for both models, or a pair ``(inputs_a, inputs_b)``
-    when the two need different layouts (e.g. NCHW for torch, NHWC for Keras).
     Outputs that differ only by channels-first vs channels-last are compared
-    after moving the axis (said in ``.notes``).
+    after moving the axis (said in ``.notes``). A port is proven by this, not
+    by its report.
+
+    Args:
+        a: the first model: Keras, torch, Flax NNX, ``(linen_module, variables)``
+            or Equinox.
+        b: the second model, the reference for ``rtol``.
+        inputs: one input for both models, or a pair ``(inputs_a, inputs_b)``
+            when the two need different layouts (e.g. NCHW for torch, NHWC for
+            Keras).
+        atol: absolute tolerance.
+        rtol: relative tolerance: the outputs agree when
+            ``max_abs_diff <= atol + rtol * max|output of b|``.
+
+    Returns:
+        VerifyResult: ``.ok`` (also its truth value), ``.max_abs_diff``,
+        ``.max_rel_diff`` and ``.notes``; printed, a one-line verdict.
+
+    Raises:
+        UsageError: a model is not of a supported framework or returned
+            nothing, or the two outputs differ in number or shape.
     """
     if isinstance(inputs, tuple) and len(inputs) == 2:
         in_a, in_b = inputs
