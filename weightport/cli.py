@@ -106,9 +106,11 @@ def cmd_inspect(args) -> int:
         rows = []
         for name in ckpt:
             info = layer_of(name, layers)
-            rows.append({"name": name, "shape": list(ckpt.shape(name)), "dtype": ckpt.dtype(name).name,
-                         "nbytes": ckpt.source(name).nbytes, "layer": info.get("name"),
-                         "class": info.get("class_name")})
+            row = {"name": name, "shape": list(ckpt.shape(name)), "dtype": ckpt.dtype(name).name,
+                   "nbytes": ckpt.source(name).nbytes}
+            # where the file names the layer (Keras files): its name and class
+            row.update({key: info[src] for key, src in (("layer", "name"), ("class", "class_name")) if info.get(src)})
+            rows.append(row)
         totals = {"tensors": len(ckpt), "parameters": ckpt.num_parameters, "bytes": ckpt.nbytes}
         if args.json:
             print(json.dumps({"path": ckpt.path, "format": ckpt.format, "layout": ckpt.layout,
@@ -128,7 +130,7 @@ def print_table(rows) -> None:
     """name, shape, dtype, size, and the layer each tensor belongs to where the file names it."""
     columns = [("name", [r["name"] for r in rows]), ("shape", [str(tuple(r["shape"])) for r in rows]),
                ("dtype", [r["dtype"] for r in rows]), ("size", [size_text(r["nbytes"]) for r in rows])]
-    labels = [layer_label({"name": r["layer"], "class_name": r["class"]}) for r in rows]
+    labels = [layer_label({"name": r.get("layer"), "class_name": r.get("class")}) for r in rows]
     if any(labels):
         columns.append(("layer", labels))
     widths = [max([len(head)] + [len(v) for v in values]) for head, values in columns]
@@ -226,6 +228,11 @@ def cmd_convert(args) -> int:
     from .api import convert, load
 
     check_destination(args.destination)
+    if args.save_plan and not args.overwrite and os.path.lexists(args.save_plan):  # every output checked first
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{args.save_plan} already exists; nothing was written. Pass --overwrite to "
+                                "replace it, or choose another name")
     model = load_object(args.model) if args.model else None
     like = load_object(args.like) if args.like else None
     source = load(args.source, format=args.format, trust_pickle=args.trust_pickle) if args.format else args.source
@@ -235,7 +242,8 @@ def cmd_convert(args) -> int:
         report = convert(source, args.destination, model=model, to=args.to, like=like, hints=parse_hints(args.hint),
                          strict=not args.partial, overwrite=args.overwrite, dtype=args.dtype,
                          shard_size=parse_size(args.shard_size), trust_pickle=args.trust_pickle,
-                         quiet=show is False, plan=args.plan, dry_run=args.dry_run)
+                         quiet=show is False, plan=args.plan, dry_run=args.dry_run,
+                         allow_overflow=args.allow_overflow, replace_input=args.replace_input)
     finally:
         progress.forced = None
     if args.save_plan:
@@ -327,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "where the output format holds it)")
     p.add_argument("--shard-size", help="split safetensors output into shards of this size (e.g. 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--replace-input", action="store_true",
+                   help="let the output replace the input file itself (refused otherwise, even with --overwrite)")
+    p.add_argument("--allow-overflow", action="store_true",
+                   help="let values too large for the output dtype become inf (refused otherwise)")
     p.add_argument("--partial", action="store_true", help="convert what pairs and report the rest (strict=False)")
     p.add_argument("--trust-pickle", action="store_true", help="let a torch file run pickled code")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
