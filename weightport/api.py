@@ -40,14 +40,18 @@ def _live_nodes(obj, role: str, strict: bool):
 
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
-         overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False) -> Report:
+         overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
+         allow_overflow: bool = False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by the
     evidence the matcher finds (hints, paths, dataflow, names); configuration
     that weights cannot carry (epsilon, momentum...) is compared, and
-    differences are warned about and listed in ``report.warnings``. A refused
-    port leaves the target as it was.
+    differences are warned about and listed in ``report.warnings``. A value
+    that would overflow the target's dtype (float32 1e6 into float16) is
+    refused; a cast that rounds marks its step "function-preserving, not
+    bitwise"; NaN/Inf in the source are warned about. A refused port leaves
+    the target as it was.
 
     Args:
         source: a live model (Keras, torch, Flax NNX or Linen variables,
@@ -67,6 +71,8 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         trust_pickle: let a torch file run pickled code beyond plain tensors
             (only for files you trust).
         quiet: no progress bar.
+        allow_overflow: write values that overflow the target's dtype as inf
+            instead of refusing.
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule,
@@ -82,6 +88,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             what they compute (groups, use_bias...).
         UnsupportedLayerError: a layer holds weights that no rule handles
             (with ``strict=True``).
+        CastOverflowError: a value overflows the target's dtype.
         FormatError: a checkpoint could not be read (UnsafePickleError: it
             needs ``trust_pickle``).
         UsageError: the call itself is wrong: an unsupported object,
@@ -89,7 +96,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     """
     if _is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
-                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet)
+                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow)
     tgt_fw = require_adapter(target, "target")
     source = _open_source(source, trust_pickle)
     src_nodes = None
@@ -104,7 +111,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
-    engine.run_into_live(pairs)
+    engine.run_into_live(pairs, plan, allow_overflow=allow_overflow)
     _warn(plan)
     return Report(plan, tgt_fw.finish(target))
 
@@ -143,7 +150,8 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
 
 
 def save(model, path, layout: str | None = None, like=None, *, overwrite: bool = False, dtype=None,
-         shard_size: int | None = None, strict: bool = True, quiet: bool = False) -> Report:
+         shard_size: int | None = None, strict: bool = True, quiet: bool = False,
+         allow_overflow: bool = False) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
     The file appears whole or not at all.
@@ -164,6 +172,8 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
             many bytes, with an ``.index.json``.
         strict: False writes what pairs with ``like`` and reports the rest.
         quiet: no progress bar.
+        allow_overflow: write values that overflow ``dtype`` as inf instead of
+            refusing.
 
     Returns:
         Report: the plan that ran; ``report.files`` lists the files written.
@@ -171,22 +181,27 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
         UsageError: no layout can be told, the suffix names no format, a
-            ``.weights.h5`` without the Keras model.
+            ``.weights.h5`` without the Keras model, an output that cannot be
+            written (OutputError).
         MatchError: ``model`` and ``like`` do not pair (also
             ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError).
+        CastOverflowError: a value overflows ``dtype``.
     """
     return convert(model, path, like=like, to=layout, overwrite=overwrite, dtype=dtype, shard_size=shard_size,
-                   strict=strict, quiet=quiet)
+                   strict=strict, quiet=quiet, allow_overflow=allow_overflow)
 
 
 def convert(source, destination, model=None, *, to: str | None = None, like=None, hints: dict | None = None,
             strict: bool = True, overwrite: bool = False, dtype=None, shard_size: int | None = None,
-            trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False) -> Report:
+            trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False,
+            allow_overflow: bool = False, replace_input: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
     Peak memory tracks the largest layer, not the model. The output is
     written under a temporary name and renamed into place: it appears whole
-    or not at all.
+    or not at all. A cast that would turn finite values into inf is refused;
+    one that rounds marks its step "function-preserving, not bitwise";
+    NaN/Inf in the source are warned about.
 
     Args:
         source: a checkpoint path, a loaded ``Checkpoint``, a name -> array
@@ -215,6 +230,9 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
             checked against the source first.
         dry_run: plan without writing; ``report.to_json()`` can be reviewed,
             saved, and given back as ``plan``.
+        allow_overflow: write values that overflow ``dtype`` as inf instead of
+            refusing.
+        replace_input: let the output replace the source file itself.
 
     Returns:
         Report: the plan that ran (printed, a table); ``report.files`` lists the
@@ -227,16 +245,18 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         AmbiguityError: the source's tensors fit several rules and no model
             says which.
         UsageError: no layout can be told, a ``.weights.h5`` without the Keras
-            model, a suffix that names no format, an unreadable plan.
+            model, a suffix that names no format, an unreadable plan, an output
+            that cannot be written (OutputError).
         MatchError: the source does not pair with ``like``/``model`` (also
             ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError);
             nothing was written.
+        CastOverflowError: a value overflows ``dtype``.
     """
     source = _open_source(source, trust_pickle)
     if plan is not None:
         plan, pairs, names_of = _replay(plan, source, trust_pickle)
         return _write(pairs, names_of, plan, destination, plan.steps[0].target_layout if plan.steps else to,
-                      overwrite, dtype, shard_size, quiet, dry_run)
+                      overwrite, dtype, shard_size, quiet, dry_run, allow_overflow, replace_input)
     src_layout = _layout_of(source, trust_pickle)
     model_layout = require_adapter(model, "model").layout if model is not None else None
     source_model = model if model_layout == src_layout and not _is_live(source) else None
@@ -266,10 +286,12 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         sep = SEPARATORS.get(layout, ".")
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     plan.unmatched_source += src_notes
-    return _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run)
+    return _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run,
+                  allow_overflow, replace_input)
 
 
-def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run) -> Report:
+def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run,
+           allow_overflow=False, replace_input=False) -> Report:
     """Record each step's tensor names in the plan, then (unless a dry run) write the file."""
     from .converter.checkpoint import LAYOUT_KEY
     from .converter.formats import write_checkpoint
@@ -285,12 +307,13 @@ def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_s
         report = Report(plan, str(destination))
         report.files = []
         return report
-    sources = engine.target_sources(pairs, names_of, dtype=dtype)
+    sources = engine.target_sources(pairs, names_of, dtype=dtype, plan=plan, allow_overflow=allow_overflow)
     progress = _progress_bar(sum(s.nbytes for s in sources), destination, quiet)
     try:
         metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=_jsonable)}
         written = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
-                                   shard_size=shard_size, progress=progress.update if progress else None)
+                                   shard_size=shard_size, progress=progress.update if progress else None,
+                                   replace_input=replace_input)
     finally:
         if progress is not None:
             progress.close()

@@ -48,5 +48,14 @@ class OutputExistsError(WeightportError, FileExistsError):
     """The destination exists and ``overwrite`` was not asked for."""
 
 
+class OutputError(UsageError):
+    """The output cannot be written where asked: no space, no permission, a read-only file system,
+    a folder in the way, or the output would replace the input. Nothing was left behind."""
+
+
+class CastOverflowError(WeightportError):
+    """Casting a tensor to a narrower float type would turn finite values into inf."""
+
+
 class WeightportWarning(UserWarning):
     """A conversion went through, but something may change the model's outputs."""

@@ -46,6 +46,8 @@ CLI_SPELLING = (
     (r"(?<![\w-])strict=False\b", "--partial"),
     (r"(?<![\w-])trust_pickle=True\b", "--trust-pickle"),
     (r"(?<![\w-])overwrite=True\b", "--overwrite"),
+    (r"(?<![\w-])replace_input=True\b", "--replace-input"),
+    (r"(?<![\w-])allow_overflow=True\b", "--allow-overflow"),
     (r"(?<![\w-])dry_run=True\b", "--dry-run"),
     (r"(?<![\w-])hints=(\{[^}]*\})?", "--hint SOURCE=TARGET"),
     (r"(?<![\w-])(?:to|layout)=(['\"])([\w.-]+)\1", r"--to \2"),

@@ -132,3 +132,105 @@ def cast(a: np.ndarray, dtype) -> np.ndarray:
     """``a`` in ``dtype``; the same object when it already is."""
     dtype = np.dtype(dtype)
     return a if a.dtype == dtype else a.astype(dtype)
+
+
+# -- casts that must not damage numbers --------------------------------------------------------------------
+
+_CHUNK = 1 << 22  # elements per pass: scans and checks never hold more than a few MB of temporaries
+
+
+def _row_chunks(*arrays):
+    """Matching slices of equally shaped arrays, a few million elements at a time (along axis 0)."""
+    a = arrays[0]
+    if a.ndim == 0 or a.size <= _CHUNK:
+        yield arrays
+        return
+    rows = max(1, _CHUNK // max(1, a.size // a.shape[0]))
+    for i in range(0, a.shape[0], rows):
+        yield tuple(x[i:i + rows] for x in arrays)
+
+
+def _finfo(dtype):
+    import ml_dtypes
+
+    return ml_dtypes.finfo(dtype)
+
+
+def widens(src, dst) -> bool:
+    """Whether every value of floating dtype ``src`` is exactly representable in floating dtype ``dst``."""
+    a, b = _finfo(src), _finfo(dst)
+    return b.nmant >= a.nmant and b.minexp <= a.minexp and float(b.max) >= float(a.max)
+
+
+def nonfinite(a) -> tuple:
+    """(NaN count, infinite count) of a floating array, scanned in chunks (a memory map is read, never copied)."""
+    a = np.asarray(a)
+    if not is_floating(a.dtype) or a.size == 0:
+        return 0, 0
+    nans = infs = 0
+    for (chunk,) in _row_chunks(a):
+        chunk = np.asarray(chunk)
+        if not np.isfinite(chunk).all():
+            nans += int(np.isnan(chunk).sum())
+            infs += int(np.isinf(chunk).sum())
+    return nans, infs
+
+
+def _extreme(values) -> float:
+    """The value of largest magnitude, sign kept."""
+    values = np.asarray(values, np.float64)
+    return float(values[np.argmax(np.abs(values))])
+
+
+def cast_checked(a, dtype, name: str, *, allow_overflow: bool = False) -> tuple:
+    """(``a`` in ``dtype``, the largest relative change a value underwent: 0.0 when the cast is exact).
+
+    A cast that turns finite values into inf or NaN (float32 1e6 into float16)
+    damages the model: it is refused with ``CastOverflowError`` naming
+    ``name`` and the largest value, unless ``allow_overflow=True``, which lets
+    it through (the change is then inf). A cast that only rounds (float32 into
+    bfloat16) is allowed; the change it reports is how the caller says
+    "function-preserving, not bitwise".
+    """
+    a = np.asarray(a)
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype or a.size == 0:
+        return cast(a, dtype), 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, and named
+        out = a.astype(dtype)
+    floats = is_floating(a.dtype) and is_floating(dtype)
+    if floats and widens(a.dtype, dtype):
+        return out, 0.0
+    if not floats and not (a.dtype.kind in "biu" and dtype.kind in "biu"):
+        return out, 0.0  # float <-> integer: not a weight cast weightport makes
+    change, overflow, largest = 0.0, 0, 0.0
+    for src, dst in _row_chunks(a, out):
+        src = np.asarray(src)
+        with np.errstate(over="ignore", invalid="ignore"):
+            back = dst.astype(a.dtype)
+        if floats:
+            broken = np.isfinite(src) & ~np.isfinite(dst)
+            if broken.any():
+                overflow += int(broken.sum())
+                largest = max(largest, _extreme(src[broken]), key=abs)
+            same = (back == src) | (np.isnan(back) & np.isnan(src)) | broken
+            if not same.all():
+                was = src[~same].astype(np.float64)
+                diff = np.abs(back[~same].astype(np.float64) - was) / np.maximum(np.abs(was), np.finfo(np.float64).tiny)
+                change = max(change, float(diff.max()))
+        elif not np.array_equal(back, src):
+            wrong = back != src
+            overflow += int(wrong.sum())
+            largest = max(largest, _extreme(src[wrong]), key=abs)
+    if overflow:
+        if not allow_overflow:
+            from ..errors import CastOverflowError
+
+            top = float(_finfo(dtype).max) if floats else float(np.iinfo(dtype).max)
+            raise CastOverflowError(
+                f"{name}: casting {a.dtype} to {dtype} would turn {overflow} value(s) into "
+                f"{'inf/NaN' if floats else 'wrapped-around integers'}: the largest is {largest:.7g}, and {dtype} "
+                f"holds at most {top:.7g}. Nothing was written or changed. Keep a wider dtype, or pass "
+                "allow_overflow=True to let those values become inf")
+        change = float("inf")
+    return out, change

@@ -24,9 +24,9 @@ LAYOUT_KEY = "weightport_layout"
 class TensorSource:
     """One tensor whose shape and dtype are known up front and whose bytes load on demand."""
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks", "file_range")
+    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks", "file_range", "origin", "_check")
 
-    def __init__(self, name: str, shape, dtype, loader, blocks=None, file_range=None):
+    def __init__(self, name: str, shape, dtype, loader, blocks=None, file_range=None, origin=(), check=None):
         self.name = str(name)
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
@@ -35,6 +35,9 @@ class TensorSource:
         # (path, offset, nbytes) where the tensor's exact little-endian bytes lie in a file, if they do:
         # a writer may then copy them file to file in the kernel, never through Python
         self.file_range = file_range
+        # the files this tensor is read from, so a writer can refuse to replace its own input
+        self.origin = tuple(dict.fromkeys(tuple(origin) + ((file_range[0],) if file_range else ())))
+        self._check = check  # run once before the stored bytes are copied as they are (a NaN/Inf scan)
 
     @classmethod
     def of(cls, name: str, value) -> "TensorSource":
@@ -50,6 +53,13 @@ class TensorSource:
 
     def load(self) -> np.ndarray:
         return self._loader()
+
+    def stored_range(self):
+        """``file_range``, for a writer about to copy those bytes as they are: the source's check runs first."""
+        if self.file_range is not None and self._check is not None:
+            check, self._check = self._check, None
+            check()
+        return self.file_range
 
     def blocks(self):
         """The tensor as consecutive blocks of rows (axis 0), so a writer never needs all of it at once.
@@ -76,7 +86,7 @@ def as_sources(sources) -> list:
         elif isinstance(item, tuple) and len(item) == 2:
             name, value = item
             if isinstance(value, TensorSource):
-                out.append(TensorSource(name, value.shape, value.dtype, value.load))
+                out.append(TensorSource(name, value.shape, value.dtype, value.load, origin=value.origin))
             else:
                 out.append(TensorSource.of(name, value))
         else:
@@ -103,6 +113,10 @@ class Checkpoint(Mapping):
         self.path = None if path is None else str(path)
         self.format = format
         self._sources = {s.name: s for s in sources}
+        if self.path is not None:
+            for s in self._sources.values():
+                if self.path not in s.origin:
+                    s.origin = (self.path,) + s.origin
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.layout = layout or self.metadata.get(LAYOUT_KEY) or detect_layout(self._sources)
         self.layers = dict(layers or {})

@@ -1,20 +1,84 @@
 """Run matched pairs: read, translate through the canonical form, then write.
 
-Into a live model, every tensor is translated and shape-checked before the
-first assignment, so a refusal leaves the target as it was.
+Into a live model, every tensor is translated, shape-checked and cast-checked
+before the first assignment, so a refusal leaves the target as it was.
+
+Numbers are watched on the way (``Watch``): NaN or Inf in a source tensor is
+reported, a cast that would turn finite values into inf is refused (unless
+``allow_overflow``), and a cast that rounds marks its step "function-preserving,
+not bitwise".
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, WeightportWarning
 from ..mappings.transforms import IDENTITY, Transpose, fill_transposed, transpose_copy
-from .arrays import cast
+from .arrays import cast, cast_checked, nonfinite
 
 
-def translate(p) -> dict:
+class Watch:
+    """What a run notices in the numbers, said per pair in the plan (its issues and steps) or as warnings."""
+
+    def __init__(self, pairs, plan=None, allow_overflow: bool = False):
+        self.plan, self.allow_overflow = plan, allow_overflow
+        self._steps = {id(p): step for p, step in zip(pairs, plan.steps)} if plan is not None else {}
+        self._scanned: set = set()
+        self._rounded: dict = {}  # id(pair) -> (step's own transform text, largest change so far)
+
+    def _say(self, text: str) -> None:
+        if self.plan is not None:
+            self.plan.issues.append(text)
+        else:
+            warnings.warn(text, WeightportWarning, stacklevel=4)
+
+    def source(self, p, native: dict) -> None:
+        """Report NaN/Inf in the source tensors of ``p`` (each tensor once)."""
+        found = []
+        for slot, array in native.items():
+            key = (id(p), slot)
+            if key in self._scanned:
+                continue
+            self._scanned.add(key)
+            nans, infs = nonfinite(array)
+            if nans or infs:
+                name = getattr(p.source, "names", {}).get(slot, slot)
+                found.append(f"{name!r} ({', '.join(t for t in (f'{nans} NaN' * bool(nans), f'{infs} Inf' * bool(infs)) if t)})")
+        if found:
+            self._say(f"{p.source.label}: source tensor(s) {', '.join(found)} hold values that are not finite; "
+                      "they were copied as they are. The source model is damaged (a diverged training run?)")
+
+    def cast(self, p, where: str, array, dtype):
+        """``array`` in ``dtype``: refused if it overflows, noted on the step if it rounds."""
+        out, change = cast_checked(array, dtype, where, allow_overflow=self.allow_overflow)
+        if change:
+            self._note_rounding(p, np.asarray(array).dtype, np.dtype(dtype), change, where)
+        return out
+
+    def _note_rounding(self, p, src, dst, change, where) -> None:
+        step = self._steps.get(id(p))
+        first = id(p) not in self._rounded
+        base, worst = self._rounded.get(id(p), (step.transform if step is not None else "", 0.0))
+        worst = max(worst, change)
+        self._rounded[id(p)] = (base, worst)
+        if change == float("inf") and self.allow_overflow:
+            self._say(f"{where}: values past {dst}'s range became inf (allow_overflow=True)")
+        if step is not None:
+            step.exact = False
+            what = "overflows to inf" if worst == float("inf") else f"rounds (by up to {worst:.2g} relative)"
+            step.transform = f"{base} | {src}->{dst} cast {what}".lstrip(" |")
+        elif first:
+            self._say(f"{p.source.label}: casting {src} to {dst} rounds values (by up to {change:.2g} relative); "
+                      "function-preserving, not bitwise")
+
+
+def translate(p, watch: Watch | None = None) -> dict:
     """The target-layout tensors for one pair (slot -> numpy array)."""
     native = p.source.read(p.rule, p.source_hp)
+    if watch is not None:
+        watch.source(p, native)
     try:
         canonical = p.rule.to_canonical(p.source.layout, p.source_hp, native)
     except KeyError as exc:
@@ -24,17 +88,29 @@ def translate(p) -> dict:
     return p.rule.from_canonical(p.target.layout, p.target_hp, canonical)
 
 
-def run_into_live(pairs) -> None:
-    """Translate every pair, check every shape, then assign (and carry the frozen state)."""
+def run_into_live(pairs, plan=None, *, allow_overflow: bool = False) -> None:
+    """Translate every pair, check every shape and cast, then assign (and carry the frozen state).
+
+    With ``plan`` (whose steps match ``pairs``), what the numbers show is said
+    there: NaN/Inf in the source in ``plan.issues``, rounding casts on their step.
+    """
+    watch = Watch(pairs, plan, allow_overflow)
     prepared = []
     for p in pairs:
-        arrays = translate(p)
+        arrays = translate(p, watch)
         expected = p.target.framework.shapes(p.target.obj, list(arrays))
         for slot, arr in arrays.items():
             if slot in expected and tuple(arr.shape) != tuple(expected[slot]):
                 raise ShapeMismatchError(
                     f"{p.source.label} -> {p.target.label}: slot {slot!r} expects shape {tuple(expected[slot])}, "
                     f"translated source has {tuple(arr.shape)}; the target was not changed")
+        try:
+            dtypes = p.target.framework.dtypes(p.target.obj, list(arrays))
+        except NotImplementedError:
+            dtypes = {}
+        for slot, dt in dtypes.items():
+            if slot in arrays:
+                arrays[slot] = watch.cast(p, f"{p.source.label} -> {p.target.label} slot {slot!r}", arrays[slot], dt)
         prepared.append((p, arrays))
     for p, arrays in prepared:
         p.target.framework.write(p.target.obj, arrays)
@@ -50,27 +126,31 @@ class LayerTensors:
     are alive at a time.
     """
 
-    def __init__(self, p):
-        self.p, self._arrays = p, None
+    def __init__(self, p, watch: Watch | None = None):
+        self.p, self._arrays, self.watch = p, None, watch
 
     def load(self, slot):
         if self._arrays is None:
-            self._arrays = translate(self.p)
+            self._arrays = translate(self.p, self.watch)
         array = self._arrays.pop(slot)
         if not self._arrays:
             self._arrays = None  # all handed out; a later call would translate again
         return array
 
 
-def target_sources(pairs, names_of, dtype=None) -> list:
+def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bool = False) -> list:
     """TensorSources for a file written in the targets' layout, shapes and dtypes known up front.
 
     ``names_of(pair, slot)`` names each target tensor. ``dtype`` casts
-    floating tensors (integer counters keep theirs).
+    floating tensors (integer counters keep theirs); a cast that overflows is
+    refused unless ``allow_overflow``. With ``plan`` (whose steps match
+    ``pairs``), NaN/Inf in the source and rounding casts are said there as the
+    tensors are written.
     """
     from .arrays import cast_dtype, is_floating
     from .checkpoint import TensorSource
 
+    watch = Watch(pairs, plan, allow_overflow)
     out = []
     dtype = None if dtype is None else cast_dtype(dtype)  # names such as "bfloat16" (ml_dtypes) too
     for p in pairs:
@@ -78,7 +158,8 @@ def target_sources(pairs, names_of, dtype=None) -> list:
         shapes = rule.native_shapes(layout, hp, p.source_shapes)
         src_dtypes = p.source.dtypes(p.rule, p.source_hp)
         layer_dtype = next(iter(src_dtypes.values()), np.dtype("float32"))
-        cache = LayerTensors(p)
+        cache = LayerTensors(p, watch)
+        origin = _origin(p)
         for lk in rule.links(layout, hp):
             src_link = _source_link(p, lk)
             for slot in lk.native:
@@ -88,23 +169,50 @@ def target_sources(pairs, names_of, dtype=None) -> list:
                     dt = src_dtypes.get(src_link.native[0], layer_dtype) if src_link else layer_dtype
                 if dtype is not None and is_floating(dt):
                     dt = np.dtype(dtype)
+                name = names_of(p, slot)
+                where = f"{p.source.label} -> tensor {name!r}"
                 streamed = _plain_transpose_of(src_link, lk)
                 passthrough = _stored_bytes_of(p, src_link, lk, dt)
                 if passthrough is not None:
-                    source = TensorSource(names_of(p, slot), shapes[slot], dt, _loader(cache, slot, dt),
-                                          file_range=passthrough)
+                    source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
+                                          file_range=passthrough, origin=origin,
+                                          check=_scan_stored(watch, p, src_link.native[0]))
                 elif streamed is not None:
-                    read = _slot_reader(p, streamed)
-                    source = TensorSource(names_of(p, slot), shapes[slot], dt, lambda r=read, d=dt: cast(
-                        transpose_copy(r(), (1, 0)), d), blocks=lambda r=read, d=dt: transposed_blocks(r(), d))
+                    read = _slot_reader(p, streamed, watch)
+                    source = TensorSource(
+                        name, shapes[slot], dt,
+                        lambda r=read, d=dt, w=where, p=p: watch.cast(p, w, transpose_copy(r(), (1, 0)), d),
+                        blocks=lambda r=read, d=dt, w=where, p=p: _cast_blocks(watch, p, w, r(), d), origin=origin)
                 else:
-                    source = TensorSource(names_of(p, slot), shapes[slot], dt, _loader(cache, slot, dt))
+                    source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
+                                          origin=origin)
                 out.append(source)
     return out
 
 
-def _loader(cache, slot, dtype):
-    return lambda: cast(cache.load(slot), dtype)
+def _loader(watch, cache, p, slot, dtype, where):
+    return lambda: watch.cast(p, where, cache.load(slot), dtype)
+
+
+def _origin(p) -> tuple:
+    """The files a checkpoint pair's tensors are read from (none for a live model)."""
+    if not hasattr(p.source, "checkpoint"):
+        return ()
+    ckpt = p.source.checkpoint
+    found = [o for n in p.source.names.values() if n in ckpt for o in ckpt.source(n).origin]
+    return tuple(dict.fromkeys(found + ([ckpt.path] if getattr(ckpt, "path", None) else [])))
+
+
+def _cast_blocks(watch, p, where, a, dtype):
+    """The streamed transpose of ``a`` in its own dtype, each block then cast (and checked) to ``dtype``."""
+    a = np.asarray(a)
+    for block in transposed_blocks(a, a.dtype):
+        yield watch.cast(p, where, block, dtype)
+
+
+def _scan_stored(watch, p, src_slot):
+    """Scan a tensor copied byte for byte (never loaded otherwise) for NaN/Inf, just before it is copied."""
+    return lambda: watch.source(p, {src_slot: p.source.checkpoint[p.source.names[src_slot]]})
 
 
 def _source_link(p, target_link):
@@ -141,8 +249,14 @@ def _is_2d_transpose(t) -> bool:
     return isinstance(t, Transpose) and t.axes == (1, 0)
 
 
-def _slot_reader(p, slot):
-    return lambda: p.source.read(p.rule, p.source_hp)[slot]
+def _slot_reader(p, slot, watch=None):
+    def read():
+        array = p.source.read(p.rule, p.source_hp)[slot]
+        if watch is not None:
+            watch.source(p, {slot: array})
+        return array
+
+    return read
 
 
 def transposed_blocks(a, dtype, rows: int = 256):

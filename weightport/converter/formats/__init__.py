@@ -5,16 +5,24 @@ Each module has ``NAME``, ``SUFFIXES``, ``sniff(path, head) -> bool``,
 No module imports a framework at import time. Writers receive a ``Staging``
 (``opts["staging"]``): every output file is written under a temporary name in
 its destination folder and renamed into place only when the whole output is
-complete, so a failure leaves nothing behind.
+complete, so a failure leaves nothing behind (see ``staging``).
+
+Reading is guarded at this boundary (see ``guard``): whatever a format's
+library raises on a damaged or hostile file, on opening or on a later lazy
+tensor load, reaches the caller as a FormatError naming the file; what a file
+may claim is bounded (see ``limits``).
 """
 from __future__ import annotations
 
 import importlib
 import os
-import uuid
 
-from ...errors import FormatError, OutputExistsError, UsageError
+from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, as_sources
+from .guard import LIBRARY_ERRORS, guard_checkpoint, reading
+from .staging import Staging, check_space
+
+__all__ = ["Staging", "by_name", "format_for", "modules", "open_checkpoint", "sniff", "write_checkpoint"]
 
 MODULES = ("safetensors", "keras", "npz", "torch", "msgpack")  # sniffed in this order; msgpack's weak magic last
 _HEAD_BYTES = 64
@@ -58,8 +66,11 @@ def sniff(path):
     with open(path, "rb") as f:
         head = f.read(_HEAD_BYTES)
     for mod in modules():
-        if mod.sniff(str(path), head):
-            return mod
+        try:
+            if mod.sniff(str(path), head):
+                return mod
+        except LIBRARY_ERRORS:
+            continue  # too damaged to recognise by its bytes: its name may still say, and its reader explain
     return _suffix_match(path)
 
 
@@ -83,11 +94,14 @@ def open_checkpoint(path, *, format=None, trust_pickle=False) -> Checkpoint:
     if mod is None:
         raise FormatError(f"{path}: not a checkpoint format weightport knows (by its first bytes or its "
                           f"name); supported: {_known_suffixes()}")
-    return mod.read(path, trust_pickle=trust_pickle)
+    with reading(path, f"cannot be read as {mod.NAME}"):
+        ckpt = mod.read(path, trust_pickle=trust_pickle)
+    guard_checkpoint(ckpt)
+    return ckpt
 
 
 def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=False, shard_size=None,
-                     progress=None) -> list:
+                     progress=None, replace_input=False) -> list:
     """Write tensors to ``path`` one at a time; returns the paths written (shards, then any index).
 
     ``sources`` is a Checkpoint, a name -> array mapping, (name, array) pairs or
@@ -96,7 +110,8 @@ def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=Fal
     its own layout when no metadata is given. ``shard_size`` (bytes) splits
     safetensors output. ``progress(nbytes)`` is called after each tensor.
     Nothing is left behind on failure, and an existing output is refused
-    unless ``overwrite=True``.
+    unless ``overwrite=True``; an output that is the file a tensor is read
+    from is refused unless ``replace_input=True``.
     """
     path = os.fspath(path)
     mod = by_name(format) if format else format_for(path)
@@ -111,49 +126,8 @@ def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=Fal
         if int(shard_size) <= 0:
             raise UsageError(f"shard_size must be a positive number of bytes, got {shard_size!r}")
         opts["shard_size"] = int(shard_size)
-    staging = Staging(overwrite=overwrite)
-    try:
+    inputs = {origin for s in sources for origin in s.origin}
+    with Staging(overwrite=overwrite, inputs=sorted(inputs), replace_input=replace_input) as staging:
+        check_space(os.path.dirname(os.path.abspath(path)), sum(s.nbytes for s in sources))
         mod.write(path, sources, metadata, staging=staging, **opts)
         return staging.commit()
-    finally:
-        staging.discard()
-
-
-class Staging:
-    """Output files written under temporary names beside their destinations, renamed in only when all are done."""
-
-    def __init__(self, overwrite: bool = False):
-        self.overwrite = overwrite
-        self._pending: list = []  # (temporary, final)
-
-    def file(self, final) -> str:
-        """A temporary path to write ``final`` to; refuses an existing ``final`` unless overwriting."""
-        final = os.path.abspath(os.fspath(final))
-        if os.path.exists(final) and not self.overwrite:
-            raise OutputExistsError(f"{final} already exists; nothing was written. Pass overwrite=True "
-                                    "(--overwrite) to replace it, or choose another name")
-        if any(f == final for _, f in self._pending):
-            raise UsageError(f"{final} would be written twice in one output")
-        folder = os.path.dirname(final)
-        if not os.path.isdir(folder):
-            raise UsageError(f"cannot write {final}: the folder {folder} does not exist")
-        temp = os.path.join(folder, f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.partial")
-        self._pending.append((temp, final))
-        return temp
-
-    def commit(self) -> list:
-        """Rename every temporary file into place (in the order they were asked for); the final paths."""
-        done = []
-        for temp, final in self._pending:
-            os.replace(temp, final)
-            done.append(final)
-        self._pending = []
-        return done
-
-    def discard(self) -> None:
-        for temp, _ in self._pending:
-            try:
-                os.remove(temp)
-            except FileNotFoundError:
-                pass
-        self._pending = []

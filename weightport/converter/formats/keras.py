@@ -7,7 +7,9 @@ is an opaque 2-byte dataset tagged ``dtype="bfloat16"``. Legacy files list
 their layers in a ``layer_names`` attribute and each layer's datasets in
 ``weight_names``. Tensor names are the datasets' ``/``-joined paths, in the
 order Keras wrote them. Links out of the file (external links, external or
-virtual storage) are refused. Keras itself is imported only by
+virtual storage), groups reached twice (a hard-linked cycle), datasets that
+are not plain numbers, and compressed or unwritten datasets that would expand
+past ``limits`` are refused. Keras itself is imported only by
 ``variable_paths``, which needs a live model.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 
 from ...errors import FormatError, UsageError
 from ..checkpoint import Checkpoint, TensorSource
+from . import limits
+from .guard import load_json
 
 NAME = "keras"
 SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
@@ -77,11 +81,11 @@ def _checkpoint(path, h5, closer, metadata, layers) -> Checkpoint:
     attrs = {k: _text(v) for k, v in h5.attrs.items() if k != "model_config" and isinstance(_text(v), str)}
     metadata = {**attrs, **metadata, "keras_file": kind}
     if kind == "legacy-h5":
-        layers = {**_legacy_layers(h5), **layers}
+        layers = {**_legacy_layers(path, h5), **layers}
     else:
         layers = {**_group_names(h5, datasets), **layers}
-    sources = [TensorSource(name, datasets[name].shape, _dtype(datasets[name]), _loader(path, datasets[name], name))
-               for name in order]
+    sources = [TensorSource(name, datasets[name].shape, _dtype(datasets[name], path, name),
+                            _loader(path, datasets[name], name)) for name in order]
     return Checkpoint(path, NAME, sources, metadata=metadata, layers=layers, closer=closer)
 
 
@@ -94,36 +98,80 @@ def _text(value):
 
 
 def _datasets(path, h5) -> dict:
-    """Every dataset path -> dataset, in h5py's iteration order; refuses data that lives outside the file."""
+    """Every dataset path -> dataset, in h5py's iteration order; refuses links and data outside the file.
+
+    Walked with HDF5's own link visitor (one C call, each group entered once),
+    not group by group in Python: opening stays cheap for files of many tensors.
+    """
     import h5py
 
-    found = {}
+    hard, seen, found, links = [], {}, {}, []
+    budget = 4 * limits.get("MAX_TENSORS") + 16  # links: datasets plus their groups
 
-    def visit(group, prefix):
-        for key in group:
-            full = f"{prefix}{key}"
-            link = group.get(key, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                raise FormatError(f"{path}: {full!r} is an external link to {link.filename}:{link.path}; "
-                                  "weightport reads only data stored inside the file. Copy the linked data in "
-                                  "(e.g. with h5copy) and try again")
-            if isinstance(link, h5py.SoftLink):
-                raise FormatError(f"{path}: {full!r} is a soft link to {link.path}; Keras weight files hold "
-                                  "no links, so this file was not written by Keras")
-            obj = group[key]
-            if isinstance(obj, h5py.Group):
-                visit(obj, full + "/")
-            elif isinstance(obj, h5py.Dataset):
-                if obj.is_virtual:
-                    raise FormatError(f"{path}: dataset {full!r} is virtual (its data lives in other files); "
-                                      "weightport reads only data stored inside the file")
-                if obj.external:
-                    raise FormatError(f"{path}: dataset {full!r} keeps its data in external files "
-                                      f"{[e[0] for e in obj.external]}; weightport reads only data inside the file")
-                found[full] = obj
+    def visit(raw, info):  # no exceptions in here: HDF5 is calling; collect, stop, then judge
+        links.append((raw, info.type, info.u))
+        return None if len(links) <= budget else True  # anything but None stops the walk
 
-    visit(h5, "")
+    h5.id.links.visit(visit, info=True)
+    if len(links) > budget:
+        raise limits.refuse(path, "objects in the file", len(links), "MAX_TENSORS")
+    for raw, kind, where in links:
+        name = _link_name(path, raw)
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            target = h5.get(name, getlink=True)
+            raise FormatError(f"{path}: {name!r} is an external link to {target.filename}:{target.path}; "
+                              "weightport reads only data stored inside the file. Copy the linked data in "
+                              "(e.g. with h5copy) and try again")
+        if kind != h5py.h5l.TYPE_HARD:
+            target = h5.get(name, getlink=True)
+            raise FormatError(f"{path}: {name!r} is a soft link to {getattr(target, 'path', '?')}; Keras weight "
+                              "files hold no links, so this file was not written by Keras")
+        if where in seen:
+            loop = name.startswith(seen[where] + "/")
+            raise FormatError(f"{path}: {name!r} is {seen[where]!r} again (a hard link, here "
+                              f"{'a loop' if loop else 'an alias'}); Keras weight files hold each object once, so "
+                              "this file was not written by Keras or is damaged")
+        seen[where] = name
+        hard.append((raw, name, where))
+    kinds = {}
+    h5py.h5o.visit(h5.id, lambda raw, info: kinds.__setitem__(info.addr, info.type), info=True)
+    for raw, name, where in hard:
+        if kinds.get(where) != h5py.h5o.TYPE_DATASET:
+            continue
+        ds = h5py.Dataset(h5py.h5d.open(h5.id, raw))
+        if ds.is_virtual:
+            raise FormatError(f"{path}: dataset {name!r} is virtual (its data lives in other files); "
+                              "weightport reads only data stored inside the file")
+        if ds.external:
+            raise FormatError(f"{path}: dataset {name!r} keeps its data in external files "
+                              f"{[e[0] for e in ds.external]}; weightport reads only data inside the file")
+        _check_dataset(path, name, ds)
+        found[name] = ds
+        limits.check(path, "datasets in the file", len(found), "MAX_TENSORS")
     return found
+
+
+def _link_name(path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: an object is named {raw[:60]!r}, which is not UTF-8 text; the file is "
+                          "damaged") from None
+
+
+def _check_dataset(path, name, ds) -> None:
+    """A dataset must be an array of plain numbers whose size the file can back."""
+    if ds.shape is None:
+        raise FormatError(f"{path}: dataset {name!r} is empty (no dataspace, h5py.Empty), not a tensor; Keras "
+                          "never writes one, so the file is damaged or not a Keras weights file")
+    dtype = ds.dtype
+    if dtype.hasobject or dtype.fields or dtype.subdtype or dtype.kind not in "biufcV" \
+            or (dtype.kind == "V" and _text(ds.attrs.get("dtype")) != "bfloat16"):
+        raise FormatError(f"{path}: dataset {name!r} holds {dtype} values (strings, records or opaque bytes), not "
+                          "numbers; it is not a weight")
+    nbytes = math.prod(ds.shape) * dtype.itemsize
+    if nbytes > limits.get("INFLATE_FLOOR"):  # small ones cost nothing to check and nothing to read
+        limits.check_inflation(path, f"dataset {name!r} ({ds.shape} {dtype})", nbytes, ds.id.get_storage_size())
 
 
 def _natural(name: str):
@@ -150,12 +198,13 @@ def _legacy_order(path, h5, datasets):
     if "layer_names" not in root.attrs:
         return None
     order = []
-    for layer in _text(root.attrs["layer_names"]):
+    layer_names = _names(path, root.attrs["layer_names"], "layer_names")
+    for layer in layer_names:
         group = f"{prefix}{layer}"
         if group not in h5:
             raise FormatError(f"{path}: layer_names lists {layer!r} but the file has no group {group!r}")
-        weight_names = _text(h5[group].attrs.get("weight_names", []))
-        for wname in weight_names if isinstance(weight_names, list) else []:
+        weight_names = _names(path, h5[group].attrs.get("weight_names", []), f"{group}'s weight_names")
+        for wname in weight_names:
             name = f"{group}/{wname}"
             if name not in datasets:
                 raise FormatError(f"{path}: layer {layer!r} lists weight {wname!r} but the file has no dataset "
@@ -165,17 +214,39 @@ def _legacy_order(path, h5, datasets):
     return order + [n for n in _stored_order(datasets) if n not in listed]
 
 
-def _legacy_layers(h5) -> dict:
+def _names(path, value, what) -> list:
+    """An attribute listing names (layer_names, weight_names) as a list of str; anything else is damage."""
+    if isinstance(value, (bytes, str)):
+        value = [value]
+    if isinstance(value, np.ndarray) and value.size == 0:
+        value = []  # Keras writes a layer without weights as an empty float array
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU" and value.ndim <= 1:
+        value = value.tolist() if value.ndim else [value.item()]
+    if not isinstance(value, list):
+        raise FormatError(f"{path}: {what} should list names, but holds {type(value).__name__}; the file is "
+                          "damaged")
+    out = []
+    for name in value:
+        try:
+            out.append(name.decode("utf-8") if isinstance(name, bytes) else name)
+        except UnicodeDecodeError:
+            raise FormatError(f"{path}: {what} holds a name that is not UTF-8 text ({name[:40]!r}); the file "
+                              "is damaged") from None
+        if not isinstance(out[-1], str) or not out[-1] or "\x00" in out[-1]:
+            raise FormatError(f"{path}: {what} holds {out[-1]!r}, not a name; the file is damaged")
+    return out
+
+
+def _legacy_layers(path, h5) -> dict:
     config = _text(h5.attrs.get("model_config"))
     prefix = "model_weights/" if "model_weights" in h5 else ""
-    try:
-        layers = json.loads(config)["config"]["layers"] if isinstance(config, str) else []
-    except (ValueError, KeyError, TypeError):
-        layers = []
+    config = load_json(config, path, "the model_config attribute") if isinstance(config, str) else None
+    inner = config.get("config") if isinstance(config, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else None
     return {f"{prefix}{lay['config']['name']}": {"class_name": lay.get("class_name"), "name": lay["config"]["name"],
                                                 "config": lay["config"]}
-            for lay in layers if isinstance(lay, dict) and isinstance(lay.get("config"), dict)
-            and "name" in lay["config"]}
+            for lay in (layers if isinstance(layers, list) else []) if isinstance(lay, dict)
+            and isinstance(lay.get("config"), dict) and isinstance(lay["config"].get("name"), str)}
 
 
 def _group_names(h5, datasets) -> dict:
@@ -192,16 +263,19 @@ def _group_names(h5, datasets) -> dict:
     return out
 
 
-def _dtype(ds) -> np.dtype:
+def _dtype(ds, path=None, name=None) -> np.dtype:
     if _text(ds.attrs.get("dtype")) == "bfloat16":
         from ..arrays import bfloat16
 
+        if ds.dtype.itemsize != 2:
+            raise FormatError(f"{path}: dataset {name!r} is marked dtype=bfloat16 but stored as {ds.dtype} "
+                              f"({ds.dtype.itemsize}-byte items, not 2); the file is damaged")
         return bfloat16()
     return ds.dtype
 
 
 def _loader(path, ds, name):
-    dtype = _dtype(ds)
+    dtype = _dtype(ds, path, name)
 
     def load():
         try:
@@ -268,17 +342,32 @@ def _read_archive(path: str) -> Checkpoint:
 
     try:
         archive = zipfile.ZipFile(path)
-        names = set(archive.namelist())
-        config = json.loads(archive.read("config.json")) if "config.json" in names else None
-        meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise FormatError(f"{path}: not a readable .keras archive ({exc}); it may be truncated or damaged") from exc
+    try:
+        names = set(archive.namelist())
+        config = _archive_json(path, archive, "config.json", None)
+        meta = _archive_json(path, archive, "metadata.json", {})
+        if not isinstance(meta, dict) or (config is not None and not isinstance(config, dict)):
+            wrong = "metadata.json" if not isinstance(meta, dict) else "config.json"
+            raise FormatError(f"{path}: its {wrong} holds a JSON {type(meta if wrong[0] == 'm' else config).__name__}"
+                              ", not an object; the archive is damaged or not written by Keras")
+    except BaseException:
+        archive.close()
+        raise
     if ARCHIVE_WEIGHTS not in names:
         archive.close()
         other = sorted(n for n in names if n.startswith("model.weights"))
         raise FormatError(f"{path}: the archive holds no {ARCHIVE_WEIGHTS}"
                           + (f" (it has {other}; only h5 weights are read)" if other else ""))
-    member = _open_member(path, archive, archive.getinfo(ARCHIVE_WEIGHTS))
+    info = archive.getinfo(ARCHIVE_WEIGHTS)
+    try:
+        if info.compress_type != zipfile.ZIP_STORED:
+            limits.check_inflation(path, f"its compressed {ARCHIVE_WEIGHTS}", info.file_size, info.compress_size)
+        member = _open_member(path, archive, info)
+    except BaseException:
+        archive.close()
+        raise
     try:
         h5 = h5py.File(member, "r")
     except OSError as exc:
@@ -302,6 +391,18 @@ def _read_archive(path: str) -> Checkpoint:
         raise
 
 
+def _archive_json(path, archive, member, default):
+    """A JSON member of the archive, size-limited and parsed safely; ``default`` if absent."""
+    try:
+        info = archive.getinfo(member)
+    except KeyError:
+        return default
+    limits.check(path, f"{member}'s size", info.file_size, "MAX_HEADER_BYTES")
+    if info.compress_type != zipfile.ZIP_STORED:
+        limits.check_inflation(path, member, info.file_size, info.compress_size)
+    return load_json(archive.read(info), path, member)
+
+
 def _snake(name: str) -> str:
     """Keras' own snake_case of a class name (how containers name their children's groups)."""
     name = re.sub(r"\W+", "", name)
@@ -316,13 +417,16 @@ def config_layers(config: dict, base: str = "") -> dict:
     saves under ``layers/<snake_case class name>[_<n>]``; a Sequential's
     automatic InputLayer is not in that list.
     """
-    out = {base: {"class_name": config.get("class_name"), "name": (config.get("config") or {}).get("name"),
-                  "config": config.get("config")}}
-    inner = config.get("config") or {}
-    children = inner.get("layers") if isinstance(inner, dict) else None
+    inner = config.get("config")
+    inner = inner if isinstance(inner, dict) else {}
+    name = inner.get("name")
+    out = {base: {"class_name": config.get("class_name"), "name": name if isinstance(name, str) else None,
+                  "config": inner}}
+    children = inner.get("layers")
     if not isinstance(children, list):
         return out
-    if config.get("class_name") == "Sequential" and children and children[0].get("class_name") == "InputLayer":
+    if (config.get("class_name") == "Sequential" and children and isinstance(children[0], dict)
+            and children[0].get("class_name") == "InputLayer"):
         children = children[1:]
     used: dict = {}
     for child in children:
@@ -414,7 +518,7 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
                 placed.append((s, offset))
     with open(temp, "r+b") as f:
         for s, offset in placed:
-            if s.file_range is None or s._blocks is not None or not _copy_to(f, s.file_range, offset):
+            if s.file_range is None or s._blocks is not None or not _copy_to(f, s.stored_range(), offset):
                 _write_blocks(f, s, offset, path)
             if progress is not None:
                 progress(s.nbytes)

@@ -14,6 +14,10 @@ any other file is taken as ``flax`` layout unless its names are torch's dotted
 ones.
 Writing nests the ``/`` names back into maps, one array at a time, and is
 read back by ``flax.serialization.msgpack_restore`` / ``from_bytes``.
+
+Every length a value claims is checked against the bytes left before it is
+read, and the number of values against ``limits``, so a small file cannot
+claim millions of entries or gigabytes of text.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import numpy as np
 
 from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource, detect_layout
+from . import limits
 
 METADATA = "__metadata__"
 NAME = "msgpack"
@@ -69,23 +74,45 @@ class _Array:
         self.shape, self.dtype, self.offset = shape, dtype, offset
 
 
+class _List(dict):
+    """A msgpack array, its items named by position ("0", "1"...) as flax names them."""
+
+
 class _Parser:
     """Reads msgpack values from a file, skipping array payloads instead of reading them."""
 
     def __init__(self, f, path, size):
         self.f, self.path, self.size = f, path, size
+        self.values, self.arrays = 0, 0
+        self.max_values, self.max_arrays = limits.get("MAX_VALUES"), limits.get("MAX_TENSORS")
 
     def take(self, n: int) -> bytes:
+        if n > self.size - self.f.tell():
+            raise FormatError(f"{self.path}: a msgpack value at byte {self.f.tell()} claims {n:,} bytes, past the "
+                              f"end of the file ({self.size:,} bytes); the file is truncated or damaged")
         data = self.f.read(n)
         if len(data) < n:
             raise FormatError(f"{self.path}: ends inside a msgpack value at byte {self.f.tell()} of {self.size}; "
                               "the file is truncated")
         return data
 
+    def _claim(self, n: int, what: str) -> None:
+        """A map or list claiming ``n`` entries: each takes a byte at least, and a value of the limit."""
+        left = self.size - self.f.tell()
+        if n > left:
+            raise FormatError(f"{self.path}: a msgpack {what} at byte {self.f.tell()} claims {n:,} entries but only "
+                              f"{left:,} bytes follow; the file is truncated or damaged")
+        if self.values + n > self.max_values:
+            raise limits.refuse(self.path, f"a msgpack {what} at byte {self.f.tell()} claims {n:,} entries; values "
+                                "in the file", self.values + n, "MAX_VALUES")
+
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
     def value(self):
+        self.values += 1
+        if self.values > self.max_values:
+            raise limits.refuse(self.path, "values (maps, keys, numbers) in the file", self.values, "MAX_VALUES")
         b = self.take(1)[0]
         if b <= 0x7F:
             return b
@@ -116,14 +143,19 @@ class _Parser:
             raise FormatError(f"{self.path}: a map key is not valid UTF-8 ({exc})") from exc
 
     def map(self, n: int) -> dict:
+        self._claim(2 * n, "map")
         out = {}
         for _ in range(n):
             key = self.value()
+            if not isinstance(key, (str, bytes, int, float, bool)) and key is not None:
+                raise FormatError(f"{self.path}: a map key at byte {self.f.tell()} is a {type(key).__name__}; a "
+                                  "state dict's keys are names")
             out[key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)] = self.value()
         return out
 
     def array(self, n: int) -> dict:
-        return {str(i): self.value() for i in range(n)}  # flax names list items by position
+        self._claim(n, "list")
+        return _List((str(i), self.value()) for i in range(n))  # flax names list items by position
 
     def ext(self, n: int):
         code = self.take(1)[0]
@@ -135,18 +167,18 @@ class _Parser:
         if code not in (NDARRAY, NPSCALAR):
             self.f.seek(end)
             return None  # a complex number or another extension: not a tensor
+        self.arrays += 1
+        if self.arrays > self.max_arrays:
+            raise limits.refuse(self.path, "arrays in the file", self.arrays, "MAX_TENSORS")
         if self.take(1)[0] != 0x93:
             raise FormatError(f"{self.path}: the array at byte {start} is not (shape, dtype, bytes)")
-        shape = self.value()
+        shape = _shape(self.path, f"the array at byte {start}", self.value())
         dtype_name = self.value()
         head = self.take(1)[0]
         if head not in (0xC4, 0xC5, 0xC6):
             raise FormatError(f"{self.path}: the array at byte {start} has no raw data block")
         length = self.unpack({0xC4: ">B", 0xC5: ">H", 0xC6: ">I"}[head])
         offset = self.f.tell()
-        if not isinstance(shape, dict) or not all(isinstance(d, int) and d >= 0 for d in shape.values()):
-            raise FormatError(f"{self.path}: the array at byte {start} has shape {shape!r}")
-        shape = tuple(shape[str(i)] for i in range(len(shape)))
         dtype = _dtype(self.path, dtype_name)
         if offset + length != end or length != math.prod(shape) * dtype.itemsize:
             raise FormatError(f"{self.path}: the array at byte {start}, {shape} {dtype}, needs "
@@ -155,18 +187,34 @@ class _Parser:
         return _Array(shape, dtype, offset)
 
 
+def _shape(path, where, shape) -> tuple:
+    """A shape: non-negative integers in a msgpack list, or in a map keyed "0".."n-1" (how flax writes a
+    chunked array's)."""
+    if not isinstance(shape, dict) or set(shape) != {str(i) for i in range(len(shape))} or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape.values()):
+        shown = list(shape.values()) if isinstance(shape, _List) else shape
+        raise FormatError(f"{path}: {where} has shape {shown!r}; a shape is a list of non-negative integers")
+    return tuple(shape[str(i)] for i in range(len(shape)))
+
+
 def _dtype(path, name) -> np.dtype:
-    name = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
-    try:
-        return np.dtype(name)
-    except TypeError:
-        pass
+    """The dtype a name stands for: a plain numeric numpy dtype or an ml_dtypes one, nothing else."""
+    if not isinstance(name, (str, bytes)):
+        raise FormatError(f"{path}: an array has dtype {name!r}; a dtype is a name such as 'float32'")
+    name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
     import ml_dtypes
 
     found = getattr(ml_dtypes, name, None)
-    if found is None:
-        raise FormatError(f"{path}: an array has dtype {name!r}, which neither numpy nor ml_dtypes knows")
-    return np.dtype(found)
+    if isinstance(found, type) and issubclass(found, np.generic):
+        return np.dtype(found)
+    try:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError, SyntaxError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biufc" or dtype.fields or dtype.subdtype:
+        raise FormatError(f"{path}: an array has dtype {name!r}, which is not a numeric dtype numpy or ml_dtypes "
+                          "knows; the file is damaged or not a Flax state dict")
+    return dtype
 
 
 def _memmap(path, array: _Array):
@@ -182,10 +230,11 @@ def _memmap(path, array: _Array):
 
 def _chunked(path, name, node) -> TensorSource:
     shape, chunks = node.get("shape"), node.get("chunks")
-    if not isinstance(shape, dict) or not isinstance(chunks, dict) \
-            or not all(isinstance(c, _Array) for c in chunks.values()):
-        raise FormatError(f"{path}: {name!r} is marked as a chunked array but lacks its shape or chunks")
-    shape = tuple(shape[str(i)] for i in range(len(shape)))
+    if not isinstance(chunks, dict) or not all(isinstance(c, _Array) for c in chunks.values()) \
+            or set(chunks) != {str(i) for i in range(len(chunks))}:
+        raise FormatError(f"{path}: {name!r} is marked as a chunked array but its chunks are not arrays "
+                          f"numbered 0..n-1 (found {sorted(chunks)[:5] if isinstance(chunks, dict) else chunks!r})")
+    shape = _shape(path, f"the chunked array {name!r}", shape)
     parts = [chunks[str(i)] for i in range(len(chunks))]
     dtype = parts[0].dtype if parts else np.dtype("float32")
     if sum(math.prod(p.shape) for p in parts) != math.prod(shape) or any(p.dtype != dtype for p in parts):

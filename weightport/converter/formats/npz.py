@@ -4,16 +4,23 @@ Shapes and dtypes come from each member's ``.npy`` header, so opening reads
 no tensor data. numpy has no name for ml_dtypes types (bfloat16, float8): they
 are stored as same-width unsigned integers, and the archive comment (which
 numpy ignores) records their real dtype and the metadata, as JSON.
+
+Every member's ``.npy`` header must account for the member's size exactly, and
+a compressed member may not expand past ``limits`` (a deflate bomb is refused
+before anything is inflated).
 """
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+import zlib
 
 import numpy as np
 
 from ...errors import FormatError, UsageError
 from ..checkpoint import Checkpoint, TensorSource
+from . import limits
 
 NAME = "npz"
 SUFFIXES = (".npz",)
@@ -32,17 +39,44 @@ def sniff(path: str, head: bytes) -> bool:
 
 
 def _header(path, archive, info) -> tuple:
+    """(shape, dtype) from a member's .npy header, checked against the member's size and the inflation limit."""
+    name = info.filename[:-4]
+    if info.compress_type != zipfile.ZIP_STORED:
+        limits.check_inflation(path, f"tensor {name!r} (a compressed member)", info.file_size, info.compress_size)
     try:
         with archive.open(info) as f:
             version = np.lib.format.read_magic(f)
             reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = reader(f)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            header_size = f.tell()
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise FormatError(f"{path}: member {info.filename!r} is not a readable .npy array ({exc})") from exc
-    if dtype.hasobject:
-        raise FormatError(f"{path}: tensor {info.filename[:-4]!r} holds Python objects, which only pickle can "
-                          "load; weightport reads numeric arrays only")
+    if dtype.hasobject or dtype.fields or dtype.subdtype:
+        raise FormatError(f"{path}: tensor {name!r} has dtype {dtype}, not a plain numeric one (objects need "
+                          "pickle); weightport reads numeric arrays only")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_size + nbytes != info.file_size:
+        raise FormatError(f"{path}: tensor {name!r} claims shape {shape} {dtype} ({nbytes:,} bytes) but its member "
+                          f"holds {info.file_size - header_size:,} bytes of data; the archive is damaged")
     return shape, dtype
+
+
+def _notes(path, comment: bytes) -> tuple:
+    """(real dtypes, metadata) from weightport's notes in the archive comment; other comments are not ours."""
+    try:
+        notes = json.loads(comment.decode("utf-8")) if comment else {}
+    except (ValueError, RecursionError):
+        return {}, {}
+    if not isinstance(notes, dict) or _COMMENT_KEY not in notes:
+        return {}, {}
+    notes = notes[_COMMENT_KEY]
+    real = notes.get("dtypes", {}) if isinstance(notes, dict) else None
+    metadata = notes.get("metadata", {}) if isinstance(notes, dict) else None
+    for what, value in (("dtypes", real), ("metadata", metadata)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise FormatError(f"{path}: the archive comment's weightport notes are damaged: {what!r} must map "
+                              f"names to strings, got {str(value)[:80]}; rewrite the file with weightport")
+    return real, metadata
 
 
 def read(path: str, **opts) -> Checkpoint:
@@ -54,21 +88,20 @@ def read(path: str, **opts) -> Checkpoint:
         raise FormatError(f"{path}: holds a single .npy array, not an .npz archive of named tensors")
     try:
         archive = npz.zip
-        try:
-            notes = json.loads(archive.comment.decode("utf-8")).get(_COMMENT_KEY, {}) if archive.comment else {}
-        except (ValueError, AttributeError):
-            notes = {}
-        real = notes.get("dtypes", {}) if isinstance(notes, dict) else {}
-        sources = []
-        for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
+        real, metadata = _notes(path, archive.comment)
+        members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+        limits.check(path, "tensors in the archive", len(members), "MAX_TENSORS")
+        sources, seen = [], set()
+        for info in members:
             name = info.filename[:-4]
+            if name in seen:
+                raise FormatError(f"{path}: tensor {name!r} is stored twice in the archive; the file is damaged "
+                                  "or was appended to")
+            seen.add(name)
             shape, dtype = _header(path, archive, info)
             if name in real:
                 dtype = _ml_dtype(path, name, real[name], dtype)
             sources.append(TensorSource(name, shape, dtype, _loader(path, npz, name, dtype)))
-        metadata = notes.get("metadata", {}) if isinstance(notes, dict) else {}
         return Checkpoint(path, NAME, sources, metadata=metadata, closer=npz.close)
     except BaseException:
         npz.close()
@@ -78,11 +111,11 @@ def read(path: str, **opts) -> Checkpoint:
 def _ml_dtype(path, name, dtype_name, stored):
     import ml_dtypes
 
-    try:
-        dtype = np.dtype(getattr(ml_dtypes, dtype_name))
-    except (AttributeError, TypeError):
+    found = getattr(ml_dtypes, dtype_name, None)
+    dtype = np.dtype(found) if isinstance(found, type) and issubclass(found, np.generic) else None
+    if dtype is None or dtype.hasobject:
         raise FormatError(f"{path}: tensor {name!r} is marked as {dtype_name!r}, a dtype ml_dtypes does not "
-                          "know; upgrade ml_dtypes") from None
+                          "know; upgrade ml_dtypes")
     if dtype.itemsize != stored.itemsize:
         raise FormatError(f"{path}: tensor {name!r} is marked as {dtype_name} but stored with "
                           f"{stored.itemsize}-byte items; the archive is damaged")
@@ -93,7 +126,7 @@ def _loader(path, npz, name, dtype):
     def load():
         try:
             array = npz[name]
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise FormatError(f"{path}: cannot read tensor {name!r} ({exc}); the archive may be damaged") from exc
         if array.dtype != dtype:
             array = array.view(dtype)

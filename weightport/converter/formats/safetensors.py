@@ -17,10 +17,11 @@ import numpy as np
 
 from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource
+from . import limits
+from .guard import load_json
 
 NAME = "safetensors"
 SUFFIXES = (".safetensors", ".safetensors.index.json")
-MAX_HEADER = 100_000_000  # the reference implementation's limit too
 
 _PLAIN = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
           "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -53,7 +54,7 @@ def sniff(path: str, head: bytes) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= MAX_HEADER
+    return 2 <= n <= limits.get("MAX_HEADER_BYTES")
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -83,17 +84,14 @@ def read_header(path: str) -> tuple:
             if n > size - 8:
                 raise FormatError(f"{path}: header length {n} reaches past the end of the file ({size} bytes); "
                                   "the file is truncated or not safetensors")
-            if n > MAX_HEADER:
-                raise FormatError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit")
+            limits.check(path, "header length", n, "MAX_HEADER_BYTES")
             raw = f.read(n)
     except OSError as exc:
         raise FormatError(f"{path}: cannot be read ({exc})") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: the header is not valid UTF-8 JSON ({exc}); the file is damaged") from exc
+    header = load_json(raw, path, "the header")
     if not isinstance(header, dict):
         raise FormatError(f"{path}: the header is JSON but not an object")
+    limits.check(path, "tensors in the header", len(header) - ("__metadata__" in header), "MAX_TENSORS")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{path}: __metadata__ must map strings to strings, got {metadata!r}")
@@ -125,7 +123,7 @@ def _check_entry(path, name, info, data_size):
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise FormatError(f"{where}: header entry needs dtype, shape and data_offsets, got {info!r}")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if code not in _PLAIN and code not in _ML:
+    if not isinstance(code, str) or (code not in _PLAIN and code not in _ML):
         raise FormatError(f"{where}: dtype {code!r} is not one weightport reads "
                           f"({', '.join(list(_PLAIN) + list(_ML))})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -153,12 +151,18 @@ def read(path: str, **opts) -> Checkpoint:
     return Checkpoint(path, NAME, sources, metadata=metadata)
 
 
-def _read_sharded(path: str) -> Checkpoint:
+def read_index(path: str) -> dict:
+    """A shard index's JSON object, size-limited and parsed safely."""
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            raw = f.read(limits.get("MAX_HEADER_BYTES") + 1)
+    except OSError as exc:
         raise FormatError(f"{path}: not a readable safetensors index ({exc})") from exc
+    return load_json(raw, path, "the shard index")
+
+
+def _read_sharded(path: str) -> Checkpoint:
+    index = read_index(path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise FormatError(f"{path}: a safetensors index needs a 'weight_map' object of tensor -> shard file")
@@ -192,6 +196,19 @@ def _read_sharded(path: str) -> Checkpoint:
     if isinstance(index_meta, dict):
         metadata.update({k: str(v) for k, v in index_meta.items()})
     return Checkpoint(path, NAME, sources, metadata=metadata)
+
+
+def _listed_shards(index_path: str) -> list:
+    """The shard files an existing index names (empty if there is none or it cannot be read)."""
+    try:
+        weight_map = read_index(index_path).get("weight_map")
+    except (FormatError, AttributeError):
+        return []
+    if not isinstance(weight_map, dict):
+        return []
+    folder = os.path.dirname(os.path.abspath(index_path))
+    return [os.path.join(folder, shard) for shard in dict.fromkeys(weight_map.values())
+            if isinstance(shard, str) and shard and os.path.basename(shard) == shard and shard not in (".", "..")]
 
 
 # -- writing ----------------------------------------------------------------------------------------------
@@ -277,7 +294,7 @@ def _write_file(temp, final_path, sources, metadata, progress):
     with open(temp, "wb") as f:
         f.write(_header(sources, metadata))
         for s in sources:
-            if s.file_range is None or s._blocks is not None or not _copy_range(f, s.file_range):
+            if s.file_range is None or s._blocks is not None or not _copy_range(f, s.stored_range()):
                 for _, block in blocks_checked(s, final_path):
                     if block.size:
                         f.write(memoryview(block.reshape(-1).view(np.uint8)))
@@ -311,6 +328,10 @@ def write(path: str, sources, metadata, *, staging, shard_size=None, progress=No
     names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     temps = [staging.file(os.path.join(folder, n)) for n in names]  # every name claimed before any byte
     index_temp = staging.file(index_path)
+    if os.path.exists(index_path):  # overwriting: shards the old index lists and the new one does not go too
+        for old in _listed_shards(index_path):
+            if os.path.basename(old) not in names and old.endswith(".safetensors") and os.path.isfile(old):
+                staging.obsolete(old)
     for temp, name, shard in zip(temps, names, shards):
         _write_file(temp, os.path.join(folder, name), shard, metadata, progress)
     weight_map = {s.name: name for name, shard in zip(names, shards) for s in shard}

@@ -9,11 +9,14 @@ time, so there peak memory is the whole model.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 
 from ...errors import FormatError, UnsafePickleError
 from ..checkpoint import Checkpoint, TensorSource
+from . import limits
+from .guard import LIBRARY_ERRORS, describe
 
 NAME = "torch"
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -70,6 +73,10 @@ def read(path: str, trust_pickle: bool = False, **opts) -> Checkpoint:
 
     from ..arrays import torch_to_numpy
 
+    if os.path.getsize(path) == 0:
+        raise FormatError(f"{path}: is empty (0 bytes), not a torch file; it was cut off while being written or "
+                          "copied")
+    _check_members(path)
     try:
         obj = _load(path, trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -80,12 +87,13 @@ def read(path: str, trust_pickle: bool = False, **opts) -> Checkpoint:
             f"({_why_unsafe(exc)}), and unpickling it could run arbitrary code. If you trust where this "
             "file came from, pass trust_pickle=True (CLI: --trust-pickle); better, re-save it as a plain "
             "state dict or as safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FormatError(f"{path}: not a readable torch file ({str(exc).splitlines()[0]}); "
+    except LIBRARY_ERRORS as exc:
+        raise FormatError(f"{path}: not a readable torch file ({describe(exc)}); "
                           "it may be truncated or damaged") from exc
     state = _unwrap(obj)
     if not isinstance(state, dict):
         raise FormatError(f"{path}: holds a {type(state).__name__}, not a dict of tensors (a state dict)")
+    limits.check(path, "entries in the state dict", len(state), "MAX_TENSORS")
     sources = []
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.layout == torch.strided:
@@ -96,6 +104,26 @@ def read(path: str, trust_pickle: bool = False, **opts) -> Checkpoint:
                                   "equivalent; convert it (e.g. to float32) before saving") from None
             sources.append(TensorSource(name, tuple(value.shape), dtype, lambda t=value: _readonly(torch_to_numpy(t))))
     return Checkpoint(path, NAME, sources)
+
+
+def _check_members(path: str) -> None:
+    """A zip torch file's members must lie inside the file (torch memory-maps them; past the end is a crash)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return  # legacy pickle format: read by torch, not mapped
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise FormatError(f"{path}: not a readable torch file ({describe(exc)}); it may be truncated or "
+                          "damaged") from exc
+    limits.check(path, "members in the archive", len(infos), "MAX_TENSORS")
+    size = os.path.getsize(path)
+    for info in infos:
+        if info.header_offset + 30 + len(info.filename) + info.compress_size > size:
+            raise FormatError(f"{path}: member {info.filename!r} claims {info.compress_size:,} bytes at offset "
+                              f"{info.header_offset:,}, past the end of the file ({size:,} bytes); the file is "
+                              "truncated or damaged")
 
 
 def _readonly(array):
