@@ -183,43 +183,42 @@ def _extreme(values) -> float:
 
 
 def cast_checked(a, dtype, name: str, *, allow_overflow: bool = False) -> tuple:
-    """(``a`` in ``dtype``, the largest relative change a value underwent: 0.0 when the cast is exact).
+    """(``a`` in ``dtype``, what the cast did to the values: ``""`` nothing, ``"rounds"`` or ``"overflows"``).
 
     A cast that turns finite values into inf or NaN (float32 1e6 into float16)
     damages the model: it is refused with ``CastOverflowError`` naming
-    ``name`` and the largest value, unless ``allow_overflow=True``, which lets
-    it through (the change is then inf). A cast that only rounds (float32 into
-    bfloat16) is allowed; the change it reports is how the caller says
-    "function-preserving, not bitwise".
+    ``name`` and the value of largest magnitude, unless ``allow_overflow=True``,
+    which lets it through ("overflows"). A cast that only rounds (float32 into
+    bfloat16) is allowed: "rounds" is how the caller says "function-preserving,
+    not bitwise". Each check costs a pass or two over the tensor, in chunks;
+    widening casts cost none.
     """
     a = np.asarray(a)
     dtype = np.dtype(dtype)
     if a.dtype == dtype or a.size == 0:
-        return cast(a, dtype), 0.0
+        return cast(a, dtype), ""
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, and named
         out = a.astype(dtype)
     floats = is_floating(a.dtype) and is_floating(dtype)
     if floats and widens(a.dtype, dtype):
-        return out, 0.0
+        return out, ""
     if not floats and not (a.dtype.kind in "biu" and dtype.kind in "biu"):
-        return out, 0.0  # float <-> integer: not a weight cast weightport makes
-    change, overflow, largest = 0.0, 0, 0.0
+        return out, ""  # float <-> integer: not a weight cast weightport makes
+    rounds, overflow, largest = False, 0, 0.0
     for src, dst in _row_chunks(a, out):
         src = np.asarray(src)
-        with np.errstate(over="ignore", invalid="ignore"):
-            back = dst.astype(a.dtype)
         if floats:
-            broken = np.isfinite(src) & ~np.isfinite(dst)
-            if broken.any():
-                overflow += int(broken.sum())
-                largest = max(largest, _extreme(src[broken]), key=abs)
-            same = (back == src) | (np.isnan(back) & np.isnan(src)) | broken
-            if not same.all():
-                was = src[~same].astype(np.float64)
-                diff = np.abs(back[~same].astype(np.float64) - was) / np.maximum(np.abs(was), np.finfo(np.float64).tiny)
-                change = max(change, float(diff.max()))
-        elif not np.array_equal(back, src):
-            wrong = back != src
+            top = abs(float(src.max())), abs(float(src.min()))  # two cheap passes rule out overflow, mostly
+            if not max(top) <= float(_finfo(dtype).max) and not np.isfinite(dst).all():
+                broken = np.isfinite(src) & ~np.isfinite(dst)
+                if broken.any():
+                    overflow += int(broken.sum())
+                    largest = max(largest, _extreme(src[broken]), key=abs)
+            if not rounds:  # once one value is seen to round, the rest need no look
+                with np.errstate(over="ignore", invalid="ignore"):
+                    rounds = not np.array_equal(dst.astype(a.dtype), src, equal_nan=True)
+        elif not np.array_equal(dst.astype(a.dtype), src):
+            wrong = dst.astype(a.dtype) != src
             overflow += int(wrong.sum())
             largest = max(largest, _extreme(src[wrong]), key=abs)
     if overflow:
@@ -232,5 +231,5 @@ def cast_checked(a, dtype, name: str, *, allow_overflow: bool = False) -> tuple:
                 f"{'inf/NaN' if floats else 'wrapped-around integers'}: the largest is {largest:.7g}, and {dtype} "
                 f"holds at most {top:.7g}. Nothing was written or changed. Keep a wider dtype, or pass "
                 "allow_overflow=True to let those values become inf")
-        change = float("inf")
-    return out, change
+        return out, "overflows"
+    return out, "rounds" if rounds else ""

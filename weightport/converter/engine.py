@@ -26,7 +26,7 @@ class Watch:
         self.plan, self.allow_overflow = plan, allow_overflow
         self._steps = {id(p): step for p, step in zip(pairs, plan.steps)} if plan is not None else {}
         self._scanned: set = set()
-        self._rounded: dict = {}  # id(pair) -> (step's own transform text, largest change so far)
+        self._rounded: dict = {}  # id(pair) -> the cast effects already said for it
 
     def _say(self, text: str) -> None:
         if self.plan is not None:
@@ -52,26 +52,24 @@ class Watch:
 
     def cast(self, p, where: str, array, dtype):
         """``array`` in ``dtype``: refused if it overflows, noted on the step if it rounds."""
-        out, change = cast_checked(array, dtype, where, allow_overflow=self.allow_overflow)
-        if change:
-            self._note_rounding(p, np.asarray(array).dtype, np.dtype(dtype), change, where)
+        out, effect = cast_checked(array, dtype, where, allow_overflow=self.allow_overflow)
+        if effect:
+            self._note_cast(p, np.asarray(array).dtype, np.dtype(dtype), effect, where)
         return out
 
-    def _note_rounding(self, p, src, dst, change, where) -> None:
-        step = self._steps.get(id(p))
-        first = id(p) not in self._rounded
-        base, worst = self._rounded.get(id(p), (step.transform if step is not None else "", 0.0))
-        worst = max(worst, change)
-        self._rounded[id(p)] = (base, worst)
-        if change == float("inf") and self.allow_overflow:
+    def _note_cast(self, p, src, dst, effect, where) -> None:
+        if effect == "overflows":
             self._say(f"{where}: values past {dst}'s range became inf (allow_overflow=True)")
+        noted = self._rounded.setdefault(id(p), set())
+        if effect in noted:
+            return
+        noted.add(effect)
+        step = self._steps.get(id(p))
         if step is not None:
             step.exact = False
-            what = "overflows to inf" if worst == float("inf") else f"rounds (by up to {worst:.2g} relative)"
-            step.transform = f"{base} | {src}->{dst} cast {what}".lstrip(" |")
-        elif first:
-            self._say(f"{p.source.label}: casting {src} to {dst} rounds values (by up to {change:.2g} relative); "
-                      "function-preserving, not bitwise")
+            step.transform = f"{step.transform} | {src}->{dst} cast {effect}".lstrip(" |")
+        elif effect == "rounds":
+            self._say(f"{p.source.label}: casting {src} to {dst} rounds values; function-preserving, not bitwise")
 
 
 def translate(p, watch: Watch | None = None) -> dict:
