@@ -7,6 +7,8 @@ Flax (Linen Dense, NNX Linear) flattens channels-last feature maps as Keras
 does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
 (out, in) weight, and flattens channels-first feature maps as torch does.
 """
+import numpy as np
+
 from . import flatten
 from .rule import ConfigIssue, Rule, link, register
 from .transforms import Transpose
@@ -75,6 +77,11 @@ class DenseRule(Rule):
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
+
+    def sample_inputs(self, layout, hp, shapes):
+        if hp.get("flatten_from") or not shapes:
+            return []  # the model reads a feature map, whose layout the Dense cannot say
+        return [np.full((1, shapes[0][0]), 0.5, "float32")]
 
     def links_torch(self, hp):
         feature_map = hp.get("flatten_from")

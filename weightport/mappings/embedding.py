@@ -7,6 +7,8 @@ a mask, not a weight). torch ``max_norm`` renormalises looked-up rows, in
 place, at every forward pass, which Keras never does: it is warned about.
 Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` as ``weight``.
 """
+import numpy as np
+
 from .rule import Rule, link, register
 
 
@@ -47,6 +49,10 @@ class EmbeddingRule(Rule):
 
     def canonical(self, hp):
         return ["embeddings"]
+
+    def sample_inputs(self, layout, hp, shapes):
+        vocab = shapes[0][0] if shapes else 2
+        return [(np.arange(8, dtype="int64") % vocab).reshape(1, 8)]
 
     def links_torch(self, hp):
         return [link("embeddings", "weight")]

@@ -325,6 +325,14 @@ class RecurrentRule(Rule):
         """The hyperparameters a Keras bias shape tells ({} if none), or None when it does not fit."""
         return {} if bias_shape == (width,) else None
 
+    def sample_inputs(self, layout, hp, shapes):
+        if not shapes:
+            return []
+        features = shapes[0][0]  # kernel (in, gates * units)
+        # torch reads (time, batch, features) unless batch_first: one batch row fits either
+        shape = (5, 1, features) if layout == "torch" else (1, 5, features)
+        return [np.full(shape, 0.5, "float32")]
+
     # -- slots ------------------------------------------------------------
     def canonical(self, hp):
         names = ["kernel", "recurrent_kernel"] + (["bias"] if hp.get("use_bias", True) else [])

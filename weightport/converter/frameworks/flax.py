@@ -77,7 +77,7 @@ def _like(array, old):
     if is_jax_array(old):
         import jax
 
-        return jax.device_put(value, old.sharding)
+        return jax.device_put(np.array(value, copy=True), old.sharding)  # never share the source's memory
     return np.array(value, copy=True)
 
 

@@ -42,11 +42,17 @@ class KerasFramework(Framework):
                         attributes.setdefault(id(item), f"{attr}/{i}")
         return [(attributes.get(id(child), child.name), child) for child in getattr(layer, "_layers", [])]
 
+    @staticmethod
+    def _own(layer) -> list:
+        return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
     def own_weights(self, layer) -> list:
-        direct = list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
-        return [v.path for v in direct]
+        return [v.path for v in self._own(layer)]
 
     def _variables(self, layer, slots) -> list:
+        own = {v.path.rsplit("/", 1)[-1]: v for v in self._own(layer)}
+        if slots and all(s in own for s in slots) and len(layer.weights) != len(slots):
+            return [own[s] for s in slots]  # weights a layer holds itself, by name (loose parameters)
         variables = layer.weights
         if not variables and not layer.built:
             raise UsageError(
@@ -77,7 +83,11 @@ class KerasFramework(Framework):
             from ..arrays import dtype_of
 
             value = cast(np.asarray(arrays[slot]), dtype_of(var.dtype))
-            var.assign(numpy_to_torch(value) if on_torch else value)
+            # a copy: jax may adopt a numpy buffer as it is, which would tie the variable to the source's memory
+            var.assign(numpy_to_torch(value) if on_torch else np.array(value, copy=True))
+
+    def count_weights(self, layer):
+        return len(layer.weights)
 
     def has_graph(self, layer) -> bool:
         return bool(getattr(layer, "_inbound_nodes", None))
@@ -95,6 +105,76 @@ class KerasFramework(Framework):
         keras = _keras()
         out = model(inputs, training=False)
         return keras.tree.map_structure(lambda t: to_numpy(keras.ops.convert_to_numpy(t)), out)
+
+    def sample_inputs(self, model, refs) -> list:
+        """An input of the model's own input specs (a functional model), else what its first layer reads."""
+        specs = getattr(model, "_inputs_struct", None) if getattr(model, "inputs", None) else None
+        if specs is None:
+            return super().sample_inputs(model, refs)
+        keras = _keras()
+
+        def make(spec):
+            rank = len(spec.shape)
+            shape = [1 if i == 0 else (d if d is not None else (64 if rank >= 4 else 8))
+                     for i, d in enumerate(spec.shape)]
+            dtype = keras.backend.standardize_dtype(spec.dtype)
+            return np.ones(shape, dtype) if "int" in dtype or dtype == "bool" else np.full(shape, 0.5, dtype)
+        return [keras.tree.map_structure(make, specs)]
+
+    def trace(self, model, refs, inputs, capture: bool = False):
+        """Flow of one run on ``inputs``, seen at every layer and operation call (and every torch operation).
+
+        ``Layer.__call__`` and ``Operation.__call__`` are wrapped for the run's
+        duration. Under the torch backend every operation inside a layer is
+        followed too; under others an operation written inside a layer's
+        ``call`` is not seen, and what it makes counts as of unknown origin.
+        """
+        import contextlib
+
+        from keras.src.ops.operation import Operation
+
+        from ..flow import UNKNOWN, Provenance, torch_operations
+
+        keras = _keras()
+        on_torch = keras.backend.backend() == "torch"
+        prov = Provenance(lambda x: keras.ops.is_tensor(x) and not isinstance(x, keras.KerasTensor),
+                          sees_all_operations=on_torch,
+                          capture=(lambda t: to_numpy(keras.ops.convert_to_numpy(t))) if capture else None)
+        parts: dict = {}
+        for ref in refs:
+            parts.setdefault(id(ref.obj), []).append(ref.path)
+        layer_call, operation_call = keras.Layer.__call__, Operation.__call__
+
+        def traced_layer(layer, *args, **kwargs):
+            paths = parts.get(id(layer))
+            if paths:
+                prov.enter(paths, (args, kwargs))
+            out = layer_call(layer, *args, **kwargs)
+            if paths:
+                prov.leave(paths, out)
+            elif getattr(layer, "_layers", None):  # a container: its output came from the layers inside
+                prov.mark(out, {UNKNOWN}, how="unseen")
+            else:
+                prov.propagate((args, kwargs), out)
+            return out
+
+        def traced_operation(op, *args, **kwargs):
+            out = operation_call(op, *args, **kwargs)
+            if not isinstance(op, keras.Layer):
+                prov.propagate((args, kwargs), out)
+            return out
+
+        floats = lambda x: (keras.ops.convert_to_tensor(x, "float32")  # noqa: E731
+                            if np.issubdtype(np.asarray(x).dtype, np.floating) else keras.ops.convert_to_tensor(x))
+        inputs = keras.tree.map_structure(floats, inputs)
+        prov.mark(inputs, set())
+        keras.Layer.__call__, Operation.__call__ = traced_layer, traced_operation
+        try:
+            with torch_operations(prov) if on_torch else contextlib.nullcontext():
+                model(inputs, training=False)
+        finally:
+            keras.Layer.__call__, Operation.__call__ = layer_call, operation_call
+        return prov.flow
 
 
 ADAPTER = KerasFramework()

@@ -24,6 +24,9 @@ class TorchFramework(Framework):
         return ([n for n, _ in layer.named_parameters(recurse=False)]
                 + [n for n, _ in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set])
 
+    def count_weights(self, layer):
+        return len(layer.state_dict())
+
     @staticmethod
     def _tensors(layer) -> dict:
         return layer.state_dict(keep_vars=True)
@@ -59,6 +62,10 @@ class TorchFramework(Framework):
                 p.requires_grad_(not frozen)
 
     def run(self, model, inputs):
+        return _to_numpy_tree(self._call(model, inputs))
+
+    def _call(self, model, inputs):
+        """``model`` on ``inputs`` (one array, a list of positional ones or a dict of keyword ones), in eval mode."""
         import torch
 
         first = next(iter(model.parameters()), None)
@@ -77,14 +84,37 @@ class TorchFramework(Framework):
         try:
             with torch.no_grad():
                 if isinstance(inputs, (list, tuple)):
-                    out = model(*[to_tensor(x) for x in inputs])
-                elif isinstance(inputs, dict):
-                    out = model(**{k: to_tensor(v) for k, v in inputs.items()})
-                else:
-                    out = model(to_tensor(inputs))
+                    return model(*[to_tensor(x) for x in inputs])
+                if isinstance(inputs, dict):
+                    return model(**{k: to_tensor(v) for k, v in inputs.items()})
+                return model(to_tensor(inputs))
         finally:
             model.train(was_training)
-        return _to_numpy_tree(out)
+
+    def trace(self, model, refs, inputs, capture: bool = False):
+        """Flow of one run on ``inputs``: forward hooks mark each layer's outputs, torch's function mode follows them."""
+        import torch
+
+        from ..flow import Provenance, torch_operations
+
+        prov = Provenance(lambda x: isinstance(x, torch.Tensor), sees_all_operations=True,
+                          capture=to_numpy if capture else None)
+        parts: dict = {}
+        for ref in refs:
+            parts.setdefault(id(ref.obj), (ref.obj, []))[1].append(ref.path)
+        hooks = []
+        for module, paths in parts.values():
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, args, kwargs, p=paths: prov.enter(p, (args, kwargs)), with_kwargs=True))
+            hooks.append(module.register_forward_hook(
+                lambda m, args, kwargs, out, p=paths: prov.leave(p, out), with_kwargs=True))
+        try:
+            with torch_operations(prov):
+                self._call(model, inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return prov.flow
 
 
 def _to_numpy_tree(out):

@@ -1,0 +1,126 @@
+"""Dataflow among a model's rule-bearing layers: which layer's output reaches which layer's input.
+
+Two implementations of one architecture may declare, name and even run
+look-alike layers (same kind, same shapes) in different orders: timm runs a
+residual block's shortcut BatchNorm last, keras-hub builds it first. What
+they cannot change is what feeds what. Adapters record it by running the
+model once on a small input and following every tensor from the layer that
+made it (``Provenance``), through weightless operations, to the layers that
+read it. The matcher then pairs look-alikes by the already-paired layers
+they follow and feed.
+
+A flow is sound but may be incomplete: where a tensor's origin was lost (an
+operation the adapter cannot see), the reading layer's inputs are marked
+``UNKNOWN`` and give no evidence, rather than wrong evidence.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+UNKNOWN = "<unknown>"
+
+
+@dataclass
+class Flow:
+    """What one traced run showed: per layer path, the layer paths feeding it, and the order layers ran in."""
+
+    feeds: dict = field(default_factory=dict)  # path -> set of paths (UNKNOWN where an origin was lost)
+    order: list = field(default_factory=list)  # paths, in the order they first ran
+    outputs: dict = field(default_factory=dict)  # path -> numpy output of its first call (when captured)
+
+    @property
+    def complete(self) -> bool:
+        """True when no layer's inputs were lost, so each layer's readers are all known too."""
+        return not any(UNKNOWN in f for f in self.feeds.values())
+
+    def readers(self) -> dict:
+        """path -> the paths whose inputs it feeds."""
+        out = {p: set() for p in self.feeds}
+        for path, feeds in self.feeds.items():
+            for f in feeds:
+                if f in out:
+                    out[f].add(path)
+        return out
+
+
+class Provenance:
+    """The rule-bearing layers each live tensor comes from, keyed by object identity.
+
+    Every tensor seen is kept alive until the trace ends, so an id is never
+    reused for another tensor while it is looked up.
+    """
+
+    def __init__(self, is_tensor, sees_all_operations: bool, capture=None):
+        self.is_tensor = is_tensor
+        # with every operation seen (torch's function mode), a tensor never seen is a constant (a weight,
+        # a buffer); otherwise it may be the result of an unseen operation, whose origin is unknown
+        self.sees_all = sees_all_operations
+        self.capture = capture  # tensor -> numpy, to keep each layer's output; None to keep nothing
+        self.flow = Flow()
+        self._of: dict = {}
+        self._kept: list = []
+
+    def tensors(self, tree):
+        if self.is_tensor(tree):
+            yield tree
+        elif isinstance(tree, dict):
+            for v in tree.values():
+                yield from self.tensors(v)
+        elif isinstance(tree, (list, tuple)):
+            for v in tree:
+                yield from self.tensors(v)
+
+    def of(self, tree) -> set:
+        found = set()
+        for t in self.tensors(tree):
+            if id(t) in self._of:
+                found |= self._of[id(t)]
+            elif not self.sees_all:
+                found.add(UNKNOWN)
+        return found
+
+    def mark(self, tree, origins: set, how: str = "replace") -> None:
+        """Record where the tensors in ``tree`` come from: ``replace``, ``add`` to, or only where ``unseen``."""
+        for t in self.tensors(tree):
+            seen = id(t) in self._of
+            if how == "replace" or not seen:
+                self._of[id(t)] = set(origins)
+            elif how == "add":
+                self._of[id(t)] = self._of[id(t)] | set(origins)
+            self._kept.append(t)
+
+    def propagate(self, inputs, outputs) -> None:
+        """An operation's outputs come from wherever its inputs came from."""
+        self.mark(outputs, self.of(inputs), how="add")
+
+    def enter(self, paths, inputs) -> None:
+        """A rule-bearing layer (standing for ``paths``: a stacked RNN is several) starts reading ``inputs``."""
+        origins = self.of(inputs)
+        for i, path in enumerate(paths):
+            self.flow.feeds.setdefault(path, set()).update(origins if i == 0 else {paths[i - 1]})
+            if path not in self.flow.order:
+                self.flow.order.append(path)
+
+    def leave(self, paths, outputs) -> None:
+        self.mark(outputs, {paths[-1]})
+        if self.capture is not None and paths[-1] not in self.flow.outputs:
+            first = next(self.tensors(outputs), None)
+            if first is not None:
+                self.flow.outputs[paths[-1]] = self.capture(first)
+
+
+@contextlib.contextmanager
+def torch_operations(prov: Provenance):
+    """Follow tensors through every torch operation while the block runs (torch's function mode)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Follow(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            prov.propagate((args, kwargs), out)
+            return out
+
+    with Follow():
+        yield

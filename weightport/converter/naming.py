@@ -1,0 +1,120 @@
+"""What a layer's path says about it: the words that tell look-alike layers apart, and their block numbers.
+
+Two implementations name one layer differently (``attention.self.query``,
+``_query_dense``, ``q_proj``, ``wq``), so paths are reduced to canonical words
+first: camelCase and digits split off, plurals dropped, and the usual
+synonyms folded into one word each (``q``/``wq``/``query`` -> ``query``,
+``ln``/``layer_norm``/``bn`` -> ``norm``, ``wte``/``embed_tokens`` -> ``tokemb``...).
+Names are evidence, not proof: the matcher trusts dataflow over them where a
+model can be run, and the report says which pairs rest on names.
+"""
+from __future__ import annotations
+
+import re
+
+# phrases first (they span separators), then single words
+PHRASES = (
+    (r"embed_tokens?|word_embeddings?|token_embeddings?|tok_embeddings?|wte", "tokemb"),
+    (r"position_embeddings?|pos_embed(dings?)?|wpe", "posemb"),
+    (r"(layer|rms|batch|group)_?norm(alization)?", "norm"),
+    (r"self_attn|self_attention|attn", "attention"),
+    (r"feed_?forward|ffn|ff", "mlp"),
+    (r"up_proj|c_fc|fc_?1|intermediate", "up"),
+    (r"down_proj|fc_?2", "down"),
+    (r"gate_proj", "gate"),
+    (r"q_proj|q_lin|to_q", "query"),
+    (r"k_proj|k_lin|to_k", "key"),
+    (r"v_proj|v_lin|to_v", "value"),
+    (r"o_proj|out_proj|out_lin|to_out", "output"),
+)
+WORDS = {
+    "q": "query", "wq": "query", "queries": "query",
+    "k": "key", "wk": "key", "keys": "key",
+    "v": "value", "wv": "value", "values": "value",
+    "o": "output", "out": "output", "wo": "output",
+    "ln": "norm", "bn": "norm", "layernorm": "norm", "rmsnorm": "norm", "batchnorm": "norm",
+    "embeddings": "embedding", "embed": "embedding", "emb": "embedding",
+}
+# words that say which of two look-alikes in a block comes first (layernorm_before, layer_norm_1)
+ORDINALS = {"before": 1, "pre": 1, "first": 1, "after": 2, "post": 2, "second": 2}
+NOISE = {"self", "dense", "proj", "projection", "module", "layers", "layer", "weight", "kernel", "c", "h", "model"}
+
+
+def ordinal(path: str):
+    """1, 2... where a path's last component says which look-alike of a block it is, else None.
+
+    From an ordinal word (``before``/``after``, ``pre``/``post``) or a small
+    number ending the component after a word (``layer_norm_2``, ``bn1``); a
+    component that is only a number is an index among siblings, not this.
+    """
+    last = re.split(r"[./]", str(path))[-1]
+    found = [ORDINALS[w] for w in re.split(r"[^a-z]+", last.lower()) if w in ORDINALS]
+    if len(found) == 1:
+        return found[0]
+    digits = re.fullmatch(r"[A-Za-z][A-Za-z_]*?_?([1-3])", last)
+    return int(digits.group(1)) if digits else None
+
+
+def snake(class_name: str) -> str:
+    """``LayerNormalization`` -> ``layer_normalization``: how Keras names a layer it was not given a name for."""
+    return re.sub("([a-z0-9])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", class_name)).lower()
+
+
+def auto_named(path: str, class_name: str) -> bool:
+    """Whether a path's last component is a name Keras made up (``dense_3``): its number counts layers built."""
+    last = re.split(r"[./]", str(path))[-1]
+    return re.fullmatch(re.escape(snake(class_name)) + r"(_\d+)?", last) is not None
+
+
+def words(path: str, class_name: str = "") -> frozenset:
+    """The canonical words of a layer path (numbers and noise words left out), with its ordinal as ``#n``.
+
+    ``class_name`` (the layer's class, where known) keeps a made-up Keras name's
+    counter (``layer_normalization_1``) from passing for an ordinal.
+    """
+    text = re.sub(r"([a-z])([A-Z])", r"\1_\2", str(path)).lower()
+    text = re.sub(r"[^a-z0-9]+", "_", text)
+    text = re.sub(r"([a-z])(\d)", r"\1_\2", re.sub(r"(\d)([a-z])", r"\1_\2", text))
+    text = f"_{text}_"
+    for pattern, word in PHRASES:  # whole words only: the text is "_"-delimited
+        text = re.sub(f"(?<=_)(?:{pattern})(?=_)", word, text)
+    out = set()
+    for w in text.split("_"):
+        if not w or w.isdigit():
+            continue
+        w = WORDS.get(w, w)
+        if len(w) > 4 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        if w not in NOISE and w not in ORDINALS:
+            out.add(w)
+    rank = None if class_name and auto_named(path, class_name) else ordinal(path)
+    if rank is not None:
+        out.add(f"#{rank}")
+    return frozenset(out)
+
+
+def numbers(path: str) -> tuple:
+    """The numbers in a path, in order: its position among repeated blocks (``layers.3.mlp`` -> (3,))."""
+    return tuple(int(n) for n in re.findall(r"\d+", str(path)))
+
+
+def template(path: str) -> str:
+    """A path with its numbers blanked, and Keras' ``_1`` suffixes dropped, so repeated blocks share one."""
+    path = re.sub(r"_\d+(?=$|[/.])", "", str(path))
+    return re.sub(r"\d+", "#", path)
+
+
+def abbreviates(short: str, long: str) -> bool:
+    """``attn`` for ``attention``, ``out`` for ``output``: same first letter, the rest in order."""
+    if short == long:
+        return True
+    if len(short) < 2 or short[0] != long[0]:
+        return False
+    rest = iter(long)
+    return all(ch in rest for ch in short)
+
+
+def agree(a: str, b: str) -> bool:
+    if a.startswith("#") or b.startswith("#"):
+        return a == b
+    return abbreviates(*sorted((a, b), key=len))
