@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+import weightport as wp
 from weightport.mappings import transforms as T
 
 
@@ -77,3 +78,18 @@ def test_registry_lists_rules_and_accepts_plugins():
             return [wp.link("w", "weight", T.Transpose(1, 0))]
 
     assert registry.get("test-doubling").native_slots("torch", {}) == ["weight"]
+
+
+def test_ported_weights_never_share_the_sources_memory():
+    """Changing the source after a port leaves the target as ported (jax may adopt numpy buffers as they are)."""
+    torch = pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    t = torch.nn.Sequential(torch.nn.LayerNorm(7), torch.nn.Linear(7, 5))  # LayerNorm: a plain copy, no transform
+    k = keras.Sequential([keras.Input((7,)), keras.layers.LayerNormalization(epsilon=1e-5), keras.layers.Dense(5)])
+    wp.port(t, k)
+    ported = [w.copy() for w in k.get_weights()]
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(1.0)
+    for a, b in zip(ported, k.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -65,15 +65,21 @@ def test_get_set_weights_any_framework():
         wp.set_weights(lin, [w[0].T, w[1]])
 
 
-def test_layer_count_mismatch_names_both_sides_and_leaves_target():
+def test_a_surplus_source_layer_is_reported_and_strict_both_refuses_it():
+    """A source's extra layer (a head) does not block a port that fills every target weight; strict="both" does."""
     t = torch.nn.Sequential(torch.nn.Linear(IN, HID), torch.nn.Linear(HID, OUT), torch.nn.Linear(OUT, 2))
+    randomize_torch(t)
     _, k = pair()
     before = [w.copy() for w in k.get_weights()]
     with pytest.raises(wp.MatchError) as err:
-        wp.port(t, k)
+        wp.port(t, k, strict="both")
     assert "source: 2" in str(err.value) and "3x2" in str(err.value)
     for a, b in zip(before, k.get_weights()):
         np.testing.assert_array_equal(a, b)
+    with pytest.warns(wp.WeightportWarning, match="no counterpart in the target"):
+        report = wp.port(t, k)
+    assert [s.source for s in report.steps] == ["0", "1"] and "2 (dense, 3x2, 2)" in report.unmatched_source
+    np.testing.assert_array_equal(k.layers[1].get_weights()[0], t[1].weight.detach().numpy().T)
 
 
 def test_shape_mismatch_names_layers_and_shapes_and_leaves_target():

@@ -4,7 +4,8 @@ Importing this package imports no framework: each call imports what it needs.
 """
 from .api import convert, get_weights, load, port, save, set_weights, verify
 from .errors import (AmbiguityError, ConfigMismatchError, FormatError, MatchError, OutputExistsError, ShapeMismatchError,
-                     UnsafePickleError, UnsupportedLayerError, UsageError, WeightportError, WeightportWarning)
+                     UnsafePickleError, UnsupportedLayerError, UsageError, VerificationError, WeightportError,
+                     WeightportWarning)
 from .mappings.rule import Link, Rule, link, register
 
 __version__ = "0.1.0"
@@ -13,5 +14,6 @@ __all__ = [
     "port", "convert", "load", "save", "get_weights", "set_weights", "verify",
     "Rule", "Link", "link", "register",
     "WeightportError", "UsageError", "UnsupportedLayerError", "ConfigMismatchError", "ShapeMismatchError",
-    "MatchError", "AmbiguityError", "FormatError", "UnsafePickleError", "OutputExistsError", "WeightportWarning",
+    "MatchError", "AmbiguityError", "FormatError", "UnsafePickleError", "OutputExistsError", "VerificationError",
+    "WeightportWarning",
 ]

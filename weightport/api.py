@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 
-from .converter import engine, matcher
+from .converter import checking, engine, matcher, tracing
 from .converter.arrays import is_floating
 from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, require_adapter, walk
@@ -20,7 +20,8 @@ from .converter.plan import Report
 from .converter.plan import _jsonable
 from .converter.structure import RULES_KEY, SEPARATORS, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
-from .errors import AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportWarning
+from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
+                     WeightportWarning)
 from .mappings.rule import rules_for
 
 KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
@@ -41,7 +42,7 @@ def _live_nodes(obj, role: str, strict: bool):
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
-         allow_overflow: bool = False) -> Report:
+         check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by the
@@ -71,6 +72,12 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         trust_pickle: let a torch file run pickled code beyond plain tensors
             (only for files you trust).
         quiet: no progress bar.
+        check: inputs to run both models on after the port (a pair
+            ``(inputs_source, inputs_target)`` where their layouts differ); if
+            the outputs differ, the target is restored and VerificationError
+            names the first paired layer whose outputs part.
+        atol: absolute tolerance of ``check``.
+        rtol: relative tolerance of ``check`` (see ``verify``).
         allow_overflow: write values that overflow the target's dtype as inf
             instead of refusing.
 
@@ -89,6 +96,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         UnsupportedLayerError: a layer holds weights that no rule handles
             (with ``strict=True``).
         CastOverflowError: a value overflows the target's dtype.
+        VerificationError: ``check`` found different outputs.
         FormatError: a checkpoint could not be read (UnsafePickleError: it
             needs ``trust_pickle``).
         UsageError: the call itself is wrong: an unsupported object,
@@ -108,12 +116,31 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     if src_nodes is None:
         src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
     tgt_fw, tgt_nodes, tgt_notes = _live_nodes(target, "target", strict)
-    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
+    # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
+    traced_source, traced_nodes = (source, src_nodes) if _is_live(source) else (model, None)
+    if traced_source is not None and traced_nodes is None and require_adapter(model, "model").layout == \
+            _layout_of(source, trust_pickle):
+        traced_nodes = _live_nodes(model, "model", False)[1]
+    if check is not None and not _is_live(source):
+        raise UsageError("check= runs the source model next to the ported target, but the source is a checkpoint; "
+                         "port it into its own model first and pass that model as the source, or call "
+                         "wp.verify(source_model, target, inputs) yourself")
+    flows = tracing.flows(traced_source, traced_nodes, target, tgt_nodes, check)
+    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
+    saved = checking.snapshot(pairs) if check is not None else None
     engine.run_into_live(pairs, plan, allow_overflow=allow_overflow)
+    ported = tgt_fw.finish(target)
+    if check is not None:
+        try:
+            checking.check_port(source, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol)
+        except WeightportError:
+            checking.restore(saved)
+            tgt_fw.finish(target)
+            raise
     _warn(plan)
-    return Report(plan, tgt_fw.finish(target))
+    return Report(plan, ported)
 
 
 def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Checkpoint:
@@ -389,7 +416,7 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
     if ckpt.layout == "keras" and any(re.search(r"(^|/)vars/\d+$", n) for n in ckpt):
         raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
                          "belongs to) or use the .keras archive, which records each layer's class")
-    nodes, leftovers = infer_nodes(ckpt, ckpt.layout)
+    nodes, leftovers = infer_nodes(ckpt, ckpt.layout, loose=True)
     # integer tensors nobody claims are bookkeeping (position_ids, step counters), not weights
     unexplained = [n for n in leftovers if is_floating(ckpt.dtype(n))]
     if unexplained and strict:
@@ -464,12 +491,27 @@ class _Virtual:
         self.path, self.label, self.layout = path, path or "<root>", layout
 
 
+def _laid_out(nodes) -> list:
+    """Nodes as they can be written alone: a composite group whose layout needs what only a paired layer says
+    (the heads of attention projections read from a file) is written as its parts (four Linear layers)."""
+    out = []
+    for node in nodes:
+        rule, hp = node.candidates[0]
+        try:
+            node.canonical_shapes(rule, hp)
+            whole = True
+        except WeightportError:
+            whole = False
+        out += [node] if whole or not getattr(node, "parts", None) else node.parts
+    return out
+
+
 def _same_structure(src_nodes, layout) -> tuple:
     """Plan for writing the source's own layers in ``layout`` (no target model to match)."""
     from .converter.plan import Plan, Step
 
     plan, pairs = Plan(), []
-    for node in src_nodes:
+    for node in _laid_out(src_nodes):
         rules = [r for r, _ in node.candidates]
         # a live layer's class settles its rule; names and shapes alone may not
         if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False):
@@ -482,7 +524,7 @@ def _same_structure(src_nodes, layout) -> tuple:
         p = matcher.Pair(node, _Virtual(node.path, layout), rule, hp, hp, shapes, shapes)
         pairs.append(p)
         plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, hp, shapes,
-                               matcher._transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)))
+                               matcher.transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)))
     return plan, pairs
 
 

@@ -36,6 +36,10 @@ class AmbiguityError(MatchError, UsageError):
     """
 
 
+class VerificationError(WeightportError):
+    """A port checked with ``check=`` computes something else than its source; the target was restored."""
+
+
 class FormatError(WeightportError):
     """A file is unreadable, corrupt or not what its name or header claims."""
 

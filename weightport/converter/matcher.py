@@ -1,17 +1,28 @@
-"""Pair source layers with target layers, by kind, order and shape; hints override.
+"""Pair source layers with target layers, and say how each pair was made; refuse rather than guess.
 
 Works on any layer nodes that offer ``path``, ``label``, ``layout``,
 ``candidates`` ((rule, hp) pairs) and ``canonical_shapes(rule, hp)``: live
 layers and checkpoint groups alike. It never looks at a layer kind by name.
+
+Layers of one kind and shapes ("look-alikes": an attention block's query and
+key, a residual block's BatchNorms) are told apart by evidence, strongest
+first: hints; identical paths; dataflow (the already-paired layers each one
+follows and feeds, from one traced run of each model); the words of their
+names; their position among repeated blocks (paths that differ only in
+numbers). Declaration order alone is never used: two implementations of one
+architecture declare, and even run, look-alikes in different orders. What no
+evidence settles is refused with the candidates and a ready ``hints=`` line.
 """
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 
-from ..errors import ConfigMismatchError, MatchError, ShapeMismatchError, UsageError, WeightportError
-from .plan import Plan, Step
+from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
+                      UsageError, WeightportError)
+from . import naming
+from .flow import UNKNOWN
+from .plan import EVIDENCE, Plan, Step
 
 
 @dataclass
@@ -23,6 +34,7 @@ class Pair:
     target_hp: dict
     source_shapes: list | None
     target_shapes: list | None
+    evidence: str = "shape"
 
     @property
     def shapes_agree(self) -> bool:
@@ -59,12 +71,42 @@ def adopted_rule(a, b):
     return None
 
 
-def pair(a, b) -> Pair | None:
-    found = common_rule(a, b) or adopted_rule(a, b)
+def _parameter_view(node):
+    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's stored as it is."""
+    rule, hp = node.candidates[0]
+    if getattr(node, "loose", False):
+        return hp
+    try:
+        links = rule.links(node.layout, hp)
+    except WeightportError:
+        return None
+    if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
+            or type(links[0].transform).__name__ != "Identity":
+        return None
+    shapes = _shapes_or_none(node, rule, hp)
+    return None if not shapes else {"slot": links[0].native[0], "shape": tuple(shapes[0])}
+
+
+def as_parameters(a, b):
+    """The ``parameter`` rule for a loose tensor and its counterpart: another loose tensor, or a single-tensor
+    layer whose name agrees (HF ViT's ``position_embeddings`` and keras-hub's ``position_embedding`` table)."""
+    loose = getattr(a, "loose", False), getattr(b, "loose", False)
+    if not any(loose) or (not all(loose) and not _words(a) & _words(b)):
+        return None
+    ha, hb = _parameter_view(a), _parameter_view(b)
+    if ha is None or hb is None:
+        return None
+    from ..mappings.rule import registry
+
+    return registry.get("parameter"), ha, hb
+
+
+def pair(a, b, evidence: str = "shape") -> Pair | None:
+    found = common_rule(a, b) or adopted_rule(a, b) or as_parameters(a, b)
     if found is None:
         return None
     rule, hp_a, hp_b = found
-    return Pair(a, b, rule, hp_a, hp_b, a.canonical_shapes(rule, hp_a), b.canonical_shapes(rule, hp_b))
+    return Pair(a, b, rule, hp_a, hp_b, a.canonical_shapes(rule, hp_a), b.canonical_shapes(rule, hp_b), evidence)
 
 
 def describe(node) -> str:
@@ -88,49 +130,33 @@ def _find(nodes, path, side):
                      + (f"; did you mean {close}?" if close else ""))
 
 
-def _align(src, tgt) -> list:
-    """Order-preserving pairing maximising pairs of equal kind and shapes (longest common subsequence)."""
-    n, m = len(src), len(tgt)
-    ok = [[False] * (m + 1) for _ in range(n + 1)]
-    for i, a in enumerate(src):
-        for j, b in enumerate(tgt):
-            p = pair(a, b)
-            ok[i][j] = p if p is not None and p.shapes_agree else False
-    best = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        for j in range(m - 1, -1, -1):
-            best[i][j] = max(best[i + 1][j], best[i][j + 1], (best[i + 1][j + 1] + 1) if ok[i][j] else 0)
-    pairs, i, j = [], 0, 0
-    while i < n and j < m:
-        if ok[i][j] and best[i][j] == best[i + 1][j + 1] + 1:
-            pairs.append(ok[i][j])
-            i, j = i + 1, j + 1
-        elif best[i + 1][j] >= best[i][j + 1]:
-            i += 1
-        else:
-            j += 1
-    return pairs
-
-
 def _by_path(src, tgt) -> list | None:
     """Same names on both sides (a same-layout checkpoint into its model): pair by name."""
     by_path = {b.path: b for b in tgt}
     if len(src) != len(tgt) or set(by_path) != {a.path for a in src}:
         return None
-    pairs = [pair(a, by_path[a.path]) for a in src]
+    pairs = [pair(a, by_path[a.path], "path") for a in src]
     return pairs if all(p is not None for p in pairs) else None
 
 
 def _positional(src, tgt) -> list | None:
-    """Same number of layers and the same kinds in the same order: pair by position."""
+    """Same number of layers and the same kinds in the same order: pairs for precise shape errors only."""
     if len(src) != len(tgt):
         return None
     pairs = [pair(a, b) for a, b in zip(src, tgt)]
     return pairs if all(p is not None for p in pairs) else None
 
 
+def _shapes_or_none(node, rule, hp):
+    """Canonical shapes, or None where they need what only the paired layer knows (MHA heads from a file)."""
+    try:
+        return node.canonical_shapes(rule, hp)
+    except WeightportError:
+        return None
+
+
 def _classes(nodes, wanted=()) -> dict:
-    """(kind, canonical shapes) -> the nodes of that class, in order: layers that only order tells apart.
+    """(kind, canonical shapes) -> the nodes of that class, in order.
 
     A node several rules could explain (a checkpoint group: Linear or
     Embedding?) is classed under the first reading found in ``wanted``, the
@@ -143,164 +169,375 @@ def _classes(nodes, wanted=()) -> dict:
     return out
 
 
-def _shapes_or_none(node, rule, hp):
-    """Canonical shapes, or None where they need what only the paired layer knows (MHA heads from a file)."""
-    try:
-        return node.canonical_shapes(rule, hp)
-    except WeightportError:
-        return None
+class LookAlikes:
+    """One class of look-alikes still to pair: source and target members, in model order."""
+
+    def __init__(self, src, tgt):
+        self.src, self.tgt = list(src), list(tgt)
+
+    @property
+    def open(self) -> bool:
+        return bool(self.src) and bool(self.tgt)
 
 
-def _template(path: str) -> str:
-    return re.sub(r"\d+", "#", path)
+class Pairing:
+    """Pairs look-alikes class by class, by the strongest evidence that settles each; see the module docstring.
 
-
-def _words(path: str) -> set:
-    return {w for w in re.split(r"[^a-z]+", path.lower()) if w}
-
-
-def _scrambled(nodes) -> bool:
-    """Look-alikes that differ by more than a number, from a file that does not keep the model's order.
-
-    Natural sorting restores ``layers.2`` before ``layers.10``, but not
-    ``query`` before ``key``: such layers cannot be paired by position.
+    ``flows()`` returns the (source, target) ``Flow`` of one traced run of each
+    model, or None for a side that cannot be run; it is called only when
+    dataflow is needed.
     """
-    return len({_template(n.path) for n in nodes}) > 1 and any(getattr(n, "unordered", False) for n in nodes)
 
+    def __init__(self, src, tgt, flows=None):
+        self.pairs: list = []
+        self._flows, self._traced = flows, None
+        target_classes = _classes(tgt)
+        source_classes = _classes(src, target_classes)
+        self.classes = [LookAlikes(source_classes.get(k, []), target_classes.get(k, []))
+                        for k in list(source_classes) + [k for k in target_classes if k not in source_classes]]
 
-def _abbreviates(short: str, long: str) -> bool:
-    """``attn`` for ``attention``, ``out`` for ``output``: same first letter, the rest in order."""
-    if short == long:
+    # -- bookkeeping -------------------------------------------------------------------
+    def take(self, cls: LookAlikes, a, b, evidence: str) -> bool:
+        p = pair(a, b, evidence)
+        if p is None:
+            return False
+        self.pairs.append(p)
+        cls.src.remove(a)
+        cls.tgt.remove(b)
         return True
-    if len(short) < 2 or short[0] != long[0]:
-        return False
-    rest = iter(long)
-    return all(ch in rest for ch in short)
+
+    def paths(self) -> dict:
+        return {p.source.path: p.target.path for p in self.pairs}
+
+    def flows(self):
+        if self._traced is None:
+            found = self._flows() if self._flows is not None else None
+            self._traced = found if found and all(f is not None for f in found) else False
+        return self._traced or None
+
+    # -- the steps -------------------------------------------------------------------
+    def run(self) -> list:
+        """Pair what the evidence settles; return the classes left with members on both sides."""
+        self.settle()
+        self.regroup_by_shared()
+        self.settle()
+        self.check_against_flow()
+        return [c for c in self.classes if c.open]
+
+    def settle(self) -> None:
+        for cls in self.classes:
+            if len(cls.src) == 1 and len(cls.tgt) == 1:
+                self.take(cls, cls.src[0], cls.tgt[0], "shape")
+        while any(c.open for c in self.classes):
+            if not (self.by_flow() or self.by_names() or self.by_position()):
+                break
+
+    def regroup_by_shared(self) -> None:
+        """Class again what is left by the shapes two layers have once paired.
+
+        Some shapes are known only when the other side says what one side
+        cannot (a torch PReLU's slopes take the Keras alpha's shape; a file's
+        attention heads come from the live layer): such layers fall into
+        different classes at first.
+        """
+        left_s = [a for c in self.classes for a in c.src]
+        left_t = [b for c in self.classes for b in c.tgt]
+        if not left_s or not left_t:
+            return
+        fits = {(id(a), id(b)) for a in left_s for b in left_t if (p := pair(a, b)) is not None and p.shapes_agree}
+        if not fits:
+            return
+        self.classes = [c for c in self.classes if c.open and not any((id(a), id(b)) in fits for a in c.src
+                                                                      for b in left_t)]
+        kept = {id(n) for c in self.classes for n in c.src + c.tgt}
+        todo_s = [a for a in left_s if id(a) not in kept]
+        todo_t = [b for b in left_t if id(b) not in kept]
+        while todo_s:  # connected components of the "fits" relation
+            group_s, group_t, frontier = [todo_s.pop(0)], [], True
+            while frontier:
+                frontier = False
+                for b in [b for b in todo_t if any((id(a), id(b)) in fits for a in group_s)]:
+                    todo_t.remove(b)
+                    group_t.append(b)
+                    frontier = True
+                for a in [a for a in todo_s if any((id(a), id(b)) in fits for b in group_t)]:
+                    todo_s.remove(a)
+                    group_s.append(a)
+                    frontier = True
+            self.classes.append(LookAlikes(group_s, group_t))
+        if todo_t:
+            self.classes.append(LookAlikes([], todo_t))
+
+    def by_flow(self) -> bool:
+        """Pair look-alikes whose paired neighbours in the dataflow are theirs alone, on both sides.
+
+        A look-alike's inputs (or readers) count only once every one of them
+        is paired: then a partner must have exactly their images. Two
+        members that share them stay unpaired here.
+        """
+        if not any(c.open for c in self.classes) or self.flows() is None:
+            return False
+        src_flow, tgt_flow = self.flows()
+        paired = self.paths()
+        targets = {t: t for t in paired.values()}
+        sides = [(src_flow.feeds, tgt_flow.feeds)]
+        if src_flow.complete and tgt_flow.complete:  # with no origin lost, every layer's readers are known too
+            sides.append((src_flow.readers(), tgt_flow.readers()))
+        progress = False
+        for mine_of, theirs_of in sides:
+            for cls in self.classes:
+                if not cls.open:
+                    continue
+                mine = _group(cls.src, lambda a: _neighbours(mine_of.get(a.path), paired))
+                theirs = _group(cls.tgt, lambda b: _neighbours(theirs_of.get(b.path), targets))
+                for key, members in mine.items():
+                    if len(members) == 1 and len(theirs.get(key, [])) == 1:
+                        progress |= self.take(cls, members[0], theirs[key][0], "structure")
+        return progress
+
+    def by_names(self) -> bool:
+        """Split or settle classes by the words that tell their members apart (``query`` vs ``key``)."""
+        progress = False
+        for cls in list(self.classes):
+            if not cls.open:
+                continue
+            groups = _name_groups(cls.src, cls.tgt)
+            if not groups:
+                continue
+            progress = True
+            self.classes.remove(cls)
+            for mine, theirs in groups:
+                sub = LookAlikes(mine, theirs)
+                if len(mine) == 1 and len(theirs) == 1:
+                    self.take(sub, mine[0], theirs[0], "name")
+                self.classes.append(sub)
+            rest = LookAlikes([a for a in cls.src if not any(a in g[0] for g in groups)],
+                              [b for b in cls.tgt if not any(b in g[1] for g in groups)])
+            if rest.src or rest.tgt:
+                self.classes.append(rest)
+        return progress
+
+    def by_position(self) -> bool:
+        """Repeated blocks: members whose paths differ only in numbers pair in numeric order."""
+        progress = False
+        for cls in self.classes:
+            if not cls.open or len(cls.src) != len(cls.tgt):
+                continue
+            if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
+                mine = sorted(cls.src, key=lambda n: naming.numbers(n.path))
+                theirs = sorted(cls.tgt, key=lambda n: naming.numbers(n.path))
+                for a, b in zip(mine, theirs):
+                    progress |= self.take(cls, a, b, "position")
+        return progress
+
+    def check_against_flow(self) -> None:
+        """Where both models were traced, a pair made by name or position must not contradict the dataflow."""
+        if self._traced is None or not self._traced:
+            return
+        src_flow, tgt_flow = self._traced
+        paired = self.paths()
+        for p in self.pairs:
+            if p.evidence not in ("name", "position"):
+                continue
+            mine, theirs = src_flow.feeds.get(p.source.path), tgt_flow.feeds.get(p.target.path)
+            if mine is None or theirs is None or UNKNOWN in mine | theirs or not mine <= set(paired):
+                continue
+            images = {paired[f] for f in mine}
+            # a loose tensor one side reads as a layer (a position table) may add to a side: only a clash counts
+            if not (images <= set(theirs) or set(theirs) <= images):
+                raise MatchError(
+                    f"{p.source.label} and {p.target.label} were paired by their {EVIDENCE[p.evidence]}, but the "
+                    f"dataflow disagrees: the first reads {sorted(mine)}, the second {sorted(theirs)}, which are "
+                    "not paired with each other. The target was not changed; pass hints={source_path: "
+                    "target_path} for these layers")
 
 
-def _names_agree(words: set, other: set) -> bool:
-    return any(_abbreviates(*sorted((a, b), key=len)) for a in words for b in other)
+def _neighbours(paths, image: dict):
+    """The images of a layer's dataflow neighbours when every one is paired (``image``: path -> pair), else None."""
+    if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
+        return None
+    return frozenset(image[p] for p in paths)
 
 
-def _by_names(srcs, tgts) -> list | None:
-    """Pairs for scrambled look-alikes, from the words that tell them apart (query, key...); None if names can't say.
+def _group(nodes, key) -> dict:
+    out: dict = {}
+    for n in nodes:
+        k = key(n)
+        if k is not None:
+            out.setdefault(k, []).append(n)
+    return out
 
-    Each name pattern (numbers aside) must find exactly as many target layers
-    whose names hold one of its own words as it has members; one pattern may
-    take what is left. Members pair in numeric order with targets in model order.
+
+def _words(node) -> frozenset:
+    obj = getattr(node, "obj", None)
+    return naming.words(node.path, type(obj).__name__ if obj is not None else "")
+
+
+def _distinguishing(nodes) -> dict:
+    """node -> the words of its path that not every member of its class has."""
+    found = {id(n): _words(n) for n in nodes}
+    common = frozenset.intersection(*found.values()) if found else frozenset()
+    return {id(n): found[id(n)] - common for n in nodes}
+
+
+def _score(a: frozenset, b: frozenset) -> int:
+    return sum(1 for x in a if any(naming.agree(x, y) for y in b))
+
+
+def _name_groups(src, tgt) -> list:
+    """[(source members, target members)] that names pair group to group, each with equal counts; [] if none.
+
+    Members are grouped by their distinguishing words; a source group and a
+    target group pair when each is the other's unique best match by agreeing
+    words, and one group left on each side (of equal size) takes the rest.
+    A split that leaves every member in one group says nothing and is [].
     """
-    templates: dict = {}
-    for a in srcs:
-        templates.setdefault(_template(a.path), []).append(a)
-    shared = set.intersection(*(_words(t) for t in templates))
-    claimed = {t: [b for b in tgts if _names_agree(_words(t) - shared, _words(b.path))] for t in templates}
-    settled = [t for t in templates if len(claimed[t]) == len(templates[t])]
-    taken = [id(b) for t in settled for b in claimed[t]]
-    rest = [t for t in templates if t not in settled]
-    if len(taken) != len(set(taken)) or len(rest) > 1:
-        return None
-    if rest:
-        claimed[rest[0]] = [b for b in tgts if id(b) not in set(taken)]
-        if len(claimed[rest[0]]) != len(templates[rest[0]]):
-            return None
-    return [pair(a, b) for t, members in templates.items() for a, b in zip(members, claimed[t])]
+    words_s, words_t = _distinguishing(src), _distinguishing(tgt)
+    mine = _group(src, lambda a: words_s[id(a)])
+    theirs = _group(tgt, lambda b: words_t[id(b)])
+    if len(mine) == 1 and len(theirs) == 1:
+        return []
+    found, left_s, left_t = [], dict(mine), dict(theirs)
+    changed = True
+    while changed:
+        changed = False
+        for ws, members in list(left_s.items()):
+            scores = {wt: _score(ws, wt) for wt in left_t}
+            best = max(scores.values(), default=0)
+            tops = [wt for wt, s in scores.items() if s == best]
+            if best == 0 or len(tops) != 1:
+                continue
+            wt = tops[0]
+            back = [w for w in left_s if _score(w, wt) >= best]
+            if back != [ws] or len(members) != len(left_t[wt]):
+                continue
+            found.append((members, left_t.pop(wt)))
+            del left_s[ws]
+            changed = True
+    if len(left_s) == 1 and len(left_t) == 1 and found:
+        (members,), (others,) = left_s.values(), left_t.values()
+        if len(members) == len(others):
+            found.append((members, others))
+    return found
 
 
-def _scrambled_error(srcs) -> MatchError:
-    names = ", ".join(n.label for n in srcs[:6]) + (" ..." if len(srcs) > 6 else "")
-    return MatchError(f"{len(srcs)} source layers look alike (same kind and shapes) and the file stores them in "
-                      f"alphabetical, not model, order: {names}. Their names do not say which target layer each "
-                      "is, so they cannot be paired safely; pass model= (the checkpoint's own model), or "
-                      "hints={source_path: target_path}. The target was not changed")
+# -- the whole match ------------------------------------------------------------------------------
 
 
-def _by_class(src, tgt) -> list | None:
-    """Pair within each (kind, shapes) class, when every class has equal counts on both sides.
-
-    Layers of different kind or shape cannot be confused. Look-alikes that
-    differ by more than a number pair by the words in their names where those
-    settle it (``self.query`` with ``l0_query``), else by position, unless the
-    file stored them alphabetically: then they are refused.
-    """
-    if len(src) != len(tgt):
-        return None
-    ct = _classes(tgt)
-    cs = _classes(src, ct)
-    if {k: len(v) for k, v in cs.items()} != {k: len(v) for k, v in ct.items()}:
-        return None
-    pairs = []
-    for key, members in cs.items():
-        found = _by_names(members, ct[key]) if len({_template(a.path) for a in members}) > 1 else None
-        if found is None and _scrambled(members):
-            raise _scrambled_error(members)
-        pairs += found or [pair(a, b) for a, b in zip(members, ct[key])]
-    if any(p is None for p in pairs):
-        return None
-    order = {id(a): i for i, a in enumerate(src)}
-    return sorted(pairs, key=lambda p: order[id(p.source)])
-
-
-def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True) -> tuple:
+def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
-    strict: every source and target layer must pair with equal shapes and no
-    configuration error; otherwise what pairs is kept and the rest reported.
+    strict: every target layer must be filled by an unambiguous pair of equal
+    shapes and no configuration error; source layers the target does not ask
+    for (a head) are reported and warned about, unless ``strict="both"``,
+    which refuses them too. strict=False keeps what pairs and reports the
+    rest. ``flows``: see ``Pairing``.
     """
-    src, tgt = list(source_nodes), list(target_nodes)
+    src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
+    source_nodes, target_nodes = list(src), list(tgt)
     pairs = []
     for s_path, t_path in (hints or {}).items():
         a, b = _find(src, s_path, "source"), _find(tgt, t_path, "target")
-        p = pair(a, b)
+        p = pair(a, b, "hint")
         if p is None:
             raise MatchError(f"hint pairs {describe(a)} with {describe(b)}, but no rule handles both")
         pairs.append(p)
         src.remove(a)
         tgt.remove(b)
 
-    classes = _classes(src, _classes(tgt)).values()
-    scrambled = [m for m in classes if _scrambled(m)]
-    # look-alikes with different names (query, key...) pair by name where names agree, before order
-    named = any(len({_template(a.path) for a in m}) > 1 for m in classes)
-    positional = _by_path(src, tgt) or (None if scrambled or named else _positional(src, tgt))
-    if positional is None or not all(p.shapes_agree for p in positional):
-        positional = _by_class(src, tgt) or positional  # else keep it, for its precise shape errors
-    if positional is None and scrambled:
-        raise _scrambled_error(scrambled[0])  # an alignment by order would pair them blindly
     plan = Plan()
+    same = _by_path(src, tgt)
+    if same is not None:
+        pairs += same
+    else:
+        pairing = Pairing(src, tgt, flows)
+        ambiguous = pairing.run()
+        pairs += pairing.pairs
+        if ambiguous:
+            error = _ambiguity_error(ambiguous, pairing.flows() is not None)
+            if strict:
+                raise error
+            plan.issues.append(str(error).split(". The target")[0])
+        used_s = {id(p.source) for p in pairs}
+        used_t = {id(p.target) for p in pairs}
+        left_s = [a for a in src if id(a) not in used_s]
+        left_t = [b for b in tgt if id(b) not in used_t]
+        if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
+            _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
+        if left_s:
+            plan.issues.append(f"{len(left_s)} source layer(s) have no counterpart in the target and were not "
+                               f"ported: {', '.join(a.label for a in left_s[:8])}" + (" ..." if len(left_s) > 8 else ""))
+        plan.unmatched_source += [describe(a) for a in left_s]
+        plan.unmatched_target += [describe(b) for b in left_t]
+    order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
+    return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict)
+
+
+def _expanded(nodes, others) -> list:
+    """``nodes`` with each composite one (attention's four projections) replaced by its parts where no node
+    of ``others`` could take it whole: the other implementation keeps those projections as layers of their own."""
+    rules = {rule.name for n in others for rule, _ in n.candidates}
+    out = []
+    for n in nodes:
+        parts = getattr(n, "parts", None)
+        whole = any(rule.name in rules for rule, _ in n.candidates)
+        out += parts if parts and not whole else [n]
+    return out
+
+
+def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
+    """Raise the most precise error for layers left without a counterpart."""
+    loose = [b for b in left_t if getattr(b, "loose", False)]
+    if loose:
+        b = loose[0]
+        raise UnsupportedLayerError(
+            f"target layer {b.label.rpartition(b.framework.sep)[0] or '<root>'!r} "
+            f"({b.framework.display_name(b.obj)}) holds the weight {b.candidates[0][1]['slot']!r} "
+            f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
+            "it by name and shape; the target was not changed. Register a rule for it (see `weightport rules`), "
+            "pass hints={source_path: target_path}, or strict=False to port everything else")
+    positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:
-            if p.shapes_agree:
-                pairs.append(p)
-                continue
-            msg = (f"source layer {describe(p.source)} does not fit target layer {describe(p.target)}: "
-                   f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}")
-            if strict:
-                raise ShapeMismatchError(msg + "; the target was not changed. Fix the model, pass hints=, "
-                                         "or strict=False to copy only what fits")
-            plan.unmatched_source.append(describe(p.source))
-            plan.unmatched_target.append(describe(p.target))
-    else:
-        aligned = _align(src, tgt)
-        used_s = {id(p.source) for p in aligned}
-        used_t = {id(p.target) for p in aligned}
-        plan.unmatched_source += [describe(a) for a in src if id(a) not in used_s]
-        plan.unmatched_target += [describe(b) for b in tgt if id(b) not in used_t]
-        pairs += aligned
-        if strict and (plan.unmatched_source or plan.unmatched_target):
-            raise MatchError(
-                f"the source has {len(source_nodes)} rule-bearing layers and the target {len(target_nodes)}; "
-                f"these have no counterpart of the same kind and shapes:\n"
-                + "".join(f"  source: {d}\n" for d in plan.unmatched_source)
-                + "".join(f"  target: {d}\n" for d in plan.unmatched_target)
-                + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
-                  "to copy only what pairs.")
+            if not p.shapes_agree:
+                raise ShapeMismatchError(
+                    f"source layer {describe(p.source)} does not fit target layer {describe(p.target)}: "
+                    f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}"
+                    f"{_config_note(p)}; the target was not changed. Fix the model, pass hints=, "
+                    "or strict=False to copy only what fits")
+    raise MatchError(
+        f"the source has {len(all_src)} rule-bearing layer{'s' * (len(all_src) != 1)} and the target "
+        f"{len(all_tgt)}; "
+        "these have no counterpart of the same kind and shapes:\n"
+        + "".join(f"  source: {describe(a)}\n" for a in left_s)
+        + "".join(f"  target: {describe(b)}\n" for b in left_t)
+        + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
+          "to copy only what pairs.")
 
+
+def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
+    lines, guess = [], {}
+    for cls in classes:
+        lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n  target: {', '.join(b.label for b in cls.tgt)}")
+        guess.update({a.path: b.path for a, b in zip(cls.src, cls.tgt)})
+    unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
+    why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
+        "neither their names nor the dataflow of a traced run tell which is which" if traced else
+        "their names do not tell which is which, and no run of both models could show what feeds what "
+        "(pass check=(inputs_a, inputs_b) to let weightport trace both, or the checkpoint's own model as model=)")
+    return AmbiguityError(
+        f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
+        + "\nThe target was not changed. If they correspond in the order listed, pass (after checking):\n"
+        + f"  hints={guess!r}")
+
+
+def _checked_plan(plan, pairs, strict) -> tuple:
     kept = []
     for p in pairs:
         if not p.shapes_agree:
             raise ShapeMismatchError(
-                f"hinted pair {describe(p.source)} -> {describe(p.target)}: expected "
-                f"{_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}; "
+                f"{'hinted pair' if p.evidence == 'hint' else 'pair'} {describe(p.source)} -> {describe(p.target)}: "
+                f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}; "
                 "the target was not changed")
         issues = p.rule.check(p.source_hp, p.target_hp)
         errors = [i for i in issues if i.severity == "error"]
@@ -318,8 +555,8 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
             source=p.source.label, target=p.target.label, rule=p.rule.name,
             source_layout=p.source.layout, target_layout=p.target.layout,
             source_hp=p.source_hp, target_hp=p.target_hp, shapes=p.source_shapes,
-            transform=_transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
-            and p.rule.exact(p.target.layout, p.target_hp)))
+            transform=transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
+            and p.rule.exact(p.target.layout, p.target_hp), evidence=p.evidence))
     return plan, kept
 
 
@@ -329,7 +566,7 @@ def _config_note(p: Pair) -> str:
     return ("; the configurations differ: " + "; ".join(map(str, errors))) if errors else ""
 
 
-def _transform_text(p: Pair) -> str:
+def transform_text(p: Pair) -> str:
     parts = []
     for layout, hp in ((p.source.layout, p.source_hp), (p.target.layout, p.target_hp)):
         if layout != "keras":

@@ -5,6 +5,17 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
+# how a pair of layers was made, as the report says it
+EVIDENCE = {
+    "hint": "hint",
+    "path": "same path",
+    "shape": "kind and shapes",
+    "structure": "dataflow",
+    "name": "name",
+    "position": "block position",
+}
+
+
 @dataclass
 class Step:
     """Copy one source layer into one target layer through one rule."""
@@ -19,6 +30,7 @@ class Step:
     shapes: list  # canonical (Keras-layout) shapes, in get_weights() order
     transform: str = ""  # how the slots move, source layout -> canonical -> target layout
     exact: bool = True  # False: function-preserving, not bitwise-reversible (e.g. a bias sum)
+    evidence: str = ""  # how the two layers were paired: hint, path, shape, structure, name, position
     # file conversions: slot -> tensor name on each side, so the plan can be run again without a model
     source_names: dict = field(default_factory=dict)
     target_names: dict = field(default_factory=dict)
@@ -98,8 +110,9 @@ class Report:
         return len(self.plan.steps)
 
     def __str__(self) -> str:
-        head = ("source", "target", "rule", "transform", "shape")
-        rows = [(s.source, s.target, s.rule, s.transform + ("" if s.exact else "  [function-preserving, not bitwise-reversible]"),
+        head = ("source", "target", "rule", "paired by", "transform", "shape")
+        rows = [(s.source, s.target, s.rule, EVIDENCE.get(s.evidence, s.evidence),
+                 s.transform + ("" if s.exact else "  [function-preserving, not bitwise-reversible]"),
                  ", ".join("x".join(map(str, sh)) or "scalar" for sh in s.shapes)) for s in self.plan.steps]
         widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
         line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731

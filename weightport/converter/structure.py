@@ -28,6 +28,8 @@ class FileNode:
     frozen: object = field(default=None)
     inferred: bool = False  # rule guessed from names and shapes; a paired live layer may say better
     unordered: bool = False  # the file stores names alphabetically: its order is not the model's
+    loose: bool = False  # one tensor no rule explains, paired by name and shape (the ``parameter`` rule)
+    parts: list = field(default_factory=list)  # a composite group's sub-groups (attention's projections)
 
     @property
     def label(self) -> str:
@@ -111,10 +113,12 @@ def group_path(names, layout: str) -> str:
     return sep.join(common)
 
 
-def infer_nodes(checkpoint, layout: str) -> tuple:
+def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
     """(nodes, leftovers) for a checkpoint with no model: layers recognised from names and shapes.
 
-    leftovers lists tensor names no rule explains. Where the file records
+    leftovers lists tensor names no rule explains; with ``loose``, each floating
+    one becomes a node of its own instead (a class token, a position table),
+    which the matcher pairs by name and shape. Where the file records
     which rule wrote a group (weightport's own files), that rule is taken
     instead of guessing: names and shapes cannot tell a bias-free depthwise
     kernel from a convolution kernel, or a Linear from an Embedding.
@@ -127,18 +131,23 @@ def infer_nodes(checkpoint, layout: str) -> tuple:
     rules = sorted(registry, key=lambda r: -r.priority)
     recorded = recorded_layers(checkpoint)
 
-    def visit(prefix: str, group: list):
+    def visit(prefix: str, group: list, nodes: list, composite: bool = True, leftovers: list = leftovers):
         local = {(tree[n][len(prefix) + 1:] if prefix else tree[n]): n for n in group}
         shapes = {k: tuple(checkpoint.shape(v)) for k, v in local.items()}
         if prefix in recorded and recorded[prefix][0] in {r.name for r in rules}:
             rule = registry.get(recorded[prefix][0])  # what names and shapes cannot say (flatten_from...) too
             candidates = [(rule, {**recorded[prefix][1], **(rule.infer(layout, shapes) or {})})]
         else:
-            candidates = [(r, hp) for r in rules if (hp := r.infer(layout, shapes)) is not None]
+            candidates = [(r, hp) for r in rules if (composite or not r.composite)
+                          and (hp := r.infer(layout, shapes)) is not None]
         if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(layout, hp)
             flags = {"inferred": prefix not in recorded, "unordered": alphabetical}
+            if rule.composite and prefix not in recorded:  # its sub-groups, for a target that has no such layer
+                inner, unexplained = [], []
+                visit(prefix, group, inner, False, unexplained)
+                flags["parts"] = [] if unexplained else inner
             if len(parts) == 1:
                 nodes.append(FileNode(prefix, layout, candidates, checkpoint, local, **flags))
             else:  # one group standing for several canonical layers (a stacked torch RNN)
@@ -153,9 +162,19 @@ def infer_nodes(checkpoint, layout: str) -> tuple:
             else:
                 leftovers.append(full)
         for head, members in children.items():
-            visit(f"{prefix}{sep}{head}" if prefix else head, members)
+            visit(f"{prefix}{sep}{head}" if prefix else head, members, nodes, composite, leftovers)
 
-    visit("", names)
+    visit("", names, nodes)
+    if loose:
+        from .arrays import is_floating
+
+        parameter = registry.get("parameter")
+        for name in [n for n in leftovers if is_floating(checkpoint.dtype(n))]:
+            leftovers.remove(name)
+            slot = name.rpartition(sep)[2]
+            hp = {"slot": slot, "shape": tuple(checkpoint.shape(name))}
+            nodes.append(FileNode(name, layout, [(parameter, hp)], checkpoint, {slot: name}, loose=True,
+                                  unordered=alphabetical))
     return nodes, leftovers
 
 

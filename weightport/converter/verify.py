@@ -79,3 +79,21 @@ def compare(out_a, out_b, atol: float, rtol: float) -> VerifyResult:
         max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
         ok = ok and diff <= atol + rtol * scale
     return VerifyResult(ok, max_abs, max_rel, atol, rtol, len(flat_a), notes)
+
+
+def first_divergence(pairs, flow_a, flow_b, atol: float, rtol: float):
+    """(pair, max abs diff) of the first pair, in the order the second model ran them, whose outputs differ."""
+    order = {path: i for i, path in enumerate(flow_b.order)}
+    for p in sorted(pairs, key=lambda p: order.get(p.target.path, len(order))):
+        a, b = flow_a.outputs.get(p.source.path), flow_b.outputs.get(p.target.path)
+        if a is None or b is None:
+            continue
+        b = np.asarray(b, np.float64)
+        try:
+            a = _align(np.asarray(a, np.float64), b, [], 0)
+        except UsageError:
+            continue  # shapes that cannot be compared (a packed output): look further
+        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if not np.isfinite(diff) or diff > atol + rtol * (float(np.max(np.abs(b))) if b.size else 0.0):
+            return p, diff
+    return None

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import UnsupportedLayerError, UsageError
 from .rule import Rule, link, register
 from .transforms import Chain, Concat, Each, Reshape, Transpose
@@ -78,6 +80,7 @@ class MultiHeadAttentionRule(Rule):
     name = "multi_head_attention"
     classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",), "flax": ("MultiHeadAttention",),
                "equinox": ("MultiheadAttention",)}
+    composite = True
     # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
     shared = ("num_heads", "key_dim", "value_dim")
     checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",
@@ -124,6 +127,13 @@ class MultiHeadAttentionRule(Rule):
 
     def canonical(self, hp):
         return [s for p in PROJECTIONS for s in _slots(p, hp.get("use_bias", True))]
+
+    def sample_inputs(self, layout, hp, shapes):
+        if not shapes:
+            return []
+        # a sequence of the query's width; torch without batch_first reads (time, batch, width): fits either
+        shape = (5, 1, shapes[0][0]) if layout == "torch" else (1, 5, shapes[0][0])
+        return [np.full(shape, 0.5, "float32")]
 
     # -- Flax -----------------------------------------------------------------
     def config_flax(self, module):
@@ -239,8 +249,31 @@ class LinearAttentionRule(MultiHeadAttentionRule):
     describe_classes = {"torch": "a module of four Linear q/k/v/o projections (q_proj, k_proj, v_proj, o_proj; "
                                  "query, key, value, out...), num_heads on it or its config"}
     infer_keras = None  # a Keras group is claimed by multi_head_attention alone
-    infer_torch = None  # four Linear groups may as well be four Dense layers
     infer_flax = None  # a Flax group is claimed by multi_head_attention alone
+
+    def infer_torch(self, shapes):
+        """hp for a checkpoint group of exactly four q/k/v/o projections (each ``weight`` and maybe ``bias``).
+
+        Four such Linear groups may as well be four Dense layers: the node
+        keeps them as its parts, and the layer it meets settles which reading
+        holds. The heads come from that layer too.
+        """
+        modules: dict = {}
+        for name, shape in shapes.items():
+            module, _, leaf = name.rpartition(".")
+            if leaf not in ("weight", "bias") or not module:
+                return None
+            modules.setdefault(module, {})[leaf] = tuple(shape)
+        roles = {}
+        for module, tensors in modules.items():
+            role = _role(module)
+            if role is None or role in roles or len(tensors.get("weight", ())) != 2:
+                return None
+            roles[role] = module
+        if len(roles) != 4 or len({"bias" in t for t in modules.values()}) != 1:
+            return None
+        return {"projections": tuple(roles[p] for p in PROJECTIONS), "use_bias": "bias" in modules[roles["query"]],
+                "attention_axes": (1,)}
 
     def matches(self, layout, layer):
         if layout == "torch":

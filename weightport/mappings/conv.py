@@ -180,6 +180,23 @@ class ConvFamily(Rule):
                    "strides": STRIDE_HINT, "dilation_rate": DILATION_HINT}
     pads = staticmethod(conv_pads)
 
+    def in_channels(self, hp, kernel_shape) -> int:
+        """The input channels a canonical kernel (*k, in/groups, out) reads."""
+        return kernel_shape[-2] * int(hp.get("groups", 1) or 1)
+
+    def sample_inputs(self, layout, hp, shapes):
+        if not shapes:
+            return []
+        kernel = shapes[0]
+        rank = len(kernel) - 2
+        channels = self.in_channels(hp, kernel)
+        out = []
+        for size in ((64, 32, 224) if rank <= 2 else (16,)):  # models with position tables insist on one size
+            spatial = (size,) * rank
+            shape = (1, channels) + spatial if layout in ("torch", "equinox") else (1,) + spatial + (channels,)
+            out.append(np.full(shape, 0.5, "float32"))
+        return out
+
     def check(self, source_hp, target_hp):
         issues = super().check(source_hp, target_hp)
         a, b = self.pads(source_hp), self.pads(target_hp)
@@ -203,7 +220,29 @@ def padding_text(hp) -> str:
 def _common(layer) -> dict:
     """hp every Keras conv layer spells the same way."""
     return {"kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
-            "dilation_rate": tuple(layer.dilation_rate), "padding": layer.padding, "use_bias": bool(layer.use_bias)}
+            "dilation_rate": tuple(layer.dilation_rate), "padding": _padding(layer), "use_bias": bool(layer.use_bias)}
+
+
+def _padding(layer):
+    """The conv's padding, with a ZeroPadding1D/2D/3D that feeds it (and nothing else) taken as its own.
+
+    Keras "same" pads unevenly at strides > 1, so implementations that must
+    match torch's symmetric padding (keras-hub) pad in a layer of their own
+    before a "valid" conv: the zeros that conv sees are that layer's.
+    Read from the functional graph with plain attribute access.
+    """
+    padding = layer.padding
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    parents = getattr(nodes[-1], "parent_nodes", None) or [] if nodes else []
+    if str(padding).lower() != "valid" or len(nodes) != 1 or len(parents) != 1:
+        return padding
+    pad = parents[0].operation
+    if not type(pad).__name__.startswith("ZeroPadding") or getattr(pad, "data_format", "channels_last") != getattr(
+            layer, "data_format", "channels_last"):
+        return padding
+    pads = pad.padding
+    pairs = (pads,) if isinstance(pads[0], int) else pads  # ZeroPadding1D keeps one (left, right) pair
+    return tuple(tuple(int(x) for x in p) for p in pairs)
 
 
 def _torch_common(module) -> dict:
@@ -534,6 +573,9 @@ class ConvTransposeRule(ConvFamily):
             return None
         k = found[0]
         return {"filters": k[-2], "kernel_size": k[:-2], "groups": 1, "use_bias": True}
+
+    def in_channels(self, hp, kernel_shape) -> int:
+        return kernel_shape[-1]  # Keras (*k, out, in)
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]

@@ -34,7 +34,7 @@ LAYOUTS = ("keras", "torch", "flax", "equinox", "onnx")
 # Built-in rule modules, imported on first use of the registry.
 BUILTIN_MODULES = (
     "dense", "conv", "norm", "embedding", "activation",
-    "recurrent", "attention", "flatten",
+    "recurrent", "attention", "flatten", "parameter",
 )
 
 
@@ -85,6 +85,9 @@ class Rule:
     # layout -> class names whose presence in a model makes this rule's config depend on
     # the model's graph; where the graph is unknown, hp["graph_unknown"] lists those present
     graph_sensitive: dict = {}
+    # a layer of several weighted sub-layers (attention's q/k/v/o projections): when the other side has no
+    # layer of this rule, the matcher pairs the sub-layers one by one instead (``parts`` of the node)
+    composite: bool = False
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:
@@ -122,6 +125,16 @@ class Rule:
         """
         fn = getattr(self, f"infer_{layout}", None)
         return fn(shapes) if fn else None
+
+    def sample_inputs(self, layout: str, hp: dict, shapes) -> list:
+        """Small batches this layer could read, in ``layout``'s axis order, likeliest first.
+
+        A model that starts with this layer reads them too (an image model may
+        insist on one size, hence several). ``shapes`` are the layer's
+        canonical weight shapes. Used to trace a model's dataflow when the
+        caller gives no input; [] where unknown.
+        """
+        return []
 
     # -- per-layout declarations -----------------------------------------------
     def config(self, layout: str, layer) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from ...errors import UsageError
+from ...errors import UsageError, WeightportError
 from ...mappings.rule import rules_for
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
@@ -48,6 +48,10 @@ class Framework:
         """Assign slot -> array into ``layer`` in place (shapes already checked)."""
         raise NotImplementedError
 
+    def count_weights(self, layer):
+        """How many tensors ``layer`` holds, its sub-layers' included; None where unknown."""
+        return None
+
     def has_graph(self, layer) -> bool:
         """Whether the model records what feeds this layer (Keras: a symbolic graph; others: n/a)."""
         return True
@@ -65,6 +69,18 @@ class Framework:
     def run(self, model, inputs):
         """Forward pass in inference mode; outputs as numpy (nested like the model's)."""
         raise NotImplementedError
+
+    def trace(self, model, refs, inputs, capture: bool = False):
+        """The ``Flow`` of one run of ``model`` on ``inputs`` among ``refs`` (its rule-bearing layers), or None
+        where this framework cannot follow tensors. ``capture`` keeps each layer's first output."""
+        return None
+
+    def sample_inputs(self, model, refs) -> list:
+        """Small inputs ``model`` may accept, for tracing, built from what its first layer reads; [] if unknown."""
+        for ref in refs[:1]:
+            rule, hp = ref.candidates[0]
+            return rule.sample_inputs(self.layout, hp, ref.canonical_shapes(rule, hp))
+        return []
 
     def finish(self, model):
         """The object a port returns as ``report.target`` (functional frameworks copy)."""
@@ -143,6 +159,9 @@ class LayerRef:
     framework: Framework
     # (rule, hyperparameters) pairs, most specific rule first
     candidates: list = field(default_factory=list)
+    # for a composite rule's layer: its weighted sub-layers, which pair one by one where the other side
+    # has no layer of that rule
+    parts: list = field(default_factory=list)
 
     @property
     def layout(self) -> str:
@@ -166,6 +185,16 @@ class LayerRef:
 
     def dtypes(self, rule, hp) -> dict:
         return self.framework.dtypes(self.obj, rule.native_slots(self.layout, hp))
+
+
+class LooseRef(LayerRef):
+    """A weight held directly by a layer no rule claims (a class token, a position table): one node of its own.
+
+    Its one candidate is the ``parameter`` rule, with the weight's name as
+    the slot; the matcher pairs it by name and shape like any layer.
+    """
+
+    loose = True
 
 
 @dataclass
@@ -202,12 +231,14 @@ def walk(fw: Framework, model) -> tuple:
             rule, hp = candidates[0]
             parts = rule.expand(fw.layout, hp)
             if len(parts) == 1:
-                refs.append(LayerRef(path, layer, fw, candidates))
+                refs.append(LayerRef(path, layer, fw, candidates, _parts(fw, layer, path) if rule.composite else []))
             else:  # one live layer standing for several canonical layers
                 refs.extend(LayerRef(f"{path}[{i}]", layer, fw, [(rule, part)]) for i, part in enumerate(parts))
             return
         own = fw.own_weights(layer)
-        if own:
+        loose = _loose_refs(fw, layer, path, own)
+        refs.extend(loose)
+        if len(loose) < len(own):
             unmapped.append(Unmapped(path or fw.display_name(layer), type(layer).__name__, own))
         for name, child in fw.children(layer):
             visit(child, join(path, name, fw.sep))
@@ -215,6 +246,37 @@ def walk(fw: Framework, model) -> tuple:
     visit(model, "")
     _mark_unseen_context(fw, refs, classes)
     return refs, unmapped
+
+
+def _parts(fw, layer, path) -> list:
+    """The rule-bearing sub-layers of a composite layer, when they hold all its weights; else []."""
+    refs = []
+    for name, child in fw.children(layer):
+        found, unmapped = walk(fw, child)
+        if unmapped or any(getattr(r, "loose", False) or r.parts for r in found):
+            return []
+        refs += [LayerRef(join(join(path, name, fw.sep), r.path, fw.sep) if r.path else join(path, name, fw.sep),
+                          r.obj, fw, r.candidates) for r in found]
+    total = fw.count_weights(layer)
+    if not refs or total is None or total != sum(fw.count_weights(r.obj) for r in {id(r.obj): r for r in refs}.values()):
+        return []
+    return refs
+
+
+def _loose_refs(fw, layer, path, own) -> list:
+    """One LooseRef per weight ``layer`` holds itself, or [] where some cannot be read by name."""
+    from ...mappings.rule import registry
+
+    rule = registry.get("parameter")
+    slots = [name.rsplit("/", 1)[-1] for name in own]  # a Keras variable's path ends in its name
+    try:
+        shapes = fw.shapes(layer, slots)
+    except WeightportError:
+        return []
+    if set(shapes) != set(slots):
+        return []
+    return [LooseRef(join(path, slot, fw.sep), layer, fw, [(rule, {"slot": slot, "shape": tuple(shapes[slot])})])
+            for slot in slots]
 
 
 def _mark_unseen_context(fw, refs, classes) -> None:

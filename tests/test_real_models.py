@@ -1,0 +1,108 @@
+"""Real implementations nobody here wrote: Hugging Face transformers models and their keras-hub twins.
+
+Small configs, random weights, no downloads. keras-hub's own converter
+(``from_preset`` on a folder ``save_pretrained`` wrote) is the reference for
+what each file weight means: weightport must load exactly the same numbers.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import weightport as wp
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+transformers = pytest.importorskip("transformers")
+keras_hub = pytest.importorskip("keras_hub")
+
+HIDDEN, LAYERS, HEADS, MLP, IMAGE, PATCH = 48, 2, 4, 64, 32, 8
+
+
+def vit_config():
+    return transformers.ViTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                  intermediate_size=MLP, image_size=IMAGE, patch_size=PATCH, layer_norm_eps=1e-6,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def keras_vit():
+    return keras_hub.models.ViTBackbone(image_shape=(IMAGE, IMAGE, 3), patch_size=PATCH, num_layers=LAYERS,
+                                        num_heads=HEADS, hidden_dim=HIDDEN, mlp_dim=MLP, layer_norm_epsilon=1e-6)
+
+
+def hf_vit():
+    model = transformers.ViTModel(vit_config(), add_pooling_layer=False).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():  # nothing left at its initial value (LayerNorm ones, zero biases)
+            p.copy_(torch.randn(p.shape) * 0.3)
+    return model
+
+
+X = np.random.default_rng(4).standard_normal((2, 3, IMAGE, IMAGE)).astype("float32")
+
+
+def hidden_states(hf, kh):
+    with torch.no_grad():
+        a = hf(torch.from_numpy(X)).last_hidden_state.numpy()
+    return a, keras.ops.convert_to_numpy(kh(X.transpose(0, 2, 3, 1)))
+
+
+def assert_same_outputs(hf, kh):
+    a, b = hidden_states(hf, kh)
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_vit_both_ways_live():
+    hf, kh = hf_vit(), keras_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(hf, kh)
+    assert_same_outputs(hf, kh)
+    steps = {s.source: s for s in report.steps}
+    assert steps["embeddings.cls_token"].target == "vit_patching_and_embedding/class_token"
+    assert steps["embeddings.position_embeddings"].rule == "parameter"  # (1, N, H) <-> a (N, H) Embedding table
+    assert steps["layers.1.layernorm_after"].target.endswith("encoder_layers/1/layer_norm_2")
+
+    hf2 = hf_vit()
+    for p in hf2.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(kh, hf2)
+    assert_same_outputs(hf2, kh)
+
+
+def test_vit_swapped_layer_norms_differ():
+    """Negative control: the two look-alike LayerNorms of a block, swapped, change the outputs."""
+    hf, kh = hf_vit(), keras_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        good = {s.source: s.target for s in wp.port(hf, kh).steps}
+        bad = dict(good)
+        bad["layers.0.layernorm_before"], bad["layers.0.layernorm_after"] = (good["layers.0.layernorm_after"],
+                                                                             good["layers.0.layernorm_before"])
+        wp.port(hf, kh, hints=bad)
+    a, b = hidden_states(hf, kh)
+    assert np.abs(a - b).max() > 1e-2
+
+
+def test_vit_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
+    """keras-hub reads a ViTForImageClassification folder; weightport ports its model.safetensors: bitwise equal."""
+    classifier = transformers.ViTForImageClassification(vit_config()).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)
+    classifier.save_pretrained(tmp_path)
+    reference = keras_hub.models.ViTBackbone.from_preset(str(tmp_path))
+    kh = keras_vit()
+    with pytest.warns(wp.WeightportWarning, match="classifier"):  # the head: reported, not ported
+        report = wp.port(tmp_path / "model.safetensors", kh)
+    assert any("classifier" in note for note in report.unmatched_source)
+    by_path = {v.path: v for v in kh.weights}
+    assert len(reference.weights) == len(kh.weights)
+    for ref in reference.weights:
+        ours = keras.ops.convert_to_numpy(by_path[ref.path].value)
+        theirs = keras.ops.convert_to_numpy(ref.value)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path

@@ -1,0 +1,51 @@
+"""``port(..., check=inputs)``: run both models after the port and refuse, restoring the target, when they differ.
+
+A migration script can leave the check on: a wrong pairing that no rule or
+shape could catch shows up as different outputs, and the error names the
+first paired layer (in the order the target runs them) whose outputs part.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import VerificationError
+from .frameworks import adapter_for
+from .tracing import split_inputs, trace
+from .verify import compare, first_divergence
+
+
+def snapshot(pairs) -> list:
+    """Copies of every tensor the pairs will overwrite in their targets, to put back if the check fails."""
+    saved = []
+    for p in pairs:
+        fw = p.target.framework
+        slots = p.rule.native_slots(p.target.layout, p.target_hp)
+        saved.append((fw, p.target.obj, {s: np.array(a, copy=True) for s, a in fw.read(p.target.obj, slots).items()}))
+    return saved
+
+
+def restore(saved) -> None:
+    for fw, obj, arrays in saved:
+        fw.write(obj, arrays)
+
+
+def check_port(source, target, source_nodes, target_nodes, pairs, inputs, atol: float, rtol: float):
+    """The verify result of ``source`` against the ported ``target``; raises VerificationError when they differ."""
+    fa, fb = adapter_for(source), adapter_for(target)
+    in_a, in_b = split_inputs(inputs)
+    result = compare(fa.run(source, in_a), fb.run(target, in_b), atol, rtol)
+    if result.ok:
+        return result
+    where = ""
+    flow_a = trace(source, source_nodes, in_a, capture=True)
+    flow_b = trace(target, target_nodes, in_b, capture=True) if flow_a is not None else None
+    if flow_a is not None and flow_b is not None:
+        found = first_divergence(pairs, flow_a, flow_b, atol, rtol)
+        if found is not None:
+            p, diff = found
+            issues = p.rule.check(p.source_hp, p.target_hp)
+            where = (f"\nThe first paired layer whose outputs differ: {p.source.label} -> {p.target.label} "
+                     f"({p.rule.name}, paired by {p.evidence}), max abs diff {diff:.3g}"
+                     + "".join(f"\n  {i}" for i in issues))
+    raise VerificationError(f"the ported model does not compute what its source does: {result}{where}\n"
+                            "The target was restored to its weights before the port.")
