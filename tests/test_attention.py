@@ -174,7 +174,8 @@ def test_mha_checkpoint_groups_are_inferred():
     prefix = layer.name + "/"
     shapes = {v.path.removeprefix(prefix): tuple(v.shape) for v in layer.weights}
     hp = rule.infer("keras", shapes)
-    assert hp == {"num_heads": HEADS, "key_dim": HEAD_DIM, "value_dim": HEAD_DIM, "use_bias": True, "packed": False}
+    assert hp == {"num_heads": HEADS, "num_kv_heads": HEADS, "key_dim": HEAD_DIM, "value_dim": HEAD_DIM,
+                  "use_bias": True, "packed": False}
     assert rule.infer("keras", {**shapes, "extra": (3,)}) is None
     assert registry.get("attention_projections").infer("keras", shapes) is None  # one claimant only
     for t in (TorchMHA(), TorchMHA(kdim=KDIM, vdim=VDIM)):

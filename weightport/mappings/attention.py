@@ -60,6 +60,11 @@ def _heads_of(hp: dict, what: str, how: str) -> tuple:
     return hp["num_heads"], hp["key_dim"], hp["value_dim"]
 
 
+def kv_heads(hp: dict) -> int:
+    """Key/value heads: fewer than the query heads in grouped-query attention (each serves a group of them)."""
+    return hp.get("num_kv_heads") or hp["num_heads"]
+
+
 def _packed(embed_dim: int, input_dims) -> bool:
     """Whether torch would pack q, k, v into one in_proj_weight (kdim == vdim == embed_dim)."""
     return all(d == embed_dim for d in input_dims)
@@ -78,13 +83,13 @@ class MultiHeadAttentionRule(Rule):
     """Keras MultiHeadAttention <-> torch nn.MultiheadAttention."""
 
     name = "multi_head_attention"
-    classes = {"keras": ("MultiHeadAttention",), "torch": ("MultiheadAttention",), "flax": ("MultiHeadAttention",),
-               "equinox": ("MultiheadAttention",)}
+    classes = {"keras": ("MultiHeadAttention", "GroupedQueryAttention"), "torch": ("MultiheadAttention",),
+               "flax": ("MultiHeadAttention",), "equinox": ("MultiheadAttention",)}
     composite = True
     # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
-    shared = ("num_heads", "key_dim", "value_dim")
+    shared = ("num_heads", "key_dim", "value_dim", "num_kv_heads")
     checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",
-              "attention_axes": "error"}
+              "attention_axes": "error", "num_kv_heads": "error"}
     check_hints = {
         "num_heads": "the heads cut the projections differently; build both with the same num_heads",
         "key_dim": "per-head query/key size (torch: embed_dim // num_heads)",
@@ -104,10 +109,15 @@ class MultiHeadAttentionRule(Rule):
                 f"Keras MultiHeadAttention '{layer.name}' has use_gate=True: its gate projection has no "
                 "counterpart in torch attention; rebuild it with use_gate=False or port it by hand")
         inputs = [sub.kernel.shape[0] for sub in (layer._query_dense, layer._key_dense, layer._value_dense)]
-        return {"num_heads": layer.num_heads, "key_dim": layer.key_dim, "value_dim": layer.value_dim,
-                "use_bias": bool(layer.use_bias), "dropout": float(layer.dropout),
-                "attention_axes": tuple(layer.attention_axes),
-                "packed": _packed(layer.num_heads * layer.key_dim, inputs)}
+        if _has_class(layer, "GroupedQueryAttention"):
+            heads, kv, dk, dv, axes = (layer.num_query_heads, layer.num_key_value_heads, layer.head_dim,
+                                       layer.head_dim, (1,))
+        else:
+            heads, dk, dv, axes = layer.num_heads, layer.key_dim, layer.value_dim, tuple(layer.attention_axes)
+            kv = heads
+        return {"num_heads": heads, "num_kv_heads": kv, "key_dim": dk, "value_dim": dv,
+                "use_bias": bool(layer.use_bias), "dropout": float(getattr(layer, "dropout", 0.0)),
+                "attention_axes": axes, "packed": kv == heads and _packed(heads * dk, inputs)}
 
     def infer_keras(self, shapes):
         use_bias = "query/bias" in shapes
@@ -116,14 +126,14 @@ class MultiHeadAttentionRule(Rule):
         q, k, v, o = (shapes[f"{p}/kernel"] for p in PROJECTIONS)
         if not all(len(s) == 3 for s in (q, k, v, o)):
             return None
-        heads, key_dim, value_dim = q[1], q[2], v[2]
-        if k[1:] != (heads, key_dim) or v[1] != heads or o[:2] != (heads, value_dim):
+        heads, key_dim, value_dim, kv = q[1], q[2], v[2], k[1]
+        if k[2] != key_dim or v[1] != kv or heads % kv or o[:2] != (heads, value_dim):
             return None
         if use_bias and (shapes["query/bias"] != q[1:] or shapes["key/bias"] != k[1:]
                          or shapes["value/bias"] != v[1:] or shapes["attention_output/bias"] != o[2:]):
             return None
-        return {"num_heads": heads, "key_dim": key_dim, "value_dim": value_dim, "use_bias": use_bias,
-                "packed": _packed(heads * key_dim, [q[0], k[0], v[0]])}
+        return {"num_heads": heads, "num_kv_heads": kv, "key_dim": key_dim, "value_dim": value_dim,
+                "use_bias": use_bias, "packed": kv == heads and _packed(heads * key_dim, [q[0], k[0], v[0]])}
 
     def canonical(self, hp):
         return [s for p in PROJECTIONS for s in _slots(p, hp.get("use_bias", True))]
@@ -245,7 +255,7 @@ class LinearAttentionRule(MultiHeadAttentionRule):
     """
 
     name = "attention_projections"
-    classes = {"keras": ("MultiHeadAttention",), "torch": ("Module",)}
+    classes = {"keras": ("MultiHeadAttention", "GroupedQueryAttention"), "torch": ("Module",)}
     describe_classes = {"torch": "a module of four Linear q/k/v/o projections (q_proj, k_proj, v_proj, o_proj; "
                                  "query, key, value, out...), num_heads on it or its config"}
     infer_keras = None  # a Keras group is claimed by multi_head_attention alone
@@ -286,18 +296,22 @@ class LinearAttentionRule(MultiHeadAttentionRule):
         hp = {"projections": tuple(found[p][0] for p in PROJECTIONS), "use_bias": q[1].bias is not None,
               "attention_axes": (1,), "module": type(module).__name__}
         heads = _heads(module)
-        if heads:
-            hp.update(num_heads=heads, key_dim=q[1].out_features // heads, value_dim=v[1].out_features // heads)
+        if heads and q[1].out_features % heads == 0:
+            head_dim = q[1].out_features // heads
+            kv = found["key"][1].out_features // head_dim  # fewer key/value heads: grouped-query attention
+            if kv and heads % kv == 0:
+                hp.update(num_heads=heads, num_kv_heads=kv, key_dim=head_dim, value_dim=v[1].out_features // kv)
         return hp
 
     def links_torch(self, hp):
         what = f"torch module {hp.get('module', '')} with projections {list(hp['projections'])}"
         h, dk, dv = _heads_of(hp, what, f"set one of {list(HEAD_ATTRIBUTES)} on it (e.g. module.num_heads = 8)")
+        g = kv_heads(hp)
         q, k, v, o = hp["projections"]
         return [
             link("query/kernel", f"{q}.weight", projection(h, dk)), link("query/bias", f"{q}.bias", head_bias(h, dk)),
-            link("key/kernel", f"{k}.weight", projection(h, dk)), link("key/bias", f"{k}.bias", head_bias(h, dk)),
-            link("value/kernel", f"{v}.weight", projection(h, dv)), link("value/bias", f"{v}.bias", head_bias(h, dv)),
+            link("key/kernel", f"{k}.weight", projection(g, dk)), link("key/bias", f"{k}.bias", head_bias(g, dk)),
+            link("value/kernel", f"{v}.weight", projection(g, dv)), link("value/bias", f"{v}.bias", head_bias(g, dv)),
             link("attention_output/kernel", f"{o}.weight", output_projection(h, dv)),
             link("attention_output/bias", f"{o}.bias"),
         ]
