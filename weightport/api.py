@@ -117,15 +117,15 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
     tgt_fw, tgt_nodes, tgt_notes = _live_nodes(target, "target", strict)
     # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
-    traced_source, traced_nodes = (source, src_nodes) if _is_live(source) else (model, None)
-    if traced_source is not None and traced_nodes is None and require_adapter(model, "model").layout == \
+    traced_source = source if _is_live(source) else model
+    if traced_source is model and model is not None and require_adapter(model, "model").layout != \
             _layout_of(source, trust_pickle):
-        traced_nodes = _live_nodes(model, "model", False)[1]
+        traced_source = None
     if check is not None and not _is_live(source):
         raise UsageError("check= runs the source model next to the ported target, but the source is a checkpoint; "
                          "port it into its own model first and pass that model as the source, or call "
                          "wp.verify(source_model, target, inputs) yourself")
-    flows = tracing.flows(traced_source, traced_nodes, target, tgt_nodes, check)
+    flows = tracing.flows(traced_source, target, check)
     plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes

@@ -183,14 +183,15 @@ class LookAlikes:
 class Pairing:
     """Pairs look-alikes class by class, by the strongest evidence that settles each; see the module docstring.
 
-    ``flows()`` returns the (source, target) ``Flow`` of one traced run of each
-    model, or None for a side that cannot be run; it is called only when
-    dataflow is needed.
+    ``flows(source_nodes, target_nodes)`` returns the (source, target) ``Flow``
+    of one traced run of each model among those nodes, or None for a side that
+    cannot be run; it is called only when dataflow is needed.
     """
 
     def __init__(self, src, tgt, flows=None):
         self.pairs: list = []
         self._flows, self._traced = flows, None
+        self.nodes = (list(src), list(tgt))
         target_classes = _classes(tgt)
         source_classes = _classes(src, target_classes)
         self.classes = [LookAlikes(source_classes.get(k, []), target_classes.get(k, []))
@@ -211,7 +212,7 @@ class Pairing:
 
     def flows(self):
         if self._traced is None:
-            found = self._flows() if self._flows is not None else None
+            found = self._flows(self.nodes[0], self.nodes[1]) if self._flows is not None else None
             self._traced = found if found and all(f is not None for f in found) else False
         return self._traced or None
 

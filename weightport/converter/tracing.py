@@ -31,14 +31,28 @@ def trace(model, nodes, inputs=None, capture: bool = False):
     return None
 
 
-def flows(source, source_nodes, target, target_nodes, inputs=None):
-    """A callable giving (source flow, target flow), traced on first call; for ``matcher.match(flows=)``."""
-    in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
-    found = []
+def flows(source, target, inputs=None):
+    """A callable ``get(source_nodes, target_nodes)`` giving both sides' flows; for ``matcher.match(flows=)``.
 
-    def get():
-        if not found:
-            a = trace(source, source_nodes, in_a)
-            found.append((a, trace(target, target_nodes, in_b) if a is not None else None))
-        return found[0]
+    The nodes are those the matcher pairs (composite layers may have been
+    split into their parts). A side whose nodes are a checkpoint's groups is
+    traced through ``source`` (the checkpoint's own model), whose layers have
+    the same paths.
+    """
+    in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
+
+    def get(source_nodes, target_nodes):
+        a = trace(source, _live(source, source_nodes), in_a)
+        return a, (trace(target, _live(target, target_nodes), in_b) if a is not None else None)
     return get
+
+
+def _live(model, nodes) -> list:
+    """The live layers of ``model`` standing at the paths of ``nodes`` (themselves, where they are live)."""
+    if model is None or all(hasattr(n, "obj") for n in nodes):
+        return list(nodes)
+    from .frameworks import walk
+
+    refs, _ = walk(adapter_for(model), model)
+    by_path = {r.path: r for r in refs for r in [r] + list(r.parts)}
+    return [by_path[n.path] for n in nodes if n.path in by_path]
