@@ -106,3 +106,60 @@ def test_vit_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
         ours = keras.ops.convert_to_numpy(by_path[ref.path].value)
         theirs = keras.ops.convert_to_numpy(ref.value)
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+
+
+VOCAB, SEQ_MAX, SEGMENTS = 101, 32, 2
+IDS = np.random.default_rng(6).integers(0, VOCAB, (2, 9))
+
+
+def bert_config():
+    return transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                   num_attention_heads=HEADS, intermediate_size=MLP, max_position_embeddings=SEQ_MAX,
+                                   type_vocab_size=SEGMENTS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def keras_bert():
+    return keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN,
+                                         intermediate_dim=MLP, max_sequence_length=SEQ_MAX, num_segments=SEGMENTS)
+
+
+def randomized(model, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)
+    return model.eval()
+
+
+def bert_outputs(hf, kh):
+    with torch.no_grad():
+        out = hf(input_ids=torch.from_numpy(IDS), token_type_ids=torch.zeros_like(torch.from_numpy(IDS)))
+    ours = kh({"token_ids": IDS, "segment_ids": np.zeros_like(IDS), "padding_mask": np.ones_like(IDS)})
+    return ([out.last_hidden_state.numpy(), out.pooler_output.numpy()],
+            [keras.ops.convert_to_numpy(ours["sequence_output"]), keras.ops.convert_to_numpy(ours["pooled_output"])])
+
+
+def test_bert_both_ways_live_with_pooler():
+    hf, kh = randomized(transformers.BertModel(bert_config()), 7), keras_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(hf, kh)
+        for a, b in zip(*bert_outputs(hf, kh)):  # the pooler's tanh of sums of 48 products: float32 noise ~3e-4
+            np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+        hf2 = randomized(transformers.BertModel(bert_config()), 8)
+        wp.port(kh, hf2)
+    for a, b in zip(*bert_outputs(hf2, kh)):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_bert_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
+    randomized(transformers.BertModel(bert_config()), 9).save_pretrained(tmp_path)
+    reference = keras_hub.models.BertBackbone.from_preset(str(tmp_path))
+    kh = keras_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(tmp_path / "model.safetensors", kh)
+    by_path = {v.path: v for v in kh.weights}
+    for ref in reference.weights:
+        ours, theirs = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path

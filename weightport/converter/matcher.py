@@ -72,19 +72,22 @@ def adopted_rule(a, b):
 
 
 def _parameter_view(node):
-    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's stored as it is."""
-    rule, hp = node.candidates[0]
+    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's stored as it is
+    (under the first of its readings that stores it so: a file's (N, H) ``weight`` may be an Embedding)."""
     if getattr(node, "loose", False):
-        return hp
-    try:
-        links = rule.links(node.layout, hp)
-    except WeightportError:
-        return None
-    if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
-            or type(links[0].transform).__name__ != "Identity":
-        return None
-    shapes = _shapes_or_none(node, rule, hp)
-    return None if not shapes else {"slot": links[0].native[0], "shape": tuple(shapes[0])}
+        return node.candidates[0][1]
+    for rule, hp in node.candidates:
+        try:
+            links = rule.links(node.layout, hp)
+        except WeightportError:
+            continue
+        if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
+                or type(links[0].transform).__name__ != "Identity":
+            continue
+        shapes = _shapes_or_none(node, rule, hp)
+        if shapes:
+            return {"slot": links[0].native[0], "shape": tuple(shapes[0])}
+    return None
 
 
 def as_parameters(a, b):
