@@ -163,3 +163,47 @@ def test_bert_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
     for ref in reference.weights:
         ours, theirs = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+
+
+def test_vit_saved_as_a_torch_file_loads_with_load_state_dict(tmp_path):
+    """keras-hub -> HF names and layout, written once; transformers' own load_state_dict takes it, strictly."""
+    hf, kh = hf_vit(), keras_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(hf, kh)  # kh now holds hf's weights
+        fresh = transformers.ViTModel(vit_config(), add_pooling_layer=False).eval()
+        wp.save(kh, tmp_path / "model.safetensors", layout="torch", like=fresh)
+    from safetensors.torch import load_file
+
+    fresh.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
+    a, b = hidden_states(fresh, kh)
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_timm_resnet_into_keras_hub():
+    pytest.importorskip("torchvision", reason="timm needs torchvision, and the torchvision wheel the package index "
+                                              "offers here is a CUDA build that cannot register its operators beside "
+                                              "the CPU torch; the residual-network test in test_lookalikes.py stands in")
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    kh = keras_hub.models.ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[7],
+                                         stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[2, 2, 2, 2],
+                                         stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
+                                         use_pre_activation=False, image_shape=(None, None, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(model, kh)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype("float32")
+    with torch.no_grad():
+        a = model.forward_features(torch.from_numpy(x)).numpy()
+    b = keras.ops.convert_to_numpy(kh(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(a.transpose(0, 2, 3, 1), b, atol=1e-3, rtol=1e-3)
+
+
+def test_vit_written_as_keras_weights_loads_with_load_weights(tmp_path):
+    hf, kh = hf_vit(), keras_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.save(hf, tmp_path / "vit.weights.h5", like=kh)  # class token and position table included
+    kh.load_weights(tmp_path / "vit.weights.h5")
+    assert_same_outputs(hf, kh)

@@ -435,6 +435,8 @@ def _names_for(model, fw, path) -> callable:
         where = {id(v): p for v, p in zip(model.weights, variable_paths(model))}
 
         def keras_h5(node, slot):
+            if getattr(node, "loose", False):  # a weight the layer holds itself, by its name
+                return where[id(next(v for v in node.obj.weights if v.path == f"{node.obj.path}/{slot}"))]
             rule, hp = node.candidates[0]
             index = rule.native_slots(node.layout, hp).index(slot)
             return where[id(node.obj.weights[index])]
@@ -444,6 +446,8 @@ def _names_for(model, fw, path) -> callable:
     sep = SEPARATORS.get(fw.layout, ".")
 
     def dotted(node, slot):
+        if getattr(node, "loose", False):
+            return node.path  # the owner's path and the weight's name already
         base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
         return f"{base}{sep}{slot}" if base else slot
     return dotted

@@ -229,6 +229,8 @@ class FlaxFramework(ArrayFields):
         """The name a layer's slot is stored under in a Flax checkpoint of this model."""
         if isinstance(node.obj, LinenLayer):
             return node.obj.names[slot]
+        if getattr(node, "loose", False):
+            return node.path  # the owner's path and the weight's name already
         base = re.sub(r"\[\d+\]$", "", node.path)
         return f"{base}/{slot}" if base else slot
 
