@@ -305,7 +305,7 @@ class Pairing:
         for cls in list(self.classes):
             if not cls.open:
                 continue
-            groups = _name_groups(cls.src, cls.tgt)
+            groups = [g for g in _name_groups(cls.src, cls.tgt) if self.same_degrees(*g)]
             if not groups:
                 continue
             progress = True
@@ -330,9 +330,23 @@ class Pairing:
             if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
                 mine = sorted(cls.src, key=lambda n: naming.numbers(n.path))
                 theirs = sorted(cls.tgt, key=lambda n: naming.numbers(n.path))
+                if not all(self.same_degrees([a], [b]) for a, b in zip(mine, theirs)):
+                    continue
                 for a, b in zip(mine, theirs):
                     progress |= self.take(cls, a, b, "position")
         return progress
+
+    def same_degrees(self, mine, theirs) -> bool:
+        """Whether two groups could be each other's, as far as a complete dataflow can tell: as many layers
+        feeding and reading each member, member for member (names and numbers can mislead; this cannot)."""
+        flows = self._traced or None
+        if not flows or not all(f.complete for f in flows):
+            return True
+        degrees = []
+        for flow, nodes in zip(flows, (mine, theirs)):
+            readers = flow.readers()
+            degrees.append(sorted((len(flow.feeds.get(n.path, ())), len(readers.get(n.path, ()))) for n in nodes))
+        return degrees[0] == degrees[1]
 
     def check_against_flow(self) -> None:
         """Where both models were traced, a pair made by name or position must not contradict the dataflow."""

@@ -218,7 +218,7 @@ def walk(fw: Framework, model) -> tuple:
     found = fw.layer_nodes(model)
     if found is not None:
         return found
-    refs, unmapped, seen, classes = [], [], set(), set()
+    refs, unmapped, seen, classes, unknown = [], [], set(), set(), []
 
     def visit(layer, path):
         if id(layer) in seen:
@@ -237,6 +237,8 @@ def walk(fw: Framework, model) -> tuple:
             return
         own = fw.own_weights(layer)
         loose = _loose_refs(fw, layer, path, own)
+        if loose and len(loose) == len(own) and fw.count_weights(layer) == len(own):
+            unknown.append((layer, path, loose, len(refs)))  # a leaf of an unknown class: read by its weights
         refs.extend(loose)
         if len(loose) < len(own):
             unmapped.append(Unmapped(path or fw.display_name(layer), type(layer).__name__, own))
@@ -244,8 +246,50 @@ def walk(fw: Framework, model) -> tuple:
             visit(child, join(path, name, fw.sep))
 
     visit(model, "")
+    refs = _read_by_weights(fw, refs, unknown)
     _mark_unseen_context(fw, refs, classes)
     return refs, unmapped
+
+
+def _read_by_weights(fw, refs, unknown) -> list:
+    """``refs`` with each leaf of a class no rule names (LlamaRMSNorm, GPT-2's Conv1D) recognised by what it holds.
+
+    A reading (rule) must fit every instance of the class in the model, so
+    one instance that contradicts it (a GPT-2 Conv1D whose bias is as long as
+    the weight's second axis) rules it out for the square ones too. Where
+    every instance is square, readings that move axes are not taken: the
+    weights cannot say which way round they are stored. The paired layer
+    settles which of the remaining readings applies; none left, the weights
+    stay loose parameters.
+    """
+    from ...mappings.rule import registry
+
+    rules = sorted(registry, key=lambda r: -r.priority)
+    by_class: dict = {}
+    for item in unknown:
+        by_class.setdefault(type(item[0]), []).append(item)
+    replaced = {}
+    for items in by_class.values():
+        shapes = [{r.candidates[0][1]["slot"]: r.candidates[0][1]["shape"] for r in loose} for _, _, loose, _ in items]
+        fits = [{r.name: hp for r in rules if (hp := r.infer(fw.layout, s)) is not None} for s in shapes]
+        names = set.intersection(*(set(f) for f in fits))
+        if all(len(set(s)) <= 1 for found in shapes for s in found.values() if len(s) >= 2):
+            names = {n for n in names if registry.get(n).exact(fw.layout, fits[0][n])
+                     and all(type(lk.transform).__name__ == "Identity" for lk in registry.get(n).links(fw.layout, fits[0][n]))}
+        for (layer, path, loose, at), found in zip(items, fits):
+            candidates = [(r, found[r.name]) for r in rules if r.name in names]
+            if candidates:
+                replaced[at] = (len(loose), LayerRef(path, layer, fw, candidates))
+    out, i = [], 0
+    while i < len(refs):
+        if i in replaced:
+            count, ref = replaced[i]
+            out.append(ref)
+            i += count
+        else:
+            out.append(refs[i])
+            i += 1
+    return out
 
 
 def _parts(fw, layer, path) -> list:
