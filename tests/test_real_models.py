@@ -207,3 +207,47 @@ def test_vit_written_as_keras_weights_loads_with_load_weights(tmp_path):
         wp.save(hf, tmp_path / "vit.weights.h5", like=kh)  # class token and position table included
     kh.load_weights(tmp_path / "vit.weights.h5")
     assert_same_outputs(hf, kh)
+
+
+def llama_config():
+    return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                    num_attention_heads=HEADS, num_key_value_heads=2, intermediate_size=MLP,
+                                    max_position_embeddings=SEQ_MAX, rms_norm_eps=1e-6)
+
+
+def keras_llama(tied=True):
+    return keras_hub.models.LlamaBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS,
+                                          num_key_value_heads=2, hidden_dim=HIDDEN, intermediate_dim=MLP,
+                                          layer_norm_epsilon=1e-6, tie_word_embeddings=tied)
+
+
+def llama_outputs(hf, kh):
+    with torch.no_grad():
+        a = hf(input_ids=torch.from_numpy(IDS)).last_hidden_state.numpy()
+    return a, keras.ops.convert_to_numpy(kh({"token_ids": IDS, "padding_mask": np.ones_like(IDS)}))
+
+
+def test_llama_grouped_query_attention_both_ways_live_and_from_the_file(tmp_path):
+    """RMSNorm classes recognised by their weights, q/k/v/o split to keras-hub's own projections, two KV heads."""
+    hf, kh = randomized(transformers.LlamaModel(llama_config()), 10), keras_llama()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(hf, kh)
+        np.testing.assert_allclose(*llama_outputs(hf, kh), atol=2e-4, rtol=1e-4)
+        assert {s.source: s.target for s in report.steps}["layers.1.post_attention_layernorm"] == \
+            "transformer_layers/1/feedforward_layernorm"
+        hf2 = randomized(transformers.LlamaModel(llama_config()), 11)
+        wp.port(kh, hf2)
+        np.testing.assert_allclose(*llama_outputs(hf2, kh), atol=2e-4, rtol=1e-4)
+        hf.save_pretrained(tmp_path)  # names sorted alphabetically: no order to lean on
+        fresh = keras_llama()
+        wp.port(tmp_path / "model.safetensors", fresh)
+    np.testing.assert_allclose(*llama_outputs(hf, fresh), atol=2e-4, rtol=1e-4)
+
+
+def test_a_target_weight_no_rule_knows_is_refused_not_left_unset():
+    """keras-hub's untied ReversibleEmbedding also holds reverse_embeddings, which an Embedding rule does not
+    fill: the port must say so rather than leave it as it was."""
+    hf, kh = randomized(transformers.LlamaModel(llama_config()), 12), keras_llama(tied=False)
+    with pytest.raises(wp.WeightportError, match="reverse_embeddings"):
+        wp.port(hf, kh)

@@ -394,7 +394,7 @@ def _words(node) -> frozenset:
 def _distinguishing(nodes) -> dict:
     """node -> the words of its path that not every member of its class has."""
     found = {id(n): _words(n) for n in nodes}
-    common = frozenset.intersection(*found.values()) if found else frozenset()
+    common = frozenset.intersection(*found.values()) if len(found) > 1 else frozenset()
     return {id(n): found[id(n)] - common for n in nodes}
 
 

@@ -14,6 +14,10 @@ import re
 
 # phrases first (they span separators), then single words
 PHRASES = (
+    # pre-norm decoders (Hugging Face's Llama family): the block's input norm feeds attention, the norm after
+    # attention feeds the MLP; "post_attention" must not read as "attention"
+    (r"input_(layer_?)?norm", "attention_norm"),
+    (r"post_attention_(layer_?)?norm", "mlp_norm"),
     (r"embed_tokens?|word_embeddings?|token_embeddings?|tok_embeddings?|wte", "tokemb"),
     (r"position_embeddings?|pos_embed(dings?)?|wpe", "posemb"),
     (r"(layer|rms|batch|group)_?norm(alization)?", "norm"),

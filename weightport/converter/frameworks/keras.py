@@ -7,6 +7,7 @@ import numpy as np
 
 from ...errors import ShapeMismatchError, UsageError
 from ..arrays import cast, numpy_to_torch, to_numpy
+from ...mappings.rule import rules_for
 from . import Framework
 
 
@@ -51,8 +52,9 @@ class KerasFramework(Framework):
 
     def _variables(self, layer, slots) -> list:
         own = {v.path.rsplit("/", 1)[-1]: v for v in self._own(layer)}
-        if slots and all(s in own for s in slots) and len(layer.weights) != len(slots):
-            return [own[s] for s in slots]  # weights a layer holds itself, by name (loose parameters)
+        if slots and all(s in own for s in slots) and len(layer.weights) != len(slots) \
+                and not rules_for(self.layout, layer):
+            return [own[s] for s in slots]  # a rule-less layer's own weights, by name (loose parameters)
         variables = layer.weights
         if not variables and not layer.built:
             raise UsageError(
