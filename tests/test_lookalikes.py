@@ -169,3 +169,20 @@ def test_check_refuses_a_wrong_port_names_the_layer_and_restores_the_target():
     assert "stack1_block0_2_bn" in str(err.value) or "stack1_block0_0_bn" in str(err.value)
     for a, b in zip(good, k.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_look_alikes_paired_by_unlike_numbers_are_warned_about(tmp_path):
+    """A file has no dataflow: its 0, 2 against Keras' dense_1, dense_2 is the order each was made in, said so."""
+    t = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Tanh(),
+                            torch.nn.Linear(5, 5))
+    randomize_torch(t)
+    torch.save(t.state_dict(), tmp_path / "mlp.pt")
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5, activation="tanh"),
+                          keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(5)])
+    with pytest.warns(wp.WeightportWarning, match="numeric order"):
+        report = wp.port(tmp_path / "mlp.pt", k)
+    assert [s.evidence for s in report.steps] == ["shape", "position", "position"]
+    assert wp.verify(t, k, np.ones((2, 7), "float32")).ok
+    report = wp.port(t, k)  # live, both run: the dataflow says it, no warning needed
+    assert [s.evidence for s in report.steps][1:] == ["structure", "structure"]
+    assert not [w for w in report.warnings if "numeric order" in w]

@@ -193,6 +193,7 @@ class Pairing:
 
     def __init__(self, src, tgt, flows=None):
         self.pairs: list = []
+        self.notes: list = []  # warnings about pairs made on weaker evidence
         self._flows, self._traced = flows, None
         self.nodes = (list(src), list(tgt))
         target_classes = _classes(tgt)
@@ -332,6 +333,11 @@ class Pairing:
                 theirs = sorted(cls.tgt, key=lambda n: naming.numbers(n.path))
                 if not all(self.same_degrees([a], [b]) for a, b in zip(mine, theirs)):
                     continue
+                if [naming.numbers(a.path) for a in mine] != [naming.numbers(b.path) for b in theirs]:
+                    self.notes.append(  # dense, dense_1 against 0, 2: the order each was made in, nothing more
+                        f"{', '.join(f'{a.label} -> {b.label}' for a, b in zip(mine, theirs))}: look-alikes paired in "
+                        "the numeric order of their names, which do not number them alike, and no traced run "
+                        "confirmed it; check the outputs (check= or wp.verify) or pass hints=")
                 for a, b in zip(mine, theirs):
                     progress |= self.take(cls, a, b, "position")
         return progress
@@ -471,6 +477,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairing = Pairing(src, tgt, flows)
         ambiguous = pairing.run()
         pairs += pairing.pairs
+        plan.issues += pairing.notes
         if ambiguous:
             error = _ambiguity_error(ambiguous, pairing.flows() is not None)
             if strict:
