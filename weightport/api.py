@@ -62,7 +62,9 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             (see ``convert``).
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: True (the default) leaves the target untouched unless every
-            target weight pairs; False copies what pairs and reports the rest
+            target weight pairs unambiguously; source layers the target does
+            not ask for (a head) are reported and warned about. ``"both"``
+            refuses those too. False copies what pairs and reports the rest
             (``report.unmatched_source``, ``report.unmatched_target``).
         model: a checkpoint's own live model, giving its structure where names
             alone cannot.
