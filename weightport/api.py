@@ -637,7 +637,8 @@ def _checked(fw, layer, rule, hp, weights) -> dict:
     return rule.from_canonical(fw.layout, hp, weights)
 
 
-def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4) -> VerifyResult:
+def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4, locate: bool = False, report=None,
+           output=None) -> VerifyResult:
     """Run both models on ``inputs`` in inference mode and compare their outputs.
 
     Outputs that differ only by channels-first vs channels-last are compared
@@ -654,21 +655,50 @@ def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4) -> VerifyRes
         atol: absolute tolerance.
         rtol: relative tolerance: the outputs agree when
             ``max_abs_diff <= atol + rtol * max|output of b|``.
+        locate: when the outputs differ (always, with True), run both once
+            more and name the first paired layer, in ``b``'s running order,
+            whose outputs differ (``.diverging``), with the configuration
+            differences its rule knows.
+        report: the port's report, whose pairs ``locate`` follows; without it
+            the layers are paired again.
+        output: which output to compare when a model returns several (torch
+            RNNs return ``(output, (h, c))``): an index, a key or a callable,
+            for both models, or a pair ``(output_a, output_b)``.
 
     Returns:
         VerifyResult: ``.ok`` (also its truth value), ``.max_abs_diff``,
-        ``.max_rel_diff`` and ``.notes``; printed, a one-line verdict.
+        ``.max_rel_diff``, ``.notes`` and ``.diverging``; printed, a verdict.
 
     Raises:
         UsageError: a model is not of a supported framework or returned
             nothing, or the two outputs differ in number or shape.
     """
-    if isinstance(inputs, tuple) and len(inputs) == 2:
-        in_a, in_b = inputs
-    else:
-        in_a = in_b = inputs
-    out_a = require_adapter(a, "first model").run(a, in_a)
-    out_b = require_adapter(b, "second model").run(b, in_b)
+    from .converter.verify import pick
+
+    in_a, in_b = tracing.split_inputs(inputs)
+    which_a, which_b = output if isinstance(output, tuple) and len(output) == 2 else (output, output)
+    out_a = pick(require_adapter(a, "first model").run(a, in_a), which_a)
+    out_b = pick(require_adapter(b, "second model").run(b, in_b), which_b)
     if out_a is None or out_b is None:
         raise UsageError("a model returned nothing to compare")
-    return compare(out_a, out_b, atol, rtol)
+    result = compare(out_a, out_b, atol, rtol)
+    if locate is True or (locate and not result.ok):
+        _, nodes_a, _ = _live_nodes(a, "first model", False)
+        _, nodes_b, _ = _live_nodes(b, "second model", False)
+        pairs = _pairs_of(report, nodes_a, nodes_b) if report is not None else matcher.match(
+            nodes_a, nodes_b, strict=False, flows=tracing.flows(a, b, (in_a, in_b)))[1]
+        result.diverging = checking.locate(a, b, nodes_a, nodes_b, pairs, (in_a, in_b), atol, rtol)
+    return result
+
+
+def _pairs_of(report, nodes_a, nodes_b) -> list:
+    """The pairs a port's report made, between the layers of the two models given (in either direction)."""
+    a = {n.label: n for n in nodes_a for n in [n] + list(getattr(n, "parts", []))}
+    b = {n.label: n for n in nodes_b for n in [n] + list(getattr(n, "parts", []))}
+    pairs = []
+    for step in report.steps:
+        x, y = (a.get(step.source), b.get(step.target)) if step.source in a else (a.get(step.target), b.get(step.source))
+        found = matcher.pair(x, y, step.evidence) if x is not None and y is not None else None
+        if found is not None:
+            pairs.append(found)
+    return pairs

@@ -278,10 +278,14 @@ def cmd_verify(args) -> int:
             port(weights, model, trust_pickle=args.trust_pickle)
     x_a = np.load(args.inputs)
     x_b = np.load(args.inputs_b) if args.inputs_b else x_a
-    result = verify(a, b, (x_a, x_b), atol=args.atol, rtol=args.rtol)
+    result = verify(a, b, (x_a, x_b), atol=args.atol, rtol=args.rtol, locate=args.locate)
     if args.json:
+        diverging = result.diverging and {"source": result.diverging.source, "target": result.diverging.target,
+                                          "rule": result.diverging.rule, "max_abs_diff": result.diverging.max_abs_diff,
+                                          "issues": result.diverging.issues}
         print(json.dumps({"ok": result.ok, "max_abs_diff": result.max_abs_diff, "max_rel_diff": result.max_rel_diff,
-                          "atol": result.atol, "rtol": result.rtol, "notes": result.notes}, indent=1))
+                          "atol": result.atol, "rtol": result.rtol, "notes": result.notes,
+                          "diverging": diverging}, indent=1))
     else:
         print(result)
     return exits.OK if result.ok else exits.REFUSED
@@ -359,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-b", help="checkpoint to port into the second model before comparing")
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--locate", action="store_true",
+                   help="name the first paired layer (in the second model's running order) whose outputs differ")
     p.add_argument("--trust-pickle", action="store_true", help="let a torch file run pickled code")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import VerificationError
 from .frameworks import adapter_for
 from .tracing import split_inputs, trace
-from .verify import compare, first_divergence
+from .verify import Divergence, compare, first_divergence
 
 
 def snapshot(pairs) -> list:
@@ -36,16 +36,26 @@ def check_port(source, target, source_nodes, target_nodes, pairs, inputs, atol: 
     result = compare(fa.run(source, in_a), fb.run(target, in_b), atol, rtol)
     if result.ok:
         return result
-    where = ""
-    flow_a = trace(source, source_nodes, in_a, capture=True)
-    flow_b = trace(target, target_nodes, in_b, capture=True) if flow_a is not None else None
-    if flow_a is not None and flow_b is not None:
-        found = first_divergence(pairs, flow_a, flow_b, atol, rtol)
-        if found is not None:
-            p, diff = found
-            issues = p.rule.check(p.source_hp, p.target_hp)
-            where = (f"\nThe first paired layer whose outputs differ: {p.source.label} -> {p.target.label} "
-                     f"({p.rule.name}, paired by {p.evidence}), max abs diff {diff:.3g}"
-                     + "".join(f"\n  {i}" for i in issues))
+    found = locate(source, target, source_nodes, target_nodes, pairs, (in_a, in_b), atol, rtol)
+    where = f"\nThe first paired layer whose outputs differ: {found}" if found is not None else ""
     raise VerificationError(f"the ported model does not compute what its source does: {result}{where}\n"
                             "The target was restored to its weights before the port.")
+
+
+def locate(a, b, nodes_a, nodes_b, pairs, inputs, atol: float, rtol: float):
+    """The first pair, in the order ``b`` runs its layers, whose outputs differ (a ``Divergence``), or None.
+
+    Both models run once more with every paired layer's output kept;
+    activations are compared after the same layout alignment as the outputs.
+    """
+    in_a, in_b = split_inputs(inputs)
+    flow_a = trace(a, nodes_a, in_a, capture=True)
+    flow_b = trace(b, nodes_b, in_b, capture=True) if flow_a is not None else None
+    if flow_a is None or flow_b is None:
+        return None
+    found = first_divergence(pairs, flow_a, flow_b, atol, rtol)
+    if found is None:
+        return None
+    p, diff = found
+    return Divergence(p.source.label, p.target.label, p.rule.name, diff,
+                      [str(i) for i in p.rule.check(p.source_hp, p.target_hp)])

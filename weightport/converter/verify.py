@@ -24,6 +24,8 @@ class VerifyResult:
     rtol: float
     outputs: int = 0
     notes: list = field(default_factory=list)
+    # with locate: the first paired layer (in the second model's running order) whose outputs part, or None
+    diverging: object = None
 
     def __bool__(self):
         return self.ok
@@ -32,7 +34,10 @@ class VerifyResult:
         verdict = "equivalent" if self.ok else "NOT equivalent"
         text = (f"{verdict}: {self.outputs} output(s), max abs diff {self.max_abs_diff:.3g}, "
                 f"max rel diff {self.max_rel_diff:.3g} (atol {self.atol:g}, rtol {self.rtol:g})")
-        return "\n".join([text] + [f"  note: {n}" for n in self.notes])
+        lines = [text] + [f"  note: {n}" for n in self.notes]
+        if self.diverging is not None:
+            lines.append(f"  first diverging layer: {self.diverging}")
+        return "\n".join(lines)
 
     __repr__ = __str__
 
@@ -79,6 +84,34 @@ def compare(out_a, out_b, atol: float, rtol: float) -> VerifyResult:
         max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
         ok = ok and diff <= atol + rtol * scale
     return VerifyResult(ok, max_abs, max_rel, atol, rtol, len(flat_a), notes)
+
+
+@dataclass
+class Divergence:
+    """The first paired layer whose outputs differ, and the configuration differences its rule knows."""
+
+    source: str
+    target: str
+    rule: str
+    max_abs_diff: float
+    issues: list = field(default_factory=list)
+
+    def __str__(self):
+        text = f"{self.source} -> {self.target} ({self.rule}), max abs diff {self.max_abs_diff:.3g}"
+        return text + "".join(f"; {i}" for i in self.issues)
+
+
+def pick(out, which):
+    """One output of a model's outputs: an index, a key, or a callable applied to them all."""
+    if which is None:
+        return out
+    if callable(which):
+        return which(out)
+    try:
+        return out[which]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise UsageError(f"output={which!r} does not select an output of {type(out).__name__} ({exc}); give an "
+                         "index, a key or a callable") from None
 
 
 def first_divergence(pairs, flow_a, flow_b, atol: float, rtol: float):

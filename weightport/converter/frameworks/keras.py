@@ -151,6 +151,18 @@ class KerasFramework(Framework):
             paths = parts.get(id(layer))
             if paths:
                 prov.enter(paths, (args, kwargs))
+            activation = getattr(layer, "activation", None) if paths and capture else None
+            if activation is not None and getattr(activation, "__name__", "") != "linear":
+                # kept before the activation a layer applies itself, as torch's Linear/Conv output is
+                layer.activation = keras.activations.linear
+                try:
+                    out = layer_call(layer, *args, **kwargs)
+                finally:
+                    layer.activation = activation
+                prov.leave(paths, out)
+                out = activation(out)
+                prov.mark(out, {paths[-1]})
+                return out
             out = layer_call(layer, *args, **kwargs)
             if paths:
                 prov.leave(paths, out)
