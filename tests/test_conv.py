@@ -224,11 +224,14 @@ def test_padding_is_compared_as_the_zeros_added(case):
         assert_forward_equal(t, k, *x)
 
 
-def test_same_with_stride_is_left_unjudged_and_stride_mismatch_warns():
-    # Keras 'same' with stride 2 pads by an amount that depends on the input size: no padding verdict
+def test_same_with_stride_is_judged_at_the_size_the_model_takes_and_stride_mismatch_warns():
+    # Keras 'same' with stride 2 pads by an amount that depends on the input size: at 9x7 it is torch's (2, 1)
     t, k = nn.Conv2d(3, 8, (5, 3), stride=2, padding=(2, 1)), keras_model((9, 7, 3), L.Conv2D(8, (5, 3), 2, "same"))
     report = wp.port(t, k)
     assert not report.warnings
+    k = keras_model((10, 7, 3), L.Conv2D(8, (5, 3), 2, "same"))  # at 10 rows it pads (1, 2)
+    with pytest.warns(wp.WeightportWarning, match=r"axis 0: sizes \[10\]"):
+        wp.port(t, k)
     t = nn.Conv2d(3, 8, (5, 3), stride=(2, 1))
     k = keras_model((9, 7, 3), L.Conv2D(8, (5, 3)))
     with pytest.warns(wp.WeightportWarning, match="strides"):
@@ -356,3 +359,21 @@ def test_bare_grouped_kernels_take_groups_from_the_live_model():
     t = nn.Conv2d(4, 6, (5, 3), groups=2)
     wp.port({"c/kernel": kernel, "c/bias": bias}, t)
     assert_forward_equal(t, k, *inputs((4, 9, 7)))
+
+
+def test_same_padding_at_stride_two_is_warned_with_the_sizes_where_it_differs():
+    """torch pads (1, 1); Keras 'same' at stride 2 pads (0, 1) for even sizes: said, with the way out."""
+    t = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    randomize_torch(t)
+    k = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3, strides=2, padding="same")])
+    with pytest.warns(wp.WeightportWarning, match=r"differ for input axis 0: sizes \[8, 10, 12, 14\]"):
+        wp.port(t, k)
+    even = np.random.default_rng(1).standard_normal((1, 3, 10, 10)).astype("float32")
+    odd = np.random.default_rng(1).standard_normal((1, 3, 11, 11)).astype("float32")
+    assert not wp.verify(t, k, (even, even.transpose(0, 2, 3, 1)), atol=1e-4).ok  # the warning is true
+    assert wp.verify(t, k, (odd, odd.transpose(0, 2, 3, 1)), atol=1e-4).ok
+    padded = keras.Sequential([keras.Input((None, None, 3)), keras.layers.ZeroPadding2D(1),
+                               keras.layers.Conv2D(4, 3, strides=2)])
+    report = wp.port(t, padded)  # the twin keras-hub would build: nothing to say
+    assert not [w for w in report.warnings if "padding" in w]
+    assert wp.verify(t, padded, (even, even.transpose(0, 2, 3, 1)), atol=1e-4).ok

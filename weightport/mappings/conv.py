@@ -145,6 +145,34 @@ def conv_pads(hp):
     return tuple(pads)
 
 
+def same_pads(hp, size: int, axis: int):
+    """(left, right) zeros Keras/TF "same" adds on one axis of this input size (it depends on the size
+    once the stride exceeds 1: the odd zero goes right)."""
+    e, s = _effective(hp)[axis], (hp.get("strides") or (1,) * len(hp["kernel_size"]))[axis]
+    total = max((-(-size // s) - 1) * s + e - size, 0)
+    return total // 2, total - total // 2
+
+
+def strided_same_hint(hp_same, hp_other):
+    """Where one side pads "same" at a stride > 1 and the other a fixed amount: which input sizes (per axis,
+    among 8..15) they differ at and what to use instead; None where they always agree."""
+    fixed = conv_pads(hp_other)
+    if fixed is None or isinstance(fixed[0], str) or len(fixed) != len(hp_same["kernel_size"]):
+        return None
+    known = hp_same.get("input_size") or ()
+    sizes = [[known[axis]] if axis < len(known) and known[axis] else range(8, 16) for axis in range(len(fixed))]
+    differ = {axis: [n for n in sizes[axis] if same_pads(hp_same, n, axis) != fixed[axis]]
+              for axis in range(len(fixed))}
+    differ = {axis: sizes for axis, sizes in differ.items() if sizes}
+    if not differ:
+        return None
+    where = "; ".join(f"axis {axis}: sizes {sizes}" for axis, sizes in differ.items())
+    return (f"Keras 'same' at strides {tuple(hp_same['strides'])} pads by an amount that depends on the input "
+            f"size, putting the odd zero last, while the other side always pads (left, right) {fixed}: outputs "
+            f"differ for input {where}. Use a ZeroPadding layer with padding='valid' in Keras (as keras-hub "
+            "does), or pad asymmetrically on the other side")
+
+
 def transpose_pads(hp):
     """(left, right) zeros per axis of a transposed convolution's stretched input, or None."""
     if "stretched_pads" in hp:  # worked out by the layer's own framework
@@ -203,6 +231,13 @@ class ConvFamily(Rule):
         if a is not None and b is not None and a != b:
             issues.append(ConfigIssue("padding", padding_text(source_hp), padding_text(target_hp), "warning",
                                       f"{PADDING_HINT}; (left, right) per axis: {a} vs {b}"))
+        elif self.pads is conv_pads and (a is None) != (b is None):  # one side's zeros depend on the input size
+            same, other = (source_hp, target_hp) if a is None else (target_hp, source_hp)
+            if str(same.get("padding", "")).lower() == "same":
+                hint = strided_same_hint(same, other)
+                if hint:
+                    issues.append(ConfigIssue("padding", padding_text(source_hp), padding_text(target_hp),
+                                              "warning", hint))
         return issues
 
 
@@ -218,9 +253,14 @@ def padding_text(hp) -> str:
 
 
 def _common(layer) -> dict:
-    """hp every Keras conv layer spells the same way."""
-    return {"kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
-            "dilation_rate": tuple(layer.dilation_rate), "padding": _padding(layer), "use_bias": bool(layer.use_bias)}
+    """hp every Keras conv layer spells the same way, and the spatial size it was built for, where fixed."""
+    hp = {"kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
+          "dilation_rate": tuple(layer.dilation_rate), "padding": _padding(layer), "use_bias": bool(layer.use_bias)}
+    shape = next(iter((getattr(layer, "_build_shapes_dict", None) or {}).values()), None)
+    if shape is not None and len(shape) == len(hp["kernel_size"]) + 2:
+        spatial = shape[2:] if getattr(layer, "data_format", "") == "channels_first" else shape[1:-1]
+        hp["input_size"] = tuple(spatial)  # None where the model takes any size
+    return hp
 
 
 def _padding(layer):
