@@ -44,3 +44,18 @@ def test_a_terminal_reporting_zero_columns_still_gets_a_bar(monkeypatch):
     bar.update(BIG)
     bar.close()
     assert bar.ncols > 0 and "model.safetensors" in err.getvalue() and "100%" in err.getvalue()
+
+
+def test_a_live_port_shows_a_bar_when_asked_and_none_when_quiet(monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    import weightport as wp
+
+    t = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), keras.layers.Dense(3)])
+    monkeypatch.setattr(progress, "forced", True)
+    wp.port(t, k)
+    err = capsys.readouterr().err
+    assert "port" in err and "100%" in err
+    wp.port(t, k, quiet=True)
+    assert "100%" not in capsys.readouterr().err

@@ -73,7 +73,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             "bfloat16", "float8_e4m3fn"...; see ``convert``).
         trust_pickle: let a torch file run pickled code beyond plain tensors
             (only for files you trust).
-        quiet: no progress bar.
+        quiet: no progress bar (one shows on a terminal for ports and files over 64 MB).
         check: inputs to run both models on after the port (a pair
             ``(inputs_source, inputs_target)`` where their layouts differ); if
             the outputs differ, the target is restored and VerificationError
@@ -132,7 +132,15 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None
-    engine.run_into_live(pairs, plan, allow_overflow=allow_overflow)
+    from .progress import bar
+
+    progress = bar(engine.live_bytes(pairs), "port", quiet)
+    try:
+        engine.run_into_live(pairs, plan, allow_overflow=allow_overflow,
+                             progress=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
     ported = tgt_fw.finish(target)
     if check is not None:
         try:

@@ -10,6 +10,7 @@ not bitwise".
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -86,11 +87,12 @@ def translate(p, watch: Watch | None = None) -> dict:
     return p.rule.from_canonical(p.target.layout, p.target_hp, canonical)
 
 
-def run_into_live(pairs, plan=None, *, allow_overflow: bool = False) -> None:
+def run_into_live(pairs, plan=None, *, allow_overflow: bool = False, progress=None) -> None:
     """Translate every pair, check every shape and cast, then assign (and carry the frozen state).
 
     With ``plan`` (whose steps match ``pairs``), what the numbers show is said
     there: NaN/Inf in the source in ``plan.issues``, rounding casts on their step.
+    ``progress(nbytes)`` is told of each layer translated.
     """
     watch = Watch(pairs, plan, allow_overflow)
     prepared = []
@@ -110,11 +112,18 @@ def run_into_live(pairs, plan=None, *, allow_overflow: bool = False) -> None:
             if slot in arrays:
                 arrays[slot] = watch.cast(p, f"{p.source.label} -> {p.target.label} slot {slot!r}", arrays[slot], dt)
         prepared.append((p, arrays))
+        if progress is not None:
+            progress(sum(a.nbytes for a in arrays.values()))
     for p, arrays in prepared:
         p.target.framework.write(p.target.obj, arrays)
         frozen = p.source.framework.is_frozen(p.source.obj) if hasattr(p.source, "framework") else None
         if frozen is not None:
             p.target.framework.set_frozen(p.target.obj, frozen)
+
+
+def live_bytes(pairs) -> int:
+    """Roughly what a live port moves (canonical sizes at 4 bytes a value), for a progress bar's total."""
+    return sum(4 * math.prod(s) for p in pairs for s in p.source_shapes or ())
 
 
 class LayerTensors:
