@@ -226,3 +226,25 @@ def test_a_keras_model_saves_its_own_weights_h5_and_sharded_names_open_by_their_
     files = wp.save(t, tmp_path / "sharded.safetensors", shard_size=64).files
     assert len(files) > 2 and not (tmp_path / "sharded.safetensors").exists()
     assert wp.verify(t, wp.port(tmp_path / "sharded.safetensors", keras_net()).target, X).ok
+
+
+def test_a_keras_archive_ports_from_its_config_without_building_the_model(tmp_path, monkeypatch):
+    """Each variable's layer class and config are in the archive: no keras.saving.load_model (which would run
+    whatever sizes the config claims), unless the config cannot say (a Flatten before a Dense)."""
+    k = keras.Sequential([keras.Input((IN,)), keras.layers.Dense(HID), keras.layers.BatchNormalization(epsilon=1e-5),
+                          keras.layers.LayerNormalization(epsilon=1e-5), keras.layers.Dense(OUT, use_bias=False)])
+    randomize_keras(k)
+    k.save(tmp_path / "m.keras")
+    t = torch.nn.Sequential(torch.nn.Linear(IN, HID), torch.nn.BatchNorm1d(HID), torch.nn.LayerNorm(HID),
+                            torch.nn.Linear(HID, OUT, bias=False)).eval()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the archive's model was built")
+    monkeypatch.setattr(keras.saving, "load_model", refuse)
+    report = wp.port(tmp_path / "m.keras", t)
+    assert [s.rule for s in report.steps] == ["dense", "batch_normalization", "layer_normalization", "dense"]
+    assert wp.verify(t, k, X).ok
+    flat = keras.Sequential([keras.Input((2, 3, 4)), keras.layers.Flatten(), keras.layers.Dense(OUT)])
+    flat.save(tmp_path / "flat.keras")
+    with pytest.raises(AssertionError, match="built"):  # a Flatten's row order needs the graph: the model is built
+        wp.port(tmp_path / "flat.keras", torch.nn.Linear(24, OUT))

@@ -18,7 +18,7 @@ from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, require_adapter, walk
 from .converter.plan import Report
 from .converter.plan import _jsonable
-from .converter.structure import RULES_KEY, SEPARATORS, group_path, infer_nodes, model_nodes
+from .converter.structure import RULES_KEY, SEPARATORS, config_nodes, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
 from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
                      WeightportWarning)
@@ -388,12 +388,17 @@ def _checkpoint(obj, trust_pickle: bool) -> Checkpoint:
 
 
 def _open_source(obj, trust_pickle: bool):
-    """A path opened once: a Checkpoint, or the live model a ``.keras`` archive describes completely."""
-    if _is_path(obj) and str(obj).endswith(".keras"):
+    """A path opened once: a Checkpoint; for a ``.keras`` archive whose config cannot say what each variable
+    is (a Flatten before a Dense, nested layers), the Keras model it describes."""
+    if not _is_path(obj):
+        return obj
+    ckpt = _checkpoint(obj, trust_pickle)
+    if ckpt.metadata.get("keras_file") == "keras" and config_nodes(ckpt) is None:
         import keras
 
+        ckpt.close()
         return keras.saving.load_model(obj, compile=False)
-    return _checkpoint(obj, trust_pickle) if _is_path(obj) else obj
+    return ckpt
 
 
 def _layout_of(obj, trust_pickle: bool):
@@ -423,6 +428,9 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
     if ckpt.layout is None:
         raise UsageError(f"cannot tell whether {where} holds torch- or keras-layout tensors from its names; "
                          "pass model= (a live model in the file's layout)")
+    from_config = config_nodes(ckpt) if ckpt.metadata.get("keras_file") == "keras" else None
+    if from_config is not None:
+        return from_config, []
     if ckpt.layout == "keras" and any(re.search(r"(^|/)vars/\d+$", n) for n in ckpt):
         raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
                          "belongs to) or use the .keras archive, which records each layer's class")

@@ -197,3 +197,49 @@ def model_nodes(checkpoint, live_nodes, names_of) -> tuple:
                 missing.append(f"{ln.label}: {name}")
         nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names))
     return nodes, missing
+
+
+def config_nodes(checkpoint):
+    """Layer nodes of a Keras archive from the classes and configs it records, or None where they cannot say.
+
+    A ``.keras`` file stores each layer's variables by index (``layers/dense/vars/0``)
+    and its config names the layer's class: a rule for that class reads the
+    variables in ``get_weights()`` order and its hyperparameters from the
+    config and shapes, so no Keras model has to be built (which would run
+    whatever sizes the config claims). None, so the caller builds the model,
+    when a group has no recorded class or rule, or when a rule's reading
+    depends on the model's graph (a Flatten before a Dense).
+    """
+    groups: dict = {}
+    for name in checkpoint:
+        found = re.fullmatch(r"(?:(.*)/)?vars/(\d+)", name)
+        if found is None:
+            return None
+        groups.setdefault(found.group(1) or "", []).append((int(found.group(2)), name))
+    classes = {r.get("class_name") for r in checkpoint.layers.values()}
+    rules = sorted(registry, key=lambda r: -r.priority)
+    if any(classes & set(r.graph_sensitive.get("keras", ())) for r in rules):
+        return None
+    nodes = []
+    for path, members in groups.items():
+        record = checkpoint.layers.get(path) or {}
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        names = [n for _, n in sorted(members)]
+        shapes = [tuple(checkpoint.shape(n)) for n in names]
+        candidates, slots = [], []
+        for rule in rules:
+            if record.get("class_name") not in rule.classes.get("keras", ()):
+                continue
+            try:
+                slots = rule.canonical(dict(config))
+            except (KeyError, TypeError, ValueError):
+                continue
+            hp = rule.infer("keras", dict(zip(slots, shapes))) if len(slots) == len(names) else None
+            if hp is not None:
+                checked = {k: config[k] for k in rule.checks if k in config and not isinstance(config[k], (dict, list))}
+                candidates.append((rule, {**checked, **hp}))
+                break
+        if not candidates:
+            return None
+        nodes.append(FileNode(path, "keras", candidates, checkpoint, dict(zip(slots, names))))
+    return nodes
