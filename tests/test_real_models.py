@@ -251,3 +251,20 @@ def test_a_target_weight_no_rule_knows_is_refused_not_left_unset():
     hf, kh = randomized(transformers.LlamaModel(llama_config()), 12), keras_llama(tied=False)
     with pytest.raises(wp.WeightportError, match="reverse_embeddings"):
         wp.port(hf, kh)
+
+
+def test_a_bare_llama_checkpoint_converts_to_keras_layout_by_its_names(tmp_path):
+    """No model at hand: names say what shapes cannot (lm_head and *_proj are projections, embed_tokens an
+    embedding; a lone scale is a copy under either norm reading), and nothing else is offered."""
+    hf = randomized(transformers.LlamaForCausalLM(llama_config()), 13)
+    hf.save_pretrained(tmp_path)
+    report = wp.convert(tmp_path / "model.safetensors", tmp_path / "keras.safetensors", to="keras")
+    rules = {s.source: s.rule for s in report.steps}
+    assert rules["lm_head"] == "dense" and rules["model.embed_tokens"] == "embedding"
+    assert rules["model.layers.0.self_attn.k_proj"] == "dense" and "norm" in rules["model.layers.1.input_layernorm"]
+    out = wp.load(tmp_path / "keras.safetensors")
+    state = hf.state_dict()
+    np.testing.assert_array_equal(out["lm_head/kernel"], state["lm_head.weight"].numpy().T)
+    np.testing.assert_array_equal(out["model.embed_tokens/embeddings"], state["model.embed_tokens.weight"].numpy())
+    np.testing.assert_array_equal(out["model.layers.0.self_attn.k_proj/kernel"],
+                                  state["model.layers.0.self_attn.k_proj.weight"].numpy().T)

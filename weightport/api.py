@@ -528,6 +528,18 @@ def _laid_out(nodes) -> list:
     return out
 
 
+def _moved_alike(node, layout) -> bool:
+    """Whether every reading of a group moves its tensors between its layout and ``layout`` the same way
+    (a lone scale as a LayerNorm's gamma or an RMSNorm's scale: a copy either way), so the choice is moot."""
+    ways = set()
+    for rule, hp in node.candidates:
+        try:
+            ways.add(tuple(lk.transform.describe() for lay in (node.layout, layout) for lk in rule.links(lay, hp)))
+        except WeightportError:
+            return False
+    return len(ways) == 1
+
+
 def _same_structure(src_nodes, layout) -> tuple:
     """Plan for writing the source's own layers in ``layout`` (no target model to match)."""
     from .converter.plan import Plan, Step
@@ -536,7 +548,8 @@ def _same_structure(src_nodes, layout) -> tuple:
     for node in _laid_out(src_nodes):
         rules = [r for r, _ in node.candidates]
         # a live layer's class settles its rule; names and shapes alone may not
-        if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False):
+        if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False) \
+                and not _moved_alike(node, layout):
             raise AmbiguityError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
                                  f"which differ in {layout} layout; pass model= or like= to say which")
         rule, hp = node.candidates[0]

@@ -113,6 +113,20 @@ def group_path(names, layout: str) -> str:
     return sep.join(common)
 
 
+def named(candidates, path) -> list:
+    """The readings of a checkpoint group that its name speaks for, where it speaks for some.
+
+    Shapes cannot tell an (out, in) ``lm_head`` from an Embedding table or a
+    LayerNorm over two axes; its name can (``Rule.name_words``). A name that
+    speaks for none of them leaves every reading.
+    """
+    from .naming import words
+
+    said = words(path)
+    kept = [(r, hp) for r, hp in candidates if said & r.name_words]
+    return kept or candidates
+
+
 def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
     """(nodes, leftovers) for a checkpoint with no model: layers recognised from names and shapes.
 
@@ -138,8 +152,8 @@ def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
             rule = registry.get(recorded[prefix][0])  # what names and shapes cannot say (flatten_from...) too
             candidates = [(rule, {**recorded[prefix][1], **(rule.infer(layout, shapes) or {})})]
         else:
-            candidates = [(r, hp) for r in rules if (composite or not r.composite)
-                          and (hp := r.infer(layout, shapes)) is not None]
+            candidates = named([(r, hp) for r in rules if (composite or not r.composite)
+                                and (hp := r.infer(layout, shapes)) is not None], prefix)
         if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(layout, hp)

@@ -17,6 +17,8 @@ from .transforms import Transpose
 @register
 class DenseRule(Rule):
     name = "dense"
+    name_words = frozenset({"head", "proj", "fc", "dense", "linear", "up", "down", "gate", "query", "key", "value",
+                            "output", "classifier", "pooler", "lm", "score"})
     classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
     checks = {"use_bias": "error"}
     shared = ("flatten_from",)

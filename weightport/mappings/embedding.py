@@ -15,6 +15,7 @@ from .rule import Rule, link, register
 @register
 class EmbeddingRule(Rule):
     name = "embedding"
+    name_words = frozenset({"embedding", "tokemb", "posemb", "embed"})
     classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",), "equinox": ("Embedding",)}
     checks = {"max_norm": "warning"}
     check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "

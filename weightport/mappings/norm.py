@@ -88,6 +88,7 @@ class BatchNormRule(Rule):
     """
 
     name = "batch_normalization"
+    name_words = frozenset({"norm"})
     classes = {"keras": ("BatchNormalization",),
                "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
                "flax": ("BatchNorm",), "equinox": ("BatchNorm",)}
@@ -184,6 +185,7 @@ class LayerNormRule(Rule):
     """
 
     name = "layer_normalization"
+    name_words = frozenset({"norm"})
     classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",),
                "equinox": ("LayerNorm",)}
     checks = {"rms_scaling": "error", "axis": "error", "center": "error", "scale": "error", "epsilon": "warning"}
@@ -257,6 +259,7 @@ class GroupNormRule(Rule):
     """
 
     name = "group_normalization"
+    name_words = frozenset({"norm"})
     classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",),
                "equinox": ("GroupNorm",)}
     checks = {"groups": "error", "center": "error", "scale": "error", "epsilon": "warning"}
@@ -346,6 +349,7 @@ class RMSNormRule(Rule):
     """
 
     name = "rms_normalization"
+    name_words = frozenset({"norm"})
     classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",), "flax": ("RMSNorm",),
                "equinox": ("RMSNorm",)}
     checks = {"axis": "error", "scale": "error", "epsilon": "warning"}

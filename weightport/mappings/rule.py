@@ -88,6 +88,9 @@ class Rule:
     # a layer of several weighted sub-layers (attention's q/k/v/o projections): when the other side has no
     # layer of this rule, the matcher pairs the sub-layers one by one instead (``parts`` of the node)
     composite: bool = False
+    # words in a checkpoint group's path (canonical, see converter.naming) that speak for this rule where the
+    # shapes fit several: "head" and "proj" for a projection, "tokemb" for an embedding, "norm" for a norm
+    name_words: frozenset = frozenset()
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:
