@@ -376,3 +376,26 @@ def test_mixed_model_both_ways_and_bitwise():
     wp.port(k, t)
     assert_forward_equal(t, k, x)
     assert_keras_roundtrip(k, t)
+
+
+class LayerNorm(torch.nn.Module):
+    """Many repositories' own LayerNorm (ConvNeXt style): the built-in's name, none of its attributes."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight, self.bias, self.eps = torch.nn.Parameter(torch.randn(n)), torch.nn.Parameter(torch.randn(n)), 1e-6
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def test_a_class_that_only_shares_the_builtins_name_is_read_by_its_weights():
+    t = torch.nn.Sequential(torch.nn.Linear(7, 5), LayerNorm(5))
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), keras.layers.LayerNormalization(epsilon=1e-6)])
+    report = wp.port(t, k)
+    assert report.steps[1].rule == "layer_normalization"
+    x = np.random.default_rng(4).standard_normal((3, 7)).astype("float32")
+    assert wp.verify(t, k, x).ok
+    with torch.no_grad():
+        t[1].weight.copy_(t[1].weight.flip(0))  # negative control: the scale in another order
+    assert not wp.verify(t, k, x).ok

@@ -15,14 +15,13 @@ from collections.abc import Mapping
 from .converter import checking, engine, matcher, tracing
 from .converter.arrays import is_floating
 from .converter.checkpoint import Checkpoint, as_sources
-from .converter.frameworks import adapter_for, require_adapter, walk
+from .converter.frameworks import adapter_for, configured, require_adapter, walk
 from .converter.plan import Report
 from .converter.plan import _jsonable
 from .converter.structure import RULES_KEY, SEPARATORS, config_nodes, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
 from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
                      WeightportWarning)
-from .mappings.rule import rules_for
 
 KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
 
@@ -572,10 +571,10 @@ def _progress_bar(total: int, destination, quiet: bool):
 def _single(layer):
     """(framework, rule, hp) for a layer a rule handles, else None."""
     fw = require_adapter(layer, "layer")
-    rules = rules_for(fw.layout, layer)
-    if not rules:
+    found = configured(fw.layout, layer)
+    if not found:
         return fw, None, None
-    return fw, rules[0], rules[0].config(fw.layout, layer)
+    return fw, found[0][0], found[0][1]
 
 
 def get_weights(layer) -> list:

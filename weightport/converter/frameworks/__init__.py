@@ -225,9 +225,8 @@ def walk(fw: Framework, model) -> tuple:
             return  # shared layers are ported once
         seen.add(id(layer))
         classes.add(type(layer).__name__)
-        rules = rules_for(fw.layout, layer)
-        if rules:
-            candidates = [(r, r.config(fw.layout, layer)) for r in rules]
+        candidates = configured(fw.layout, layer)
+        if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(fw.layout, hp)
             if len(parts) == 1:
@@ -290,6 +289,22 @@ def _read_by_weights(fw, refs, unknown) -> list:
             out.append(refs[i])
             i += 1
     return out
+
+
+def configured(layout: str, layer) -> list:
+    """(rule, hp) for each rule that names ``layer``'s class and can read its configuration.
+
+    A class may only share its name with a built-in (libraries define their
+    own ``LayerNorm``, ``Conv1D``): a rule whose reader finds an attribute
+    missing declines it, and the layer is then recognised by what it holds.
+    """
+    found = []
+    for rule in rules_for(layout, layer):
+        try:
+            found.append((rule, rule.config(layout, layer)))
+        except (AttributeError, KeyError, TypeError, IndexError):
+            continue
+    return found
 
 
 def _parts(fw, layer, path) -> list:
