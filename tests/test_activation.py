@@ -103,3 +103,27 @@ def test_infer_bare_groups():
     assert rule.infer("torch", {"weight": (C, H)}) is None
     assert rule.infer("keras", {"alpha": (1, 1, C)}) == {"alpha_shape": (1, 1, C)}
     assert rule.infer("keras", {"alpha": (C,), "beta": (C,)}) is None
+
+
+@pytest.mark.parametrize("shared_axes, alpha_shape", [([1, 2], (1, 1, 5)), (None, (5,))])
+def test_set_weights_takes_every_keras_alpha_form(shared_axes, alpha_shape):
+    """A Keras PReLU's alpha has the input's shape with the shared axes set to 1; torch keeps (C,)."""
+    k = keras.layers.PReLU(shared_axes=shared_axes)
+    k.build((None, 9, 11, 5) if shared_axes else (None, 5))
+    alpha = np.random.default_rng(0).standard_normal(alpha_shape).astype("float32")
+    k.set_weights([alpha])
+    t = torch.nn.PReLU(5)
+    wp.set_weights(t, k.get_weights())
+    np.testing.assert_array_equal(t.weight.detach().numpy(), alpha.reshape(-1))
+    with pytest.raises(wp.WeightportError):  # a slope per position along two axes: torch has no such PReLU
+        wp.set_weights(t, [np.ones((1, 3, 5), "float32")])
+
+
+def test_a_prelu_from_a_bare_file_pairs_with_a_shared_axes_prelu(tmp_path):
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.PReLU(5))
+    randomize_torch(t)
+    torch.save(t.state_dict(), tmp_path / "p.pt")
+    k = keras.Sequential([keras.Input((9, 11, 3)), keras.layers.Conv2D(5, 3), keras.layers.PReLU(shared_axes=[1, 2])])
+    wp.port(tmp_path / "p.pt", k)
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 11)).astype("float32")
+    assert_forward_equal(t, k, x, x.transpose(0, 2, 3, 1))

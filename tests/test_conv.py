@@ -335,6 +335,8 @@ def test_infer_bare_groups(case):
         assert torch_claims == [rule_name]
         thp = registry.get(rule_name).infer("torch", torch_shapes)
         assert rule.canonical_shapes("torch", thp, torch_shapes) == [tuple(v.shape) for v in layer.weights]
+    elif rule_name == "separable_conv":  # the two convs' group, its multiplier left to the paired layer
+        assert torch_claims == ["separable_conv"]
     else:  # depthwise weights are also a one-channel conv's: left to conv, as documented
         assert "depthwise_conv" not in torch_claims and "separable_conv" not in torch_claims
 
@@ -377,3 +379,29 @@ def test_same_padding_at_stride_two_is_warned_with_the_sizes_where_it_differs():
     report = wp.port(t, padded)  # the twin keras-hub would build: nothing to say
     assert not [w for w in report.warnings if "padding" in w]
     assert wp.verify(t, padded, (even, even.transpose(0, 2, 3, 1)), atol=1e-4).ok
+
+
+class SiblingSeparable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.depthwise = nn.Conv2d(3, 6, (3, 2), groups=3, bias=False)  # depth multiplier 2
+        self.pointwise = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+@pytest.mark.parametrize("target", ["separable", "depthwise then pointwise"])
+def test_sibling_depthwise_and_pointwise_from_a_bare_file(tmp_path, target):
+    """A flat checkpoint's two convs pair with one Keras SeparableConv2D, or with a DepthwiseConv2D and a 1x1 Conv."""
+    t = nn.Sequential(SiblingSeparable())
+    randomize_torch(t)
+    torch.save(t.state_dict(), tmp_path / "s.pt")
+    if target == "separable":
+        k = keras_model((9, 7, 3), L.SeparableConv2D(4, (3, 2), depth_multiplier=2))
+    else:
+        k = keras.Sequential([keras.Input((9, 7, 3)), L.DepthwiseConv2D((3, 2), depth_multiplier=2, use_bias=False),
+                              L.Conv2D(4, 1)])
+    wp.port(tmp_path / "s.pt", k)
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 7)).astype("float32")
+    assert_forward_equal(t, k, x, x.transpose(0, 2, 3, 1))

@@ -656,6 +656,7 @@ def _checked(fw, layer, rule, hp, weights) -> dict:
     names = rule.canonical(hp)
     label = fw.display_name(layer)
     weights = [np.asarray(to_numpy(w)) for w in weights]
+    hp = rule.given(hp, [tuple(w.shape) for w in weights])
     slots = rule.native_slots(fw.layout, hp)
     expected = rule.canonical_shapes(fw.layout, hp, fw.shapes(layer, slots))
     for name, w, shape in zip(names, weights, expected):

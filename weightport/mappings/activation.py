@@ -64,6 +64,12 @@ class PReLURule(Rule):
     def canonical(self, hp):
         return ["alpha"]
 
+    def given(self, hp, canonical_shapes):
+        # a Keras alpha of the input's shape with the shared axes set to 1: (1, 1, C), (C, 1, 1), (C,)...
+        if canonical_shapes and "alpha_shape" not in hp:
+            return {**hp, "alpha_shape": tuple(canonical_shapes[0])}
+        return hp
+
     def links_torch(self, hp):
         shape = hp.get("alpha_shape") or (hp["num_parameters"],)
         return [link("alpha", "weight", Reshape(slopes_layout(shape), (-1,)))]

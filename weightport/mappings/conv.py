@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigMismatchError
+from ..errors import ConfigMismatchError, UsageError
 from .rule import ConfigIssue, Rule, link, register
 from .transforms import Chain, Reshape, Transform, Transpose, Unary
 
@@ -501,6 +501,8 @@ class SeparableConvRule(ConvFamily):
     name = "separable_conv"
     priority = 1
     classes = {"keras": ("SeparableConv1D", "SeparableConv2D"), "torch": ()}
+    composite = True  # into a Keras DepthwiseConv + 1x1 Conv, the two torch convs pair one by one
+    shared = ("depth_multiplier",)  # a checkpoint's shapes give in*m, never m
     describe_classes = {"torch": "a container (any class) of a depthwise Conv1d/2d then a pointwise 1x1 Conv"}
     checks = {k: v for k, v in ConvFamily.checks.items() if k != "groups"}
 
@@ -539,7 +541,27 @@ class SeparableConvRule(ConvFamily):
         return {"filters": pw[-1], "depth_multiplier": dw[-1], "kernel_size": tuple(dw[:-2]), "use_bias": b is not None}
 
     def infer_torch(self, shapes):
-        """Always None: in a flat checkpoint the two convs are two groups, and the multiplier is not in the shapes."""
+        """hp for a checkpoint group of two convs, a depthwise ((in*m, 1, *k)) then a 1x1 pointwise reading it.
+
+        The multiplier is not in the shapes: the paired Keras layer gives it.
+        """
+        modules: dict = {}
+        for name, shape in shapes.items():
+            module, _, leaf = name.rpartition(".")
+            if leaf not in ("weight", "bias") or not module or "." in module:
+                return None
+            modules.setdefault(module, {})[leaf] = tuple(shape)
+        if len(modules) != 2 or any("weight" not in m for m in modules.values()):
+            return None
+        (a, wa), (b, wb) = ((n, m["weight"]) for n, m in modules.items())
+        for (dw, d), (pw, p) in (((a, wa), (b, wb)), ((b, wb), (a, wa))):
+            if (len(d) == len(p) in (3, 4) and d[1] == 1 and set(p[2:]) == {1} and p[1] == d[0]
+                    and set(d[2:]) != {1}):
+                hp = {"children": (dw, pw), "kernel_size": d[2:], "filters": p[0], "use_bias": "bias" in modules[pw],
+                      "padding": "unknown"}
+                if "bias" in modules[dw]:
+                    hp["depthwise_bias"] = "unknown"
+                return hp
         return None
 
     def canonical(self, hp):
@@ -548,6 +570,9 @@ class SeparableConvRule(ConvFamily):
 
     def links_torch(self, hp):
         dw, pw = hp.get("children", ("depthwise", "pointwise"))
+        if "depth_multiplier" not in hp:
+            raise UsageError(f"a checkpoint's separable conv ({dw}, {pw}): its depth multiplier is not in the shapes; "
+                             "port it into a Keras model (whose SeparableConv knows it) or pass model=")
         depthwise = depthwise_transform(hp["kernel_size"], hp["depth_multiplier"])
         if "depthwise_bias" in hp:
             dw_link = link("depthwise_kernel", (f"{dw}.weight", f"{dw}.bias"), depthwise >> ZeroBias(f"{dw}.bias"))

@@ -107,6 +107,11 @@ class Rule:
         """One hp per node a live layer stands for (a torch ``num_layers=N`` RNN is N Keras layers)."""
         return [hp]
 
+    def given(self, hp: dict, canonical_shapes: list) -> dict:
+        """``hp`` completed by the canonical shapes a caller hands over (``set_weights``), for what only the
+        other side knows (a Keras PReLU's alpha shape). As it is, by default."""
+        return hp
+
     def share(self, source_hp: dict, target_hp: dict) -> tuple:
         """Both sides' hp, each completed with the ``shared`` keys only the other side knows."""
         a, b = dict(source_hp), dict(target_hp)
