@@ -336,8 +336,8 @@ class Pairing:
                 if [naming.numbers(a.path) for a in mine] != [naming.numbers(b.path) for b in theirs]:
                     self.notes.append(  # dense, dense_1 against 0, 2: the order each was made in, nothing more
                         f"{', '.join(f'{a.label} -> {b.label}' for a, b in zip(mine, theirs))}: look-alikes paired in "
-                        "the numeric order of their names, which do not number them alike, and no traced run "
-                        "confirmed it; check the outputs (check= or wp.verify) or pass hints=")
+                        "the numeric order of their names, which do not number them alike, and the dataflow did not "
+                        "settle it; check the outputs (check= or wp.verify) or pass hints=")
                 for a, b in zip(mine, theirs):
                     progress |= self.take(cls, a, b, "position")
         return progress

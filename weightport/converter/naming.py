@@ -98,8 +98,15 @@ def words(path: str, class_name: str = "") -> frozenset:
 
 
 def numbers(path: str) -> tuple:
-    """The numbers in a path, in order: its position among repeated blocks (``layers.3.mlp`` -> (3,))."""
-    return tuple(int(n) for n in re.findall(r"\d+", str(path)))
+    """The numbers in a path, in order: its position among repeated blocks (``layers.3.mlp`` -> (3,)).
+
+    An ordinal ending the last component (``ln_1``, ``bn2``) says which of a
+    block's look-alikes it is, not which block: left out.
+    """
+    path = str(path)
+    if ordinal(path) is not None:
+        path = re.sub(r"_?\d$", "", path)
+    return tuple(int(n) for n in re.findall(r"\d+", path))
 
 
 def template(path: str) -> str:

@@ -330,6 +330,93 @@ def _own_weights(module) -> bool:
     return any(n not in skip for n, _ in module.named_buffers(recurse=False))
 
 
+@register
+class PackedAttentionRule(MultiHeadAttentionRule):
+    """Keras MultiHeadAttention <-> a torch module of two projections: q, k, v packed in one, and the output.
+
+    GPT-2's ``c_attn`` (in, 3E) and ``c_proj``, stored (in, out) as its Conv1D
+    does, or (out, in) as a Linear does: the biases say which. The packed
+    projection holds q, k and v side by side, each heads x head_dim wide.
+    """
+
+    name = "packed_attention_projections"
+    classes = {"keras": ("MultiHeadAttention",), "torch": ("Module",)}
+    describe_classes = {"torch": "a module of two projections, q/k/v packed in one (GPT-2's c_attn) and the output"}
+    infer_keras = None
+    infer_flax = None
+
+    def matches(self, layout, layer):
+        if layout == "torch":
+            return _packed_projections(_weighted_leaves(layer)) is not None
+        return super().matches(layout, layer)
+
+    def config_torch(self, module):
+        hp = dict(_packed_projections(_weighted_leaves(module)), attention_axes=(1,), module=type(module).__name__)
+        heads = _heads(module)
+        if heads and hp["width"] % heads == 0:
+            hp.update(num_heads=heads, key_dim=hp["width"] // heads, value_dim=hp["width"] // heads)
+        return hp
+
+    def infer_torch(self, shapes):
+        leaves: dict = {}
+        for name, shape in shapes.items():
+            module, _, leaf = name.rpartition(".")
+            if leaf not in ("weight", "bias") or not module:
+                return None
+            leaves.setdefault(module, {})[leaf] = tuple(shape)
+        return _packed_projections({m: (t.get("weight"), t.get("bias")) for m, t in leaves.items()})
+
+    def links_torch(self, hp):
+        h, dk, dv = _heads_of(hp, f"torch module {hp.get('module', '')} with packed projections "
+                                  f"{list(hp['projections'])}", f"set one of {list(HEAD_ATTRIBUTES)} on it")
+        packed, out = hp["projections"]
+        e = h * dk
+        flat = Each(3, Reshape((-1, h, dk), (-1, e)))
+        qkv = Chain(flat, Concat(1, (e, e, e))) if hp["in_out"] else Chain(Each(3, projection(h, dk)),
+                                                                             Concat(0, (e, e, e)))
+        output = Reshape((h, dv, -1), (h * dv, -1)) if hp["in_out"] else output_projection(h, dv)
+        return [link(("query/kernel", "key/kernel", "value/kernel"), f"{packed}.weight", qkv),
+                link(("query/bias", "key/bias", "value/bias"), f"{packed}.bias",
+                     Chain(Each(3, head_bias(h, dk)), Concat(0, (e, e, e)))),
+                link("attention_output/kernel", f"{out}.weight", output),
+                link("attention_output/bias", f"{out}.bias")]
+
+
+def _weighted_leaves(module, limit: int = 8) -> dict:
+    """{child path: (weight shape, bias shape or None)} of a module's weighted sub-modules, when each is a leaf
+    holding a 2-D ``weight`` (and maybe a ``bias``) and nothing else holds weights; else {}."""
+    if not hasattr(module, "named_modules") or _own_weights(module):
+        return {}
+    found = {}
+    for i, (path, sub) in enumerate(module.named_modules()):
+        if i > limit:
+            return {}
+        if not path or not _own_weights(sub):
+            continue
+        weight, bias = getattr(sub, "weight", None), getattr(sub, "bias", None)
+        tensors = dict(sub.named_parameters(recurse=False))
+        if set(tensors) - {"weight", "bias"} or weight is None or weight.dim() != 2 or any(
+                True for _ in sub.children()):
+            return {}
+        found[path] = (tuple(weight.shape), tuple(bias.shape) if bias is not None else None)
+    return found
+
+
+def _packed_projections(leaves: dict):
+    """hp when ``leaves`` ({path: (weight shape, bias shape)}) are a packed q/k/v projection and an output one,
+    stored the same way round; else None."""
+    if len(leaves) != 2 or any(w is None or len(w) != 2 or b is None for w, b in leaves.values()):
+        return None
+    for packed, out in (tuple(leaves), tuple(leaves)[::-1]):
+        (pw, pb), (ow, ob) = leaves[packed], leaves[out]
+        for in_out in (True, False):
+            p_in, p_out = (pw[0], pw[1]) if in_out else (pw[1], pw[0])
+            o_in, o_out = (ow[0], ow[1]) if in_out else (ow[1], ow[0])
+            if p_out == 3 * o_in and pb == (p_out,) and ob == (o_out,) and p_out != p_in:
+                return {"projections": (packed, out), "in_out": in_out, "use_bias": True, "width": o_in}
+    return None
+
+
 def _projections(module, limit: int = 32):
     """{role: (child path, Linear)} when ``module`` is four q/k/v/o Linear projections and nothing else weighty."""
     if not hasattr(module, "named_modules") or _has_class(module, "Linear") or _own_weights(module):

@@ -17,6 +17,7 @@ from .transforms import Transpose
 @register
 class DenseRule(Rule):
     name = "dense"
+    layout_keys = ("in_out",)  # one class of a model stores all its weights one way round
     name_words = frozenset({"head", "proj", "fc", "dense", "linear", "up", "down", "gate", "query", "key", "value",
                             "output", "classifier", "pooler", "lm", "score"})
     classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
@@ -54,10 +55,22 @@ class DenseRule(Rule):
         return {"units": module.out_features, "use_bias": module.bias is not None}
 
     def infer_torch(self, shapes):
+        """nn.Linear's (out, in) weight, or (in, out) where the bias says so (GPT-2's Conv1D).
+
+        A square weight with a bias cannot say which: ``in_out`` is None, and
+        a live model's other instances of the class settle it (a file's keeps
+        torch's usual (out, in)).
+        """
         w, b = shapes.get("weight"), shapes.get("bias")
-        if set(shapes) - {"weight", "bias"} or w is None or len(w) != 2 or (b is not None and b != (w[0],)):
+        if set(shapes) - {"weight", "bias"} or w is None or len(w) != 2:
             return None
-        return {"units": w[0], "use_bias": b is not None}
+        if b is None or w[0] == w[1]:
+            in_out = False if b is None else None
+        elif b in ((w[0],), (w[1],)):
+            in_out = b == (w[1],)
+        else:
+            return None
+        return {"units": w[1] if in_out else w[0], "use_bias": b is not None, "in_out": in_out}
 
     def infer_keras(self, shapes):
         k, b = shapes.get("kernel"), shapes.get("bias")
@@ -87,6 +100,8 @@ class DenseRule(Rule):
 
     def links_torch(self, hp):
         feature_map = hp.get("flatten_from")
+        if hp.get("in_out") and not feature_map:
+            return [link("kernel", "weight"), link("bias", "bias")]  # stored (in, out), as Keras does
         kernel = flatten.flatten_permutation(feature_map) if feature_map else Transpose(1, 0)
         return [link("kernel", "weight", kernel), link("bias", "bias")]
 

@@ -91,6 +91,9 @@ class Rule:
     # words in a checkpoint group's path (canonical, see converter.naming) that speak for this rule where the
     # shapes fit several: "head" and "proj" for a projection, "tokemb" for an embedding, "norm" for a norm
     name_words: frozenset = frozenset()
+    # hp keys saying which way round a layer stores its weights: a class no rule names stores them one way in
+    # all its instances, so instances whose shapes cannot say (square ones) take the others' answer
+    layout_keys: tuple = ()
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:

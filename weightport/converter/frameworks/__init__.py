@@ -271,7 +271,7 @@ def _read_by_weights(fw, refs, unknown) -> list:
     for items in by_class.values():
         shapes = [{r.candidates[0][1]["slot"]: r.candidates[0][1]["shape"] for r in loose} for _, _, loose, _ in items]
         fits = [{r.name: hp for r in rules if (hp := r.infer(fw.layout, s)) is not None} for s in shapes]
-        names = set.intersection(*(set(f) for f in fits))
+        names = {n for n in set.intersection(*(set(f) for f in fits)) if _one_way_round(registry.get(n), fits)}
         if all(len(set(s)) <= 1 for found in shapes for s in found.values() if len(s) >= 2):
             names = {n for n in names if registry.get(n).exact(fw.layout, fits[0][n])
                      and all(type(lk.transform).__name__ == "Identity" for lk in registry.get(n).links(fw.layout, fits[0][n]))}
@@ -305,6 +305,19 @@ def configured(layout: str, layer) -> list:
         except (AttributeError, KeyError, TypeError, IndexError):
             continue
     return found
+
+
+def _one_way_round(rule, fits) -> bool:
+    """Whether every instance of a class reads one way round under ``rule`` (its ``layout_keys`` agree);
+    instances that cannot say (None) take the others' answer, in place."""
+    for key in rule.layout_keys:
+        said = {f[rule.name].get(key) for f in fits} - {None}
+        if len(said) > 1:
+            return False
+        for f in fits:
+            if f[rule.name].get(key) is None and said:
+                f[rule.name][key] = next(iter(said))
+    return True
 
 
 def _parts(fw, layer, path) -> list:
