@@ -310,7 +310,8 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
     src_nodes, src_notes = _source_nodes(source, model=source_model, strict=strict, trust_pickle=trust_pickle)
     if like is not None:
         fw, tgt_nodes, tgt_notes = _live_nodes(like, "like", strict)
-        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict)
+        flows = tracing.flows(source if _is_live(source) else source_model, like)
+        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
         plan.unmatched_target += tgt_notes
         names = _names_for(like, fw, destination)
         names_of = lambda p, slot: names(p.target, slot)  # noqa: E731

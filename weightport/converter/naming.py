@@ -21,7 +21,7 @@ PHRASES = (
     (r"embed_tokens?|word_embeddings?|token_embeddings?|tok_embeddings?|wte", "tokemb"),
     (r"position_embeddings?|pos_embed(dings?)?|wpe", "posemb"),
     (r"(layer|rms|batch|group)_?norm(alization)?", "norm"),
-    (r"self_attn|self_attention|attn", "attention"),
+    (r"self_attn|self_attention|attn|sa", "attention"),
     (r"feed_?forward|ffn|ff", "mlp"),
     (r"up_proj|c_fc|fc_?1|intermediate", "up"),
     (r"down_proj|fc_?2", "down"),
