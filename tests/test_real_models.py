@@ -288,17 +288,11 @@ def gpt2_outputs(hf, kh):
 
 def test_gpt2_packed_qkv_conv1d_both_ways_live():
     """c_attn packs q, k, v in one (in, 3E) Conv1D; its MLP's Conv1Ds store (in, out): the biases say so.
-
-    Under the jax backend Keras' dataflow inside a layer cannot be followed, and GPT-2's ln_1/ln_2 have no
-    name in common with keras-hub's norms: there the port is refused, never guessed."""
+    ln_1/ln_2 share no word with keras-hub's norms: their ordinals against keras-hub's run order settle them."""
     hf, kh = randomized(transformers.GPT2Model(gpt2_config()), 14), keras_gpt2()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
-        try:
-            report = wp.port(hf, kh)
-        except wp.AmbiguityError as err:
-            assert keras.backend.backend() != "torch" and "ln_1" in str(err)
-            return
+        report = wp.port(hf, kh)
         assert {s.source: s.rule for s in report.steps}["h.0.attn"] == "packed_attention_projections"
         np.testing.assert_allclose(*gpt2_outputs(hf, kh), atol=2e-4, rtol=1e-4)
         hf2 = randomized(transformers.GPT2Model(gpt2_config()), 15)
@@ -306,9 +300,20 @@ def test_gpt2_packed_qkv_conv1d_both_ways_live():
     np.testing.assert_allclose(*gpt2_outputs(hf2, kh), atol=2e-4, rtol=1e-4)
 
 
+def test_gpt2_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
+    randomized(transformers.GPT2Model(gpt2_config()), 17).save_pretrained(tmp_path)
+    reference = keras_hub.models.GPT2Backbone.from_preset(str(tmp_path))
+    kh = keras_gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(tmp_path / "model.safetensors", kh)
+    by_path = {v.path: v for v in kh.weights}
+    for ref in reference.weights:
+        ours, theirs = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+
+
 def test_gpt2_negative_control_a_wrong_split_of_c_attn_differs(monkeypatch):
-    if keras.backend.backend() != "torch":
-        pytest.skip("the jax backend refuses this port (see above)")
     from weightport.mappings.attention import PackedAttentionRule
     from weightport.mappings.rule import Link
 

@@ -215,10 +215,15 @@ class Pairing:
         return {p.source.path: p.target.path for p in self.pairs}
 
     def flows(self):
+        """Both sides' flows, or None unless both models could be traced."""
+        sides = self.side_flows()
+        return sides if all(f is not None for f in sides) else None
+
+    def side_flows(self) -> tuple:
         if self._traced is None:
             found = self._flows(self.nodes[0], self.nodes[1]) if self._flows is not None else None
-            self._traced = found if found and all(f is not None for f in found) else False
-        return self._traced or None
+            self._traced = tuple(found) if found else (None, None)
+        return self._traced
 
     # -- the steps -------------------------------------------------------------------
     def run(self) -> list:
@@ -234,7 +239,7 @@ class Pairing:
             if len(cls.src) == 1 and len(cls.tgt) == 1:
                 self.take(cls, cls.src[0], cls.tgt[0], "shape")
         while any(c.open for c in self.classes):
-            if not (self.by_flow() or self.by_names() or self.by_position()):
+            if not (self.by_flow() or self.by_names() or self.by_position() or self.by_ordinal()):
                 break
 
     def regroup_by_shared(self) -> None:
@@ -342,10 +347,42 @@ class Pairing:
                     progress |= self.take(cls, a, b, "position")
         return progress
 
+    def by_ordinal(self) -> bool:
+        """Look-alikes one side numbers within each block (``ln_1``, ``ln_2``; ``layernorm_before``/``_after``)
+        pair with the other side's, block by block, in the order its traced run used them.
+
+        Needs the other side's run (a live model): its order inside a block is
+        what it computes first, not what it declared first.
+        """
+        progress = False
+        for cls in self.classes:
+            if not cls.open:
+                continue
+            for members, others, flow in ((cls.src, cls.tgt, self.side_flows()[1]),
+                                          (cls.tgt, cls.src, self.side_flows()[0])):
+                numbered = [n for n in members if naming.ordinal(n.path) is not None and naming.numbers(n.path)]
+                other = [n for n in others if naming.numbers(n.path)]  # those in repeated blocks
+                if flow is None or len(numbered) < 2 or any(naming.ordinal(n.path) is not None for n in others):
+                    continue
+                ran = {path: i for i, path in enumerate(flow.order)}
+                if any(n.path not in ran for n in other):
+                    continue
+                mine = _blocks(numbered, lambda n: naming.ordinal(n.path))
+                theirs = _blocks(other, lambda n: ran[n.path])
+                if [len(b) for b in mine] != [len(b) for b in theirs] or any(
+                        len({naming.ordinal(n.path) for n in b}) != len(b) for b in mine):
+                    continue
+                for a_block, b_block in zip(mine, theirs):
+                    for a, b in zip(a_block, b_block):
+                        a, b = (a, b) if members is cls.src else (b, a)
+                        progress |= self.take(cls, a, b, "ordinal")
+                break
+        return progress
+
     def same_degrees(self, mine, theirs) -> bool:
         """Whether two groups could be each other's, as far as a complete dataflow can tell: as many layers
         feeding and reading each member, member for member (names and numbers can mislead; this cannot)."""
-        flows = self._traced or None
+        flows = self.flows() if self._traced is not None else None
         if not flows or not all(f.complete for f in flows):
             return True
         degrees = []
@@ -356,7 +393,7 @@ class Pairing:
 
     def check_against_flow(self) -> None:
         """Where both models were traced, a pair made by name or position must not contradict the dataflow."""
-        if self._traced is None or not self._traced:
+        if self.flows() is None:
             return
         src_flow, tgt_flow = self._traced
         paired = self.paths()
@@ -381,6 +418,14 @@ def _neighbours(paths, image: dict):
     if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
         return None
     return frozenset(image[p] for p in paths)
+
+
+def _blocks(nodes, rank) -> list:
+    """``nodes`` grouped by their block numbers (blocks in numeric order), each block sorted by ``rank``."""
+    found: dict = {}
+    for n in nodes:
+        found.setdefault(naming.numbers(n.path), []).append(n)
+    return [sorted(found[k], key=rank) for k in sorted(found)]
 
 
 def _group(nodes, key) -> dict:

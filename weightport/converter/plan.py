@@ -13,6 +13,7 @@ EVIDENCE = {
     "structure": "dataflow",
     "name": "name",
     "position": "block position",
+    "ordinal": "ordinal and run order",
 }
 
 

@@ -7,6 +7,7 @@ evidence or refuses.
 """
 from __future__ import annotations
 
+from ..errors import WeightportError
 from .frameworks import adapter_for
 
 
@@ -23,7 +24,11 @@ def trace(model, nodes, inputs=None, capture: bool = False):
     nodes = [n for n in nodes or () if not getattr(n, "loose", False)]  # their layers are not rule-bearing
     if fw is None or not nodes:
         return None
-    for candidate in [inputs] if inputs is not None else fw.sample_inputs(model, nodes):
+    try:
+        candidates = [inputs] if inputs is not None else fw.sample_inputs(model, nodes)
+    except WeightportError:  # the first layer's shapes need what only its pair knows (heads from a file)
+        return None
+    for candidate in candidates:
         try:
             return fw.trace(model, nodes, candidate, capture=capture)
         except Exception:  # noqa: BLE001 - a model that does not run on this input gives no evidence
@@ -42,8 +47,7 @@ def flows(source, target, inputs=None):
     in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
 
     def get(source_nodes, target_nodes):
-        a = trace(source, _live(source, source_nodes), in_a)
-        return a, (trace(target, _live(target, target_nodes), in_b) if a is not None else None)
+        return (trace(source, _live(source, source_nodes), in_a), trace(target, _live(target, target_nodes), in_b))
     return get
 
 
