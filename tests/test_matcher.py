@@ -73,3 +73,49 @@ def test_alphabetical_look_alikes_without_telling_names_are_refused(tmp_path):
     order = [n for n in names if n.startswith("dense")]  # key, query, value, out, ff: the order they were made
     wp.port(tmp_path / "b.safetensors", k, hints=dict(zip(["key", "query", "value", "out", "ff"], order)))
     assert wp.verify(t, k, X).ok
+
+
+class TwoBranches(torch.nn.Module):
+    """Two look-alike branches summed: nothing but a hint says which Keras branch is which."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = torch.nn.Sequential(torch.nn.Linear(D, FF), torch.nn.Tanh(), torch.nn.Linear(FF, D))
+        self.right = torch.nn.Sequential(torch.nn.Linear(D, FF), torch.nn.Tanh(), torch.nn.Linear(FF, D))
+
+    def forward(self, x):
+        return self.left(x) + 2 * self.right(x)
+
+
+def keras_branches():
+    x = keras.Input((D,))
+    branch = {}
+    for name in ("east", "west"):
+        branch[name] = keras.Sequential([keras.Input((D,)), keras.layers.Dense(FF, activation="tanh"),
+                                         keras.layers.Dense(D)], name=name)
+    return keras.Model(x, branch["west"](x) + 2 * branch["east"](x))
+
+
+def test_a_prefix_hint_pairs_whole_blocks():
+    t, k = TwoBranches(), keras_branches()
+    randomize_torch(t)
+    x = np.random.default_rng(9).standard_normal((3, D)).astype("float32")
+    with pytest.raises(wp.AmbiguityError):  # parallel branches: the dataflow cannot tell them apart either
+        wp.port(t, k)
+    report = wp.port(t, k, hints={"left": "west", "right": "east"})  # prefixes: whole branches
+    assert {s.source: s.target.split("/")[0] for s in report.steps} == {
+        "left.0": "west", "left.2": "west", "right.0": "east", "right.2": "east"}
+    assert wp.verify(t, k, x).ok
+    with pytest.raises(wp.UsageError, match="nor a prefix"):
+        wp.port(t, k, hints={"middle": "west"})
+
+
+def test_a_keras_layer_is_named_by_its_variables_path_with_or_without_the_models_name():
+    t = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.Linear(D, D))
+    randomize_torch(t)
+    k = keras.Sequential([keras.Input((D,)), keras.layers.Dense(D, name="fc1"), keras.layers.Dense(D, name="fc2")],
+                         name="seq")
+    assert k.layers[0].weights[0].path == "seq/fc1/kernel"
+    report = wp.port(t, k, hints={"0": "seq/fc2", "1": "fc1"})  # deliberately crossed: hints win
+    assert {s.source: s.target for s in report.steps} == {"0": "fc2", "1": "fc1"}
+    np.testing.assert_array_equal(k.layers[1].get_weights()[0], t[0].weight.detach().numpy().T)

@@ -124,13 +124,29 @@ def _fmt_shapes(shapes) -> str:
     return ", ".join("x".join(map(str, s)) or "scalar" for s in shapes) or "no weights"
 
 
-def _find(nodes, path, side):
-    for n in nodes:
-        if path in (n.path, n.label, getattr(getattr(n, "obj", None), "name", None)):
-            return n
+def _aliases(node) -> set:
+    """Every spelling a hint may use for a node: its path, a layer's name, a Keras layer's variable-path
+    prefix with and without the model's own name first."""
+    obj = getattr(node, "obj", None)
+    names = {node.path, node.label, getattr(obj, "name", None)}
+    keras_path = getattr(obj, "path", None) if not getattr(node, "loose", False) else None
+    if isinstance(keras_path, str):
+        names |= {keras_path, keras_path.partition("/")[2]}
+    return {n for n in names if n}
+
+
+def _find(nodes, path, side) -> list:
+    """The nodes a hint names: the one it spells, else every node below it (a prefix pairs whole blocks)."""
+    path = str(path)
+    exact = [n for n in nodes if path in _aliases(n)]
+    if exact:
+        return exact[:1]
+    below = [n for n in nodes if any(a.startswith(path.rstrip("./") + sep) for a in _aliases(n) for sep in "./")]
+    if below:
+        return below
     close = difflib.get_close_matches(path, [n.path for n in nodes], n=3)
-    raise UsageError(f"hint names {side} layer {path!r}, which is not among the {side}'s rule-bearing layers"
-                     + (f"; did you mean {close}?" if close else ""))
+    raise UsageError(f"hint names {side} layer {path!r}, which is not among the {side}'s rule-bearing layers, "
+                     "nor a prefix of any" + (f"; did you mean {close}?" if close else ""))
 
 
 def _by_path(src, tgt) -> list | None:
@@ -506,13 +522,22 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     source_nodes, target_nodes = list(src), list(tgt)
     pairs = []
     for s_path, t_path in (hints or {}).items():
-        a, b = _find(src, s_path, "source"), _find(tgt, t_path, "target")
-        p = pair(a, b, "hint")
-        if p is None:
-            raise MatchError(f"hint pairs {describe(a)} with {describe(b)}, but no rule handles both")
-        pairs.append(p)
-        src.remove(a)
-        tgt.remove(b)
+        mine, theirs = _find(src, s_path, "source"), _find(tgt, t_path, "target")
+        if len(mine) == len(theirs) == 1:
+            p = pair(mine[0], theirs[0], "hint")
+            if p is None:
+                raise MatchError(f"hint pairs {describe(mine[0])} with {describe(theirs[0])}, but no rule handles both")
+            found = [p]
+        else:  # two blocks: pair inside them by the usual evidence
+            block = Pairing(mine, theirs, flows)
+            left = block.run()
+            if left:
+                raise _ambiguity_error(left, block.flows() is not None)
+            found = block.pairs
+        pairs += found
+        for p in found:
+            src.remove(p.source)
+            tgt.remove(p.target)
 
     plan = Plan()
     same = _by_path(src, tgt)
