@@ -18,11 +18,10 @@ STORES = {
     "safetensors": ("float16", "bfloat16") + FLOAT8,
     "npz": ("float16", "bfloat16") + FLOAT8,
     "msgpack": ("float16", "bfloat16") + FLOAT8,
-    "pt": ("float16", "bfloat16"),
+    "pt": ("float16", "bfloat16") + FLOAT8,
     "weights.h5": ("float16", "bfloat16"),
 }
-NOT_YET = {  # the torch and .weights.h5 writers do not take float8 yet (converter/formats)
-    ("pt", name) for name in FLOAT8} | {("weights.h5", name) for name in FLOAT8}
+NOT_YET = set()
 
 
 def linear():
@@ -92,3 +91,12 @@ def test_dtype_names(name, want):
 def test_a_cast_to_a_non_float_or_unknown_name_is_a_usage_error(name):
     with pytest.raises(wp.UsageError, match="float16"):
         cast_dtype(name)
+
+
+@pytest.mark.parametrize("name", FLOAT8)
+def test_weights_h5_refuses_float8_by_name_and_writes_nothing(tmp_path, name):
+    keras = pytest.importorskip("keras")
+    like = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5)])
+    with pytest.raises(wp.UsageError, match=f"{name}.*cannot hold"):
+        wp.save(linear(), tmp_path / "lin.weights.h5", like=like, dtype=name)
+    assert os.listdir(tmp_path) == []

@@ -70,15 +70,22 @@ def is_jax_array(x) -> bool:
     return jax is not None and isinstance(x, jax.Array)
 
 
+# floats numpy has no name for: torch and ml_dtypes both have them, and they travel as same-width integers
+BIT_VIEWS = {"bfloat16": "int16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8"}
+
+
 def torch_to_numpy(t) -> np.ndarray:
-    """A numpy view (or device copy) of a torch tensor, any device, grad or not, bf16 kept."""
+    """A numpy view (or device copy) of a torch tensor, any device, grad or not, bf16 and float8 kept."""
     import torch
 
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(bfloat16())
+    name = str(t.dtype).removeprefix("torch.")
+    if name in BIT_VIEWS:
+        import ml_dtypes
+
+        return t.view(getattr(torch, BIT_VIEWS[name])).numpy().view(np.dtype(getattr(ml_dtypes, name)))
     return t.numpy()
 
 
@@ -97,8 +104,9 @@ def numpy_to_torch(a: np.ndarray, like=None):
     a = np.asarray(a)
     if not a.flags.writeable:  # torch cannot share read-only memory (jax arrays, memory maps)
         a = a.copy()
-    if a.dtype == bfloat16():
-        t = torch.from_numpy(_contiguous(a).view(np.int16)).view(torch.bfloat16)
+    if a.dtype.name in BIT_VIEWS and hasattr(torch, a.dtype.name):
+        bits = BIT_VIEWS[a.dtype.name]
+        t = torch.from_numpy(_contiguous(a).view(np.dtype(bits))).view(getattr(torch, a.dtype.name))
     else:
         t = torch.from_numpy(_contiguous(a))
     if like is not None:

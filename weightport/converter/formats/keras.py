@@ -502,6 +502,10 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
             if not s.name or s.name.startswith("/") or "//" in s.name:
                 raise UsageError(f"{path}: tensor name {s.name!r} is not an h5 dataset path like "
                                  "'layers/dense/vars/0'")
+            if s.dtype.type.__module__.startswith("ml_dtypes") and s.dtype.name != "bfloat16":
+                raise UsageError(f"{path}: tensor {s.name!r} is {s.dtype}, which a .weights.h5 cannot hold (Keras "
+                                 "tags bfloat16 in HDF5 but has no such tag for float8); nothing was written. Cast "
+                                 "to bfloat16 or float16, or write .safetensors / .pt, which keep float8")
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)

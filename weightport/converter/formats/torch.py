@@ -13,6 +13,8 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
+
 from ...errors import FormatError, UnsafePickleError
 from ..checkpoint import Checkpoint, TensorSource
 from . import limits
@@ -139,6 +141,12 @@ def _numpy_dtype(dtype):
 
     if dtype == torch.bfloat16:
         return bfloat16()
+    name = str(dtype).removeprefix("torch.")
+    if name.startswith("float8"):
+        import ml_dtypes
+
+        if hasattr(ml_dtypes, name):
+            return np.dtype(getattr(ml_dtypes, name))
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
