@@ -132,3 +132,18 @@ def test_frozen_state_travels():
     t[2].requires_grad_(False)
     wp.port(t, k)
     assert not k.layers[1].trainable and not k.layers[0].trainable
+
+
+def test_the_report_reads_in_the_direction_of_the_port():
+    t, k = pair()
+    to_keras = str(wp.port(t, k))
+    assert "torch: weight -> kernel: transpose(1,0)" in to_keras
+    to_torch = str(wp.port(k, t))
+    assert "torch: kernel -> weight: transpose(1,0)" in to_torch
+
+
+def test_the_report_says_why_a_constant_is_written_or_dropped():
+    bn = torch.nn.BatchNorm1d(5)
+    k = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9)])
+    assert "num_batches_tracked: dropped" in str(wp.port(bn, k))
+    assert "num_batches_tracked: written as 0" in str(wp.port(k, bn))

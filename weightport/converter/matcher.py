@@ -662,8 +662,9 @@ def _config_note(p: Pair) -> str:
 
 
 def transform_text(p: Pair) -> str:
+    """How the tensors move, read in the port's direction: out of the source's layout, into the target's."""
     parts = []
-    for layout, hp in ((p.source.layout, p.source_hp), (p.target.layout, p.target_hp)):
+    for layout, hp, into in ((p.source.layout, p.source_hp, True), (p.target.layout, p.target_hp, False)):
         if layout != "keras":
-            parts.append(f"{layout}: {p.rule.describe(layout, hp)}")
+            parts.append(f"{layout}: {p.rule.describe(layout, hp, into_canonical=into)}")
     return " | ".join(parts) or "copy"

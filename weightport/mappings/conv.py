@@ -75,6 +75,8 @@ class Flip(Unary):
     def describe(self):
         return "flip" + str(self.axes).replace(" ", "")
 
+    describe_inverse = describe
+
 
 class ZeroBias(Transform):
     """A torch-only depthwise bias that Keras' SeparableConv has no slot for.

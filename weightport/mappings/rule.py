@@ -172,10 +172,18 @@ class Rule:
     def exact(self, layout: str, hp: dict) -> bool:
         return all(lk.transform.exact for lk in self.links(layout, hp))
 
-    def describe(self, layout: str, hp: dict) -> str:
-        """How the slots move, for reports; plain copies and renames are left out."""
-        parts = [("+".join(lk.canonical) + "->" if lk.canonical else "") + f"{'+'.join(lk.native)}: "
-                 + lk.transform.describe() for lk in self.links(layout, hp) if lk.transform is not IDENTITY]
+    def describe(self, layout: str, hp: dict, into_canonical: bool = False) -> str:
+        """How the slots move, for reports: out of the canonical form into ``layout``, or back into it
+        (``into_canonical``, a port whose source is in ``layout``). Plain copies and renames are left out."""
+        parts = []
+        for lk in self.links(layout, hp):
+            if type(lk.transform).__name__ == "Identity":
+                continue
+            ends = ["+".join(lk.canonical), "+".join(lk.native)]
+            if into_canonical:
+                ends.reverse()
+            move = lk.transform.describe_inverse() if into_canonical else lk.transform.describe()
+            parts.append(" -> ".join(e for e in ends if e) + f": {move}")
         return "; ".join(parts) or "copy"
 
     # -- moving tensors -----------------------------------------------------

@@ -84,6 +84,10 @@ class Transform:
     def describe(self) -> str:
         return type(self).__name__.lower()
 
+    def describe_inverse(self) -> str:
+        """How ``inverse`` moves the arrays, for reports of ports into the canonical side."""
+        return f"undo {self.describe()}"
+
     def __rshift__(self, other: "Transform") -> "Chain":
         return Chain(self, other)
 
@@ -121,6 +125,8 @@ class Identity(Unary):
     def describe(self):
         return "copy"
 
+    describe_inverse = describe
+
 
 class Transpose(Unary):
     """Permute axes; output axis i is input axis ``axes[i]``."""
@@ -151,6 +157,9 @@ class Transpose(Unary):
 
     def describe(self):
         return "transpose" + str(self.axes).replace(" ", "")
+
+    def describe_inverse(self):
+        return "transpose" + str(self.back).replace(" ", "")
 
 
 class Reshape(Unary):
@@ -183,6 +192,9 @@ class Reshape(Unary):
     def describe(self):
         return f"reshape{self.dst}".replace(" ", "")
 
+    def describe_inverse(self):
+        return f"reshape{self.src}".replace(" ", "")
+
 
 class ReorderBlocks(Unary):
     """Cut ``axis`` into ``len(order)`` equal blocks; output block k is input block ``order[k]``.
@@ -211,6 +223,9 @@ class ReorderBlocks(Unary):
 
     def describe(self):
         return f"reorder{self.order}@{self.axis}".replace(" ", "")
+
+    def describe_inverse(self):
+        return f"reorder{self.back}@{self.axis}".replace(" ", "")
 
 
 class Split(Transform):
@@ -241,6 +256,9 @@ class Split(Transform):
     def describe(self):
         return f"split{self.sizes}@{self.axis}".replace(" ", "")
 
+    def describe_inverse(self):
+        return f"concat@{self.axis}"
+
 
 class Concat(Transform):
     """Several arrays joined along ``axis`` (inverse: split at their sizes)."""
@@ -265,6 +283,9 @@ class Concat(Transform):
 
     def describe(self):
         return f"concat@{self._split.axis}"
+
+    def describe_inverse(self):
+        return self._split.describe()
 
 
 class Unstack(Transform):
@@ -292,6 +313,9 @@ class Unstack(Transform):
 
     def describe(self):
         return f"unstack{self.n_out}"
+
+    def describe_inverse(self):
+        return f"stack{self.n_out}"
 
 
 class SumSplit(Transform):
@@ -326,6 +350,9 @@ class SumSplit(Transform):
     def describe(self):
         return f"sum-split{self.n_out} (lossy)"
 
+    def describe_inverse(self):
+        return f"sum of {self.n_out} (the split is not kept)"
+
 
 class Constant(Transform):
     """A layout-only tensor Keras does not keep (e.g. ``num_batches_tracked``).
@@ -353,7 +380,10 @@ class Constant(Transform):
         return ()
 
     def describe(self):
-        return f"constant {self.value} (dropped on import)"
+        return f"written as {self.value} (the canonical form keeps no such tensor)"
+
+    def describe_inverse(self):
+        return "dropped (the canonical form keeps no such tensor)"
 
 
 class Each(Transform):
@@ -378,6 +408,9 @@ class Each(Transform):
 
     def describe(self):
         return f"each({self.t.describe()})"
+
+    def describe_inverse(self):
+        return f"each({self.t.describe_inverse()})"
 
 
 class Chain(Transform):
@@ -422,6 +455,9 @@ class Chain(Transform):
 
     def describe(self):
         return " > ".join(p.describe() for p in self.parts)
+
+    def describe_inverse(self):
+        return " > ".join(p.describe_inverse() for p in reversed(self.parts))
 
 
 IDENTITY = Identity()
