@@ -330,3 +330,32 @@ def test_gpt2_negative_control_a_wrong_split_of_c_attn_differs(monkeypatch):
         wp.port(hf, kh)
     a, b = gpt2_outputs(hf, kh)
     assert np.abs(a - b).max() > 1e-2
+
+
+def test_llama_whose_mlp_is_as_wide_as_its_attention_is_not_mispaired_from_the_file(tmp_path):
+    """intermediate == hidden: o_proj and down_proj (and q, k, v, gate, up) are all 48x48, and 'output' names
+    both keras-hub's attention output and its feed-forward output; 'attention' against 'mlp' must keep them
+    apart (found by an end-to-end review: this port once succeeded with them swapped)."""
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                      num_attention_heads=HEADS, num_key_value_heads=HEADS, intermediate_size=HIDDEN,
+                                      max_position_embeddings=SEQ_MAX, rms_norm_eps=1e-6)
+    hf = randomized(transformers.LlamaModel(config), 18)
+    hf.save_pretrained(tmp_path)
+    kh = keras_hub.models.LlamaBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS,
+                                        num_key_value_heads=HEADS, hidden_dim=HIDDEN, intermediate_dim=HIDDEN,
+                                        layer_norm_epsilon=1e-6, tie_word_embeddings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(tmp_path / "model.safetensors", kh)
+    pairs = {s.source: s.target for s in report.steps}
+    assert pairs["layers.0.self_attn.o_proj"].endswith("self_attention/attention_output")
+    assert pairs["layers.0.mlp.down_proj"].endswith("feedforward_output_dense")
+    np.testing.assert_allclose(*llama_outputs(hf, kh), atol=2e-4, rtol=1e-4)
+
+
+def test_an_epsilon_held_by_a_class_no_rule_names_is_still_compared():
+    hf = randomized(transformers.LlamaModel(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        num_key_value_heads=2, intermediate_size=MLP, max_position_embeddings=SEQ_MAX, rms_norm_eps=0.5)), 19)
+    with pytest.warns(wp.WeightportWarning, match=r"input_layernorm .*epsilon: source has 0.5, target has 1e-06"):
+        wp.port(hf, keras_llama())

@@ -94,7 +94,7 @@ def as_parameters(a, b):
     """The ``parameter`` rule for a loose tensor and its counterpart: another loose tensor, or a single-tensor
     layer whose name agrees (HF ViT's ``position_embeddings`` and keras-hub's ``position_embedding`` table)."""
     loose = getattr(a, "loose", False), getattr(b, "loose", False)
-    if not any(loose) or (not all(loose) and not _words(a) & _words(b)):
+    if not any(loose) or (not all(loose) and not _words(a) & _words(b)) or naming.clash(_words(a), _words(b)):
         return None
     ha, hb = _parameter_view(a), _parameter_view(b)
     if ha is None or hb is None:
@@ -352,7 +352,8 @@ class Pairing:
             if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
                 mine = sorted(cls.src, key=lambda n: naming.numbers(n.path))
                 theirs = sorted(cls.tgt, key=lambda n: naming.numbers(n.path))
-                if not all(self.same_degrees([a], [b]) for a, b in zip(mine, theirs)):
+                if not all(self.same_degrees([a], [b]) and not naming.clash(_words(a), _words(b))
+                           for a, b in zip(mine, theirs)):
                     continue
                 if [naming.numbers(a.path) for a in mine] != [naming.numbers(b.path) for b in theirs]:
                     self.notes.append(  # dense, dense_1 against 0, 2: the order each was made in, nothing more
@@ -387,6 +388,8 @@ class Pairing:
                 theirs = _blocks(other, lambda n: ran[n.path])
                 if [len(b) for b in mine] != [len(b) for b in theirs] or any(
                         len({naming.ordinal(n.path) for n in b}) != len(b) for b in mine):
+                    continue
+                if any(naming.clash(_words(a), _words(b)) for x, y in zip(mine, theirs) for a, b in zip(x, y)):
                     continue
                 for a_block, b_block in zip(mine, theirs):
                     for a, b in zip(a_block, b_block):
@@ -482,26 +485,30 @@ def _name_groups(src, tgt) -> list:
     theirs = _group(tgt, lambda b: words_t[id(b)])
     if len(mine) == 1 and len(theirs) == 1:
         return []
+    full = {**{ws: _words(m[0]) for ws, m in mine.items()}, **{("t", wt): _words(m[0]) for wt, m in theirs.items()}}
+
+    def score(ws, wt):
+        return -1 if naming.clash(full[ws], full[("t", wt)]) else _score(ws, wt)
     found, left_s, left_t = [], dict(mine), dict(theirs)
     changed = True
     while changed:
         changed = False
         for ws, members in list(left_s.items()):
-            scores = {wt: _score(ws, wt) for wt in left_t}
+            scores = {wt: score(ws, wt) for wt in left_t}
             best = max(scores.values(), default=0)
             tops = [wt for wt, s in scores.items() if s == best]
             if best == 0 or len(tops) != 1:
                 continue
             wt = tops[0]
-            back = [w for w in left_s if _score(w, wt) >= best]
+            back = [w for w in left_s if score(w, wt) >= best]
             if back != [ws] or len(members) != len(left_t[wt]):
                 continue
             found.append((members, left_t.pop(wt)))
             del left_s[ws]
             changed = True
     if len(left_s) == 1 and len(left_t) == 1 and found:
-        (members,), (others,) = left_s.values(), left_t.values()
-        if len(members) == len(others):
+        ((ws, members),), ((wt, others),) = left_s.items(), left_t.items()
+        if len(members) == len(others) and score(ws, wt) >= 0:
             found.append((members, others))
     return found
 

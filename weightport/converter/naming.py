@@ -115,6 +115,17 @@ def template(path: str) -> str:
     return re.sub(r"\d+", "#", path)
 
 
+# words naming different members of one family: layers they name are not each other's
+FAMILIES = (frozenset({"attention", "mlp"}), frozenset({"query", "key", "value", "output"}),
+            frozenset({"up", "down", "gate"}), frozenset({"tokemb", "posemb"}), frozenset({"#1", "#2", "#3"}))
+
+
+def clash(a: frozenset, b: frozenset) -> bool:
+    """Whether two paths' words name different members of one family (an attention's output against an MLP's;
+    a query against a key): then no amount of other agreement pairs them."""
+    return any((a & f) and (b & f) and not (a & b & f) for f in FAMILIES)
+
+
 def abbreviates(short: str, long: str) -> bool:
     """``attn`` for ``attention``, ``out`` for ``output``: same first letter, the rest in order."""
     if short == long:

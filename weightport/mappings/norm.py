@@ -54,6 +54,15 @@ def _keras_axes(layer):
     return _axes(layer.axis, len(shape) if shape is not None else None)
 
 
+def epsilon_attribute(layer) -> dict:
+    """{"epsilon": ...} from the names norms of every library use for it (eps, epsilon, variance_epsilon)."""
+    for name in ("eps", "epsilon", "variance_epsilon"):
+        value = getattr(layer, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"epsilon": float(value)}
+    return {}
+
+
 def _maybe(hp, key, value):
     """``hp`` with ``key`` set, unless the value is unknown (then the check is skipped)."""
     if value is not None:
@@ -88,6 +97,7 @@ class BatchNormRule(Rule):
     """
 
     name = "batch_normalization"
+    config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("BatchNormalization",),
                "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
@@ -185,6 +195,7 @@ class LayerNormRule(Rule):
     """
 
     name = "layer_normalization"
+    config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",),
                "equinox": ("LayerNorm",)}
@@ -259,6 +270,7 @@ class GroupNormRule(Rule):
     """
 
     name = "group_normalization"
+    config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",),
                "equinox": ("GroupNorm",)}
@@ -349,6 +361,7 @@ class RMSNormRule(Rule):
     """
 
     name = "rms_normalization"
+    config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("RMSNormalization",), "torch": ("RMSNorm",), "flax": ("RMSNorm",),
                "equinox": ("RMSNorm",)}

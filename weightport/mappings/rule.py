@@ -137,6 +137,11 @@ class Rule:
         fn = getattr(self, f"infer_{layout}", None)
         return fn(shapes) if fn else None
 
+    def config_by_attributes(self, layer) -> dict:
+        """What a layer of a class this rule does not name (recognised by its weights) says through common
+        attribute names, for the configuration checks; {} by default."""
+        return {}
+
     def sample_inputs(self, layout: str, hp: dict, shapes) -> list:
         """Small batches this layer could read, in ``layout``'s axis order, likeliest first.
 

@@ -276,7 +276,7 @@ def _read_by_weights(fw, refs, unknown) -> list:
             names = {n for n in names if registry.get(n).exact(fw.layout, fits[0][n])
                      and all(type(lk.transform).__name__ == "Identity" for lk in registry.get(n).links(fw.layout, fits[0][n]))}
         for (layer, path, loose, at), found in zip(items, fits):
-            candidates = [(r, found[r.name]) for r in rules if r.name in names]
+            candidates = [(r, {**r.config_by_attributes(layer), **found[r.name]}) for r in rules if r.name in names]
             if candidates:
                 replaced[at] = (len(loose), LayerRef(path, layer, fw, candidates))
     out, i = [], 0
