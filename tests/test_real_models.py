@@ -48,6 +48,15 @@ def hidden_states(hf, kh):
     return a, keras.ops.convert_to_numpy(kh(X.transpose(0, 2, 3, 1)))
 
 
+def assert_bitwise_equal(ours, reference):
+    """Every variable of ``reference`` (keras-hub's own converter) has the same bytes in ``ours``."""
+    by_path = {v.path: v for v in ours.weights}
+    assert len(by_path) == len(reference.weights)
+    for ref in reference.weights:
+        a, b = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b), ref.path
+
+
 def assert_same_outputs(hf, kh):
     a, b = hidden_states(hf, kh)
     np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
@@ -100,12 +109,7 @@ def test_vit_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
     with pytest.warns(wp.WeightportWarning, match="classifier"):  # the head: reported, not ported
         report = wp.port(tmp_path / "model.safetensors", kh)
     assert any("classifier" in note for note in report.unmatched_source)
-    by_path = {v.path: v for v in kh.weights}
-    assert len(reference.weights) == len(kh.weights)
-    for ref in reference.weights:
-        ours = keras.ops.convert_to_numpy(by_path[ref.path].value)
-        theirs = keras.ops.convert_to_numpy(ref.value)
-        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+    assert_bitwise_equal(kh, reference)
 
 
 VOCAB, SEQ_MAX, SEGMENTS = 101, 32, 2
@@ -159,10 +163,7 @@ def test_bert_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
         wp.port(tmp_path / "model.safetensors", kh)
-    by_path = {v.path: v for v in kh.weights}
-    for ref in reference.weights:
-        ours, theirs = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
-        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+    assert_bitwise_equal(kh, reference)
 
 
 def test_vit_saved_as_a_torch_file_loads_with_load_state_dict(tmp_path):
@@ -307,10 +308,7 @@ def test_gpt2_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
         wp.port(tmp_path / "model.safetensors", kh)
-    by_path = {v.path: v for v in kh.weights}
-    for ref in reference.weights:
-        ours, theirs = (keras.ops.convert_to_numpy(v.value) for v in (by_path[ref.path], ref))
-        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), ref.path
+    assert_bitwise_equal(kh, reference)
 
 
 def test_gpt2_negative_control_a_wrong_split_of_c_attn_differs(monkeypatch):

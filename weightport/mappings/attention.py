@@ -268,12 +268,9 @@ class LinearAttentionRule(MultiHeadAttentionRule):
         keeps them as its parts, and the layer it meets settles which reading
         holds. The heads come from that layer too.
         """
-        modules: dict = {}
-        for name, shape in shapes.items():
-            module, _, leaf = name.rpartition(".")
-            if leaf not in ("weight", "bias") or not module:
-                return None
-            modules.setdefault(module, {})[leaf] = tuple(shape)
+        modules = projection_groups(shapes)
+        if modules is None:
+            return None
         roles = {}
         for module, tensors in modules.items():
             role = _role(module)
@@ -358,12 +355,9 @@ class PackedAttentionRule(MultiHeadAttentionRule):
         return hp
 
     def infer_torch(self, shapes):
-        leaves: dict = {}
-        for name, shape in shapes.items():
-            module, _, leaf = name.rpartition(".")
-            if leaf not in ("weight", "bias") or not module:
-                return None
-            leaves.setdefault(module, {})[leaf] = tuple(shape)
+        leaves = projection_groups(shapes)
+        if leaves is None:
+            return None
         return _packed_projections({m: (t.get("weight"), t.get("bias")) for m, t in leaves.items()})
 
     def links_torch(self, hp):
@@ -380,6 +374,17 @@ class PackedAttentionRule(MultiHeadAttentionRule):
                      Chain(Each(3, head_bias(h, dk)), Concat(0, (e, e, e)))),
                 link("attention_output/kernel", f"{out}.weight", output),
                 link("attention_output/bias", f"{out}.bias")]
+
+
+def projection_groups(shapes):
+    """{sub-module: {"weight": shape, "bias": shape}} of a checkpoint group made only of such sub-modules, else None."""
+    modules: dict = {}
+    for name, shape in shapes.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf not in ("weight", "bias") or not module:
+            return None
+        modules.setdefault(module, {})[leaf] = tuple(shape)
+    return modules
 
 
 def _weighted_leaves(module, limit: int = 8) -> dict:
