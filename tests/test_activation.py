@@ -127,3 +127,25 @@ def test_a_prelu_from_a_bare_file_pairs_with_a_shared_axes_prelu(tmp_path):
     wp.port(tmp_path / "p.pt", k)
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 11)).astype("float32")
     assert_forward_equal(t, k, x, x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("torch_act, keras_act, warned", [
+    (lambda: torch.nn.GELU(approximate="tanh"), "gelu", "'gelu_tanh', target has 'gelu'"),
+    (torch.nn.GELU, "gelu", None),
+    (torch.nn.ReLU6, "relu", "'relu6', target has 'relu'"),
+    (torch.nn.SiLU, "swish", None),
+])
+def test_an_activation_inside_the_keras_layer_is_compared_with_the_module_after_the_torch_one(
+        torch_act, keras_act, warned):
+    t = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Dropout(0.1), torch_act())
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5, activation=keras_act)])
+    randomize_torch(t)
+    report = wp.port(t, k)
+    found = [w for w in report.warnings if "activation" in w]
+    x = np.random.default_rng(3).standard_normal((4, 7)).astype("float32") * 3
+    if warned:
+        assert len(found) == 1 and found[0].startswith("0 -> dense") and warned in found[0]
+        assert not wp.verify(t, k, x, atol=2e-5, rtol=0).ok  # the warning is true
+    else:
+        assert not found
+        assert wp.verify(t, k, x, atol=2e-5, rtol=0).ok

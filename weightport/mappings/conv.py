@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigMismatchError, UsageError
-from .rule import ConfigIssue, Rule, link, register
+from .rule import ACTIVATION_HINT, ConfigIssue, Rule, keras_activation, link, register
 from .transforms import Chain, Reshape, Transform, Transpose, Unary
 
 STRIDE_HINT = "the layers stride differently, so outputs differ"
@@ -205,8 +205,10 @@ def transpose_pads(hp):
 class ConvFamily(Rule):
     """Shared checks: configuration that weights cannot carry, padding compared as zeros added."""
 
-    checks = {"groups": "error", "use_bias": "error", "strides": "warning", "dilation_rate": "warning"}
+    checks = {"groups": "error", "use_bias": "error", "strides": "warning", "dilation_rate": "warning",
+              "activation": "warning"}
     check_hints = {"groups": "grouped and ungrouped kernels of these shapes connect channels differently",
+                   "activation": ACTIVATION_HINT,
                    "strides": STRIDE_HINT, "dilation_rate": DILATION_HINT}
     pads = staticmethod(conv_pads)
 
@@ -258,6 +260,8 @@ def _common(layer) -> dict:
     """hp every Keras conv layer spells the same way, and the spatial size it was built for, where fixed."""
     hp = {"kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
           "dilation_rate": tuple(layer.dilation_rate), "padding": _padding(layer), "use_bias": bool(layer.use_bias)}
+    if keras_activation(layer):
+        hp["activation"] = keras_activation(layer)
     shape = next(iter((getattr(layer, "_build_shapes_dict", None) or {}).values()), None)
     if shape is not None and len(shape) == len(hp["kernel_size"]) + 2:
         spatial = shape[2:] if getattr(layer, "data_format", "") == "channels_first" else shape[1:-1]

@@ -10,7 +10,7 @@ does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
 import numpy as np
 
 from . import flatten
-from .rule import ConfigIssue, Rule, link, register
+from .rule import ACTIVATION_HINT, ConfigIssue, Rule, keras_activation, link, register
 from .transforms import Transpose
 
 
@@ -21,12 +21,15 @@ class DenseRule(Rule):
     name_words = frozenset({"head", "proj", "fc", "dense", "linear", "up", "down", "gate", "query", "key", "value",
                             "output", "classifier", "pooler", "lm", "score"})
     classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
-    checks = {"use_bias": "error"}
+    checks = {"use_bias": "error", "activation": "warning"}
+    check_hints = {"activation": ACTIVATION_HINT}
     shared = ("flatten_from",)
     graph_sensitive = {"keras": ("Flatten",)}
 
     def config_keras(self, layer):
         hp = {"units": layer.units, "use_bias": layer.use_bias}
+        if keras_activation(layer):
+            hp["activation"] = keras_activation(layer)
         feature_map = flatten.feature_map_before_flatten(layer)
         if feature_map is flatten.UNKNOWN:
             hp["flatten_unknown"] = True

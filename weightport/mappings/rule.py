@@ -245,6 +245,18 @@ class Rule:
         return issues
 
 
+ACTIVATION_HINT = ("the activation is applied inside the layer on one side and by what follows it on the other; "
+                   "they must compute the same function (GELU exact vs its tanh approximation, ReLU6 vs ReLU, "
+                   "SiLU/swish...): make them agree")
+KERAS_ACTIVATIONS = {"swish": "silu"}  # Keras' other names for one function
+
+
+def keras_activation(layer):
+    """The activation a Keras layer applies itself, in torch's words where they differ; None for linear."""
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return None if name in (None, "linear") else KERAS_ACTIVATIONS.get(name, name)
+
+
 def same_value(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         try:

@@ -48,6 +48,11 @@ class Framework:
         """Assign slot -> array into ``layer`` in place (shapes already checked)."""
         raise NotImplementedError
 
+    def activation_after(self, siblings, index: int):
+        """The activation applied right after ``siblings[index]`` by the next sibling, where this framework
+        spells activations as layers of their own (torch's nn.GELU after a Linear); None otherwise."""
+        return None
+
     def count_weights(self, layer):
         """How many tensors ``layer`` holds, its sub-layers' included; None where unknown."""
         return None
@@ -241,8 +246,15 @@ def walk(fw: Framework, model) -> tuple:
         refs.extend(loose)
         if len(loose) < len(own):
             unmapped.append(Unmapped(path or fw.display_name(layer), type(layer).__name__, own))
-        for name, child in fw.children(layer):
+        siblings = fw.children(layer)
+        for i, (name, child) in enumerate(siblings):
+            before = len(refs)
             visit(child, join(path, name, fw.sep))
+            activation = fw.activation_after(siblings, i)
+            for ref in refs[before:] if activation and len(refs) == before + 1 and refs[-1].obj is child else ():
+                for rule, hp in ref.candidates:
+                    if "activation" in rule.checks:
+                        hp.setdefault("activation", activation)
 
     visit(model, "")
     refs = _read_by_weights(fw, refs, unknown)

@@ -20,6 +20,17 @@ class TorchFramework(Framework):
     def children(self, layer) -> list:
         return list(layer.named_children())
 
+    def activation_after(self, siblings, index: int):
+        """The activation module that follows ``siblings[index]`` (dropout aside), in Keras' words; else None."""
+        for _, module in siblings[index + 1:]:
+            name = type(module).__name__
+            if name.startswith("Dropout") or name == "Identity":
+                continue
+            if name == "GELU":
+                return "gelu" if getattr(module, "approximate", "none") == "none" else "gelu_tanh"
+            return ACTIVATIONS.get(name)
+        return None
+
     def own_weights(self, layer) -> list:
         return ([n for n, _ in layer.named_parameters(recurse=False)]
                 + [n for n, _ in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set])
@@ -124,5 +135,9 @@ def _to_numpy_tree(out):
         return {k: _to_numpy_tree(v) for k, v in out.items()}
     return to_numpy(out)
 
+
+ACTIVATIONS = {"ReLU": "relu", "ReLU6": "relu6", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid",
+               "ELU": "elu", "SELU": "selu", "Softplus": "softplus", "Mish": "mish", "Hardswish": "hard_silu",
+               "LeakyReLU": "leaky_relu"}
 
 ADAPTER = TorchFramework()
