@@ -149,3 +149,14 @@ def test_an_activation_inside_the_keras_layer_is_compared_with_the_module_after_
     else:
         assert not found
         assert wp.verify(t, k, x, atol=2e-5, rtol=0).ok
+
+
+def test_strict_config_refuses_what_is_otherwise_a_warning_and_leaves_the_target():
+    t = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.GELU(approximate="tanh"))
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5, activation="gelu")])
+    before = [w.copy() for w in k.get_weights()]
+    with pytest.raises(wp.ConfigMismatchError, match="activation"):
+        wp.port(t, k, strict_config=True)
+    for a, b in zip(before, k.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any("activation" in w for w in wp.port(t, k).warnings)  # the default: a warning, and the port

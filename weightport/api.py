@@ -41,7 +41,8 @@ def _live_nodes(obj, role: str, strict: bool):
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
-         check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False) -> Report:
+         check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False,
+         strict_config: bool = False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by the
@@ -81,6 +82,9 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         rtol: relative tolerance of ``check`` (see ``verify``).
         allow_overflow: write values that overflow the target's dtype as inf
             instead of refusing.
+        strict_config: refuse (ConfigMismatchError) where configuration that
+            weights cannot carry differs, even where it is only warned about
+            by default (epsilon, padding, activation...).
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule,
@@ -127,7 +131,8 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
                          "port it into its own model first and pass that model as the source, or call "
                          "wp.verify(source_model, target, inputs) yourself")
     flows = tracing.flows(traced_source, target, check)
-    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
+    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows,
+                                strict_config=strict_config)
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None

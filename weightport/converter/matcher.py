@@ -516,9 +516,12 @@ def _name_groups(src, tgt) -> list:
 # -- the whole match ------------------------------------------------------------------------------
 
 
-def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None) -> tuple:
+def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None,
+          strict_config: bool = False) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
+    strict_config: configuration differences that are only warned about
+    (epsilon, padding, activation) refuse the port too.
     strict: every target layer must be filled by an unambiguous pair of equal
     shapes and no configuration error; source layers the target does not ask
     for (a head) are reported and warned about, unless ``strict="both"``,
@@ -572,7 +575,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         plan.unmatched_source += [describe(a) for a in left_s]
         plan.unmatched_target += [describe(b) for b in left_t]
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
-    return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict)
+    return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict, strict_config)
 
 
 def _expanded(nodes, others) -> list:
@@ -633,7 +636,8 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
         + f"  hints={guess!r}")
 
 
-def _checked_plan(plan, pairs, strict) -> tuple:
+def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
+    """The plan's steps; configuration errors refuse (strict), warnings too with ``strict_config``."""
     kept = []
     for p in pairs:
         if not p.shapes_agree:
@@ -642,7 +646,7 @@ def _checked_plan(plan, pairs, strict) -> tuple:
                 f"expected {_fmt_shapes(p.target_shapes)}, found {_fmt_shapes(p.source_shapes)}{_config_note(p)}; "
                 "the target was not changed")
         issues = p.rule.check(p.source_hp, p.target_hp)
-        errors = [i for i in issues if i.severity == "error"]
+        errors = [i for i in issues if i.severity == "error" or strict_config]
         where = f"{p.source.label} -> {p.target.label} ({p.rule.name})"
         if errors and strict:
             raise ConfigMismatchError(f"{where}: " + "; ".join(map(str, errors))
