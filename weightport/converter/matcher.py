@@ -570,8 +570,9 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
             _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
         if left_s:
+            listed = ", ".join(a.label for a in left_s[:8]) + (" ..." if len(left_s) > 8 else "")
             plan.issues.append(f"{len(left_s)} source layer(s) have no counterpart in the target and were not "
-                               f"ported: {', '.join(a.label for a in left_s[:8])}" + (" ..." if len(left_s) > 8 else ""))
+                               f"ported: {listed}")
         plan.unmatched_source += [describe(a) for a in left_s]
         plan.unmatched_target += [describe(b) for b in left_t]
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
@@ -623,7 +624,8 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
 def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
     lines, guess = [], {}
     for cls in classes:
-        lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n  target: {', '.join(b.label for b in cls.tgt)}")
+        lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n"
+                     f"  target: {', '.join(b.label for b in cls.tgt)}")
         guess.update({a.path: b.path for a, b in zip(cls.src, cls.tgt)})
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (

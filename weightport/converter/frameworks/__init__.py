@@ -285,8 +285,7 @@ def _read_by_weights(fw, refs, unknown) -> list:
         fits = [{r.name: hp for r in rules if (hp := r.infer(fw.layout, s)) is not None} for s in shapes]
         names = {n for n in set.intersection(*(set(f) for f in fits)) if _one_way_round(registry.get(n), fits)}
         if all(len(set(s)) <= 1 for found in shapes for s in found.values() if len(s) >= 2):
-            names = {n for n in names if registry.get(n).exact(fw.layout, fits[0][n])
-                     and all(type(lk.transform).__name__ == "Identity" for lk in registry.get(n).links(fw.layout, fits[0][n]))}
+            names = {n for n in names if _moves_no_axes(registry.get(n), fw.layout, fits[0][n])}
         for (layer, path, loose, at), found in zip(items, fits):
             candidates = [(r, {**r.config_by_attributes(layer), **found[r.name]}) for r in rules if r.name in names]
             if candidates:
@@ -301,6 +300,14 @@ def _read_by_weights(fw, refs, unknown) -> list:
             out.append(refs[i])
             i += 1
     return out
+
+
+def _moves_no_axes(rule, layout: str, hp: dict) -> bool:
+    """Whether ``rule`` copies every tensor as it is between ``layout`` and the canonical form."""
+    try:
+        return all(type(lk.transform).__name__ == "Identity" for lk in rule.links(layout, hp))
+    except WeightportError:
+        return False
 
 
 def configured(layout: str, layer) -> list:
@@ -342,7 +349,8 @@ def _parts(fw, layer, path) -> list:
         refs += [LayerRef(join(join(path, name, fw.sep), r.path, fw.sep) if r.path else join(path, name, fw.sep),
                           r.obj, fw, r.candidates) for r in found]
     total = fw.count_weights(layer)
-    if not refs or total is None or total != sum(fw.count_weights(r.obj) for r in {id(r.obj): r for r in refs}.values()):
+    held = sum(fw.count_weights(r.obj) for r in {id(r.obj): r for r in refs}.values())
+    if not refs or total is None or total != held:
         return []
     return refs
 

@@ -103,7 +103,7 @@ class TorchFramework(Framework):
             model.train(was_training)
 
     def trace(self, model, refs, inputs, capture: bool = False):
-        """Flow of one run on ``inputs``: forward hooks mark each layer's outputs, torch's function mode follows them."""
+        """Flow of one run on ``inputs``: hooks mark each layer's outputs, torch's function mode follows them."""
         import torch
 
         from ..flow import Provenance, torch_operations
