@@ -386,3 +386,12 @@ def test_attention_block_negative_control(monkeypatch):
     skip_transforms(monkeypatch, "multi_head_attention")
     wp.port(t, k)
     assert_forward_differs(t, k, qkv()[0])
+
+
+def test_a_linear_of_transposed_size_does_not_slip_into_an_einsum_kernel_of_the_same_size():
+    """(13, 11) and (11, 13) hold as many values: a reshape alone would take either; the shapes must agree."""
+    t = torch.nn.Sequential(torch.nn.Linear(11, 13, bias=False))
+    x = keras.Input((13,))
+    k = keras.Model(x, keras.layers.EinsumDense("ab,bc->ac", output_shape=11)(x))
+    with pytest.raises(wp.WeightportError):
+        wp.port(t, k, hints={"0": k.layers[-1].name})

@@ -184,10 +184,18 @@ class Reshape(Unary):
         return tuple(size // known if d == -1 else d for d in shape)
 
     def fwd_shape(self, s):
+        self._expect(self.src, s)
         return self._resolve(self.dst, s)
 
     def inv_shape(self, s):
+        self._expect(self.dst, s)
         return self._resolve(self.src, s)
+
+    def _expect(self, shape, s):
+        """An array must have the shape this side declares: (out, in) where (in, out) was due is an error,
+        though the sizes would let it through."""
+        if len(shape) != len(s) or any(d != -1 and d != int(x) for d, x in zip(shape, s)):
+            raise ValueError(f"reshape expects {tuple(shape)}, got {tuple(s)}")
 
     def describe(self):
         return f"reshape{self.dst}".replace(" ", "")

@@ -349,10 +349,10 @@ def _parts(fw, layer, path) -> list:
         refs += [LayerRef(join(join(path, name, fw.sep), r.path, fw.sep) if r.path else join(path, name, fw.sep),
                           r.obj, fw, r.candidates) for r in found]
     total = fw.count_weights(layer)
-    held = sum(fw.count_weights(r.obj) for r in {id(r.obj): r for r in refs}.values())
-    if not refs or total is None or total != held:
+    if not refs or total is None:
         return []
-    return refs
+    held = sum(fw.count_weights(r.obj) for r in {id(r.obj): r for r in refs}.values())
+    return refs if total == held else []
 
 
 def _loose_refs(fw, layer, path, own) -> list:
