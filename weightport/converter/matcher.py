@@ -628,10 +628,12 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
                      f"  target: {', '.join(b.label for b in cls.tgt)}")
         guess.update({a.path: b.path for a, b in zip(cls.src, cls.tgt)})
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
+    checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
+    how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
+           "pass check=(inputs_a, inputs_b), inputs both models accept, so they can be traced")
     why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
         "neither their names nor the dataflow of a traced run tell which is which" if traced else
-        "their names do not tell which is which, and no run of both models could show what feeds what "
-        "(pass check=(inputs_a, inputs_b) to let weightport trace both, or the checkpoint's own model as model=)")
+        f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
         + "\nThe target was not changed. If they correspond in the order listed, pass (after checking):\n"
