@@ -156,16 +156,6 @@ def test_bert_both_ways_live_with_pooler():
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
-def test_bert_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
-    randomized(transformers.BertModel(bert_config()), 9).save_pretrained(tmp_path)
-    reference = keras_hub.models.BertBackbone.from_preset(str(tmp_path))
-    kh = keras_bert()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        wp.port(tmp_path / "model.safetensors", kh)
-    assert_bitwise_equal(kh, reference)
-
-
 def test_vit_saved_as_a_torch_file_loads_with_load_state_dict(tmp_path):
     """keras-hub -> HF names and layout, written once; transformers' own load_state_dict takes it, strictly."""
     hf, kh = hf_vit(), keras_vit()
@@ -301,10 +291,14 @@ def test_gpt2_packed_qkv_conv1d_both_ways_live():
     np.testing.assert_allclose(*gpt2_outputs(hf2, kh), atol=2e-4, rtol=1e-4)
 
 
-def test_gpt2_file_loads_what_keras_hubs_own_converter_loads(tmp_path):
-    randomized(transformers.GPT2Model(gpt2_config()), 17).save_pretrained(tmp_path)
-    reference = keras_hub.models.GPT2Backbone.from_preset(str(tmp_path))
-    kh = keras_gpt2()
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_file_loads_what_keras_hubs_own_converter_loads(tmp_path, family):
+    """The HF model.safetensors keras-hub's from_preset reads, ported by weightport: the same bytes."""
+    hf, backbone, build = {"bert": (lambda: transformers.BertModel(bert_config()), "BertBackbone", keras_bert),
+                           "gpt2": (lambda: transformers.GPT2Model(gpt2_config()), "GPT2Backbone", keras_gpt2)}[family]
+    randomized(hf(), 9).save_pretrained(tmp_path)
+    reference = getattr(keras_hub.models, backbone).from_preset(str(tmp_path))
+    kh = build()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
         wp.port(tmp_path / "model.safetensors", kh)

@@ -16,6 +16,7 @@ operation the adapter cannot see), the reading layer's inputs are marked
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 UNKNOWN = "<unknown>"
@@ -34,8 +35,9 @@ class Flow:
         """True when no layer's inputs were lost, so each layer's readers are all known too."""
         return not any(UNKNOWN in f for f in self.feeds.values())
 
+    @functools.cached_property
     def readers(self) -> dict:
-        """path -> the paths whose inputs it feeds."""
+        """path -> the paths whose inputs it feeds (asked for once the run is over, so kept)."""
         out = {p: set() for p in self.feeds}
         for path, feeds in self.feeds.items():
             for f in feeds:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError, WeightportError)
+from ..mappings.transforms import IDENTITY
 from . import naming
 from .flow import UNKNOWN
 from .plan import EVIDENCE, Plan, Step
@@ -82,7 +83,7 @@ def _parameter_view(node):
         except WeightportError:
             continue
         if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
-                or type(links[0].transform).__name__ != "Identity":
+                or links[0].transform is not IDENTITY:
             continue
         shapes = _shapes_or_none(node, rule, hp)
         if shapes:
@@ -308,7 +309,7 @@ class Pairing:
         targets = {t: t for t in paired.values()}
         sides = [(src_flow.feeds, tgt_flow.feeds)]
         if src_flow.complete and tgt_flow.complete:  # with no origin lost, every layer's readers are known too
-            sides.append((src_flow.readers(), tgt_flow.readers()))
+            sides.append((src_flow.readers, tgt_flow.readers))
         progress = False
         for mine_of, theirs_of in sides:
             for cls in self.classes:
@@ -406,7 +407,7 @@ class Pairing:
             return True
         degrees = []
         for flow, nodes in zip(flows, (mine, theirs)):
-            readers = flow.readers()
+            readers = flow.readers
             degrees.append(sorted((len(flow.feeds.get(n.path, ())), len(readers.get(n.path, ()))) for n in nodes))
         return degrees[0] == degrees[1]
 

@@ -58,5 +58,5 @@ def _live(model, nodes) -> list:
     from .frameworks import walk
 
     refs, _ = walk(adapter_for(model), model)
-    by_path = {r.path: r for r in refs for r in [r] + list(r.parts)}
+    by_path = {n.path: n for r in refs for n in (r, *r.parts)}
     return [by_path[n.path] for n in nodes if n.path in by_path]

@@ -182,7 +182,7 @@ class Rule:
         (``into_canonical``, a port whose source is in ``layout``). Plain copies and renames are left out."""
         parts = []
         for lk in self.links(layout, hp):
-            if type(lk.transform).__name__ == "Identity":
+            if lk.transform is IDENTITY:
                 continue
             ends = ["+".join(lk.canonical), "+".join(lk.native)]
             if into_canonical:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ...errors import UsageError, WeightportError
 from ...mappings.rule import rules_for
+from ...mappings.transforms import IDENTITY
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
 # torch.nn.Module, so Keras must be asked first.
@@ -305,7 +306,7 @@ def _read_by_weights(fw, refs, unknown) -> list:
 def _moves_no_axes(rule, layout: str, hp: dict) -> bool:
     """Whether ``rule`` copies every tensor as it is between ``layout`` and the canonical form."""
     try:
-        return all(type(lk.transform).__name__ == "Identity" for lk in rule.links(layout, hp))
+        return all(lk.transform is IDENTITY for lk in rule.links(layout, hp))
     except WeightportError:
         return False
 
