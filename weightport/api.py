@@ -18,8 +18,9 @@ from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, configured, require_adapter, walk
 from .converter.plan import Report
 from .converter.plan import _jsonable
-from .converter.structure import RULES_KEY, SEPARATORS, config_nodes, group_path, infer_nodes, model_nodes
+from .converter.structure import RULES_KEY, config_nodes, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult, compare
+from .layouts import separator
 from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
                      WeightportWarning)
 
@@ -325,7 +326,7 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
             raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
                              "each variable lands where keras' load_weights looks for it")
         plan, pairs = _same_structure(src_nodes, layout)
-        sep = SEPARATORS.get(layout, ".")
+        sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     plan.unmatched_source += src_notes
     return _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run,
@@ -466,7 +467,7 @@ def _names_for(model, fw, path) -> callable:
         return keras_h5
     if hasattr(fw, "tensor_name"):  # the framework names its tensors itself (Flax: Linen collections)
         return fw.tensor_name
-    sep = SEPARATORS.get(fw.layout, ".")
+    sep = separator(fw.layout)
 
     def dotted(node, slot):
         if getattr(node, "loose", False):

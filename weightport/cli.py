@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from . import exits
+from . import exits, layouts
 from .errors import UsageError, WeightportWarning
 
 FORMAT_NAMES = ("safetensors", "torch", "keras", "npz", "msgpack")  # weightport.converter.formats.MODULES
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
     p.add_argument("source", help="input checkpoint")
     p.add_argument("destination", help="output file (its suffix picks the format)")
-    p.add_argument("--to", choices=("keras", "torch", "flax", "equinox"),
+    p.add_argument("--to", choices=layouts.WRITABLE,
                    help="target layout (default: the model's, keras for Keras files, else the source's)")
     p.add_argument("--model", help="MODULE:NAME or FILE.py:NAME of a model (or a function building one) giving the "
                                    "structure: the source's if in its layout, else the target's")

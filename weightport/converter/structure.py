@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..layouts import separator
 from ..mappings.rule import registry
 
-SEPARATORS = {"torch": ".", "keras": "/", "flax": "/", "onnx": "."}
 
 
 @dataclass
@@ -75,7 +75,7 @@ def tree_paths(names, layout: str) -> dict:
     collection (``params`` first, which keeps module order), unless that
     would merge two tensors.
     """
-    sep = SEPARATORS.get(layout, ".")
+    sep = separator(layout)
     if layout != "flax" or not names or any(sep not in n for n in names) \
             or "params" not in {n.partition(sep)[0] for n in names}:
         return {n: n for n in names}
@@ -103,7 +103,7 @@ def recorded_layers(checkpoint) -> dict:
 
 def group_path(names, layout: str) -> str:
     """The group (tree node) holding all of ``names``: their longest common prefix, in whole components."""
-    sep = SEPARATORS.get(layout, ".")
+    sep = separator(layout)
     parts = [n.split(sep) for n in names]
     common = []
     for column in zip(*(p[:-1] for p in parts)):
@@ -137,7 +137,7 @@ def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
     instead of guessing: names and shapes cannot tell a bias-free depthwise
     kernel from a convolution kernel, or a Linear from an Embedding.
     """
-    sep = SEPARATORS.get(layout, ".")
+    sep = separator(layout)
     tree = tree_paths(ordered_names(checkpoint), layout)
     names = list(tree)
     alphabetical = len(names) > 1 and list(checkpoint) == sorted(checkpoint)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import UsageError
+from ..layouts import NAMES as LAYOUTS
 from .transforms import IDENTITY, Transform
 
-LAYOUTS = ("keras", "torch", "flax", "equinox", "onnx")
 
 # Built-in rule modules, imported on first use of the registry.
 BUILTIN_MODULES = (

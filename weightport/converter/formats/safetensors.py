@@ -16,6 +16,7 @@ import struct
 import numpy as np
 
 from ...errors import FormatError, UsageError
+from ...layouts import LAYOUTS
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource
 from . import limits
 from .guard import load_json
@@ -26,7 +27,6 @@ SUFFIXES = (".safetensors", ".safetensors.index.json")
 _PLAIN = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
           "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
 _ML = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-_FORMAT_TAG = {"torch": "pt", "flax": "flax", "keras": "keras", "onnx": "onnx"}
 
 
 def _dtype(code: str) -> np.dtype:
@@ -232,7 +232,8 @@ def _header(sources, metadata) -> bytes:
 
 def _with_format_tag(metadata: dict) -> dict:
     metadata = dict(metadata)
-    tag = _FORMAT_TAG.get(metadata.get(LAYOUT_KEY, ""))
+    layout = LAYOUTS.get(metadata.get(LAYOUT_KEY, ""))
+    tag = layout and layout.safetensors_tag
     if tag and "format" not in metadata:
         metadata["format"] = tag
     return metadata
