@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import weightport as wp
+from util import randomize_keras
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -236,12 +237,74 @@ def test_llama_grouped_query_attention_both_ways_live_and_from_the_file(tmp_path
     np.testing.assert_allclose(*llama_outputs(hf, fresh), atol=2e-4, rtol=1e-4)
 
 
-def test_a_target_weight_no_rule_knows_is_refused_not_left_unset():
-    """keras-hub's untied ReversibleEmbedding also holds reverse_embeddings, which an Embedding rule does not
-    fill: the port must say so rather than leave it as it was."""
+def llama_logits(hf, kh):
+    """Both sides' vocabulary logits: HF's lm_head, keras-hub's ReversibleEmbedding run in reverse."""
+    with torch.no_grad():
+        a = hf(input_ids=torch.from_numpy(IDS)).logits.numpy()
+    hidden = kh({"token_ids": IDS, "padding_mask": np.ones_like(IDS)})
+    return a, keras.ops.convert_to_numpy(kh.token_embedding(hidden, reverse=True))
+
+
+def test_an_untied_output_projection_ports_both_ways_live_and_from_the_file(tmp_path):
+    """keras-hub's untied ReversibleEmbedding holds the token table and the (dim, vocab) output projection;
+    HF keeps them as embed_tokens and lm_head (vocab, dim): the two parts pair with those two layers."""
+    config = llama_config()
+    config.tie_word_embeddings = False
+    hf, kh = randomized(transformers.LlamaForCausalLM(config), 12), keras_llama(tied=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(hf, kh)
+        np.testing.assert_allclose(*llama_logits(hf, kh), atol=2e-4, rtol=1e-4)
+        assert {s.source: s.target for s in report.steps}["lm_head"] == "token_embedding/reverse_embeddings"
+        hf2 = randomized(transformers.LlamaForCausalLM(config), 13)
+        wp.port(kh, hf2)
+        np.testing.assert_allclose(*llama_logits(hf2, kh), atol=2e-4, rtol=1e-4)
+        hf.save_pretrained(tmp_path)
+        fresh = keras_llama(tied=False)
+        wp.port(tmp_path / "model.safetensors", fresh)
+    reference = keras_hub.models.LlamaBackbone.from_preset(str(tmp_path))
+    assert not reference.tie_word_embeddings
+    assert_bitwise_equal(fresh, reference)
+
+
+def test_an_untied_output_projection_with_no_source_is_refused_not_left_unset():
+    """Negative control: a headless source has nothing for reverse_embeddings, and the port says so."""
     hf, kh = randomized(transformers.LlamaModel(llama_config()), 12), keras_llama(tied=False)
+    before = keras.ops.convert_to_numpy(kh.token_embedding.reverse_embeddings)
     with pytest.raises(wp.WeightportError, match="reverse_embeddings"):
         wp.port(hf, kh)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kh.token_embedding.reverse_embeddings), before)
+
+
+def test_a_tied_head_is_filled_through_its_tie_and_written_once(tmp_path):
+    """HF's lm_head tied to embed_tokens is one tensor: filled by porting the table, written once on export
+    (as save_pretrained does), and load_state_dict restores it through the tie."""
+    config = llama_config()
+    config.tie_word_embeddings = True
+    kh = keras_llama(tied=True)
+    randomize_keras(kh, 14)
+    hf = transformers.LlamaForCausalLM(config)
+    assert hf.lm_head.weight is hf.model.embed_tokens.weight
+    wp.port(kh, hf)
+    np.testing.assert_allclose(*llama_logits(hf, kh), atol=2e-4, rtol=1e-4)
+    path = tmp_path / "tied.safetensors"
+    wp.save(kh, path, layout="torch", like=hf)
+    stored = wp.load(path)
+    assert "model.embed_tokens.weight" in stored and "lm_head.weight" not in stored
+    fresh = transformers.LlamaForCausalLM(config)
+    from safetensors.torch import load_file
+    missing = fresh.load_state_dict(load_file(path), strict=False).missing_keys
+    assert missing == ["lm_head.weight"]
+    np.testing.assert_allclose(*llama_logits(fresh, kh), atol=2e-4, rtol=1e-4)
+
+
+def test_a_tie_on_one_side_only_is_refused():
+    """Negative control: an untied HF head beside a tied Keras table has no source of its own."""
+    config = llama_config()
+    config.tie_word_embeddings = False
+    kh, hf = keras_llama(tied=True), transformers.LlamaForCausalLM(config)
+    with pytest.raises(wp.WeightportError, match="lm_head"):
+        wp.port(kh, hf)
 
 
 def test_a_bare_llama_checkpoint_converts_to_keras_layout_by_its_names(tmp_path):

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 
-from .converter import checking, engine, matcher, tracing
+from .converter import checking, engine, matcher, tracing, weight_norm
 from .converter.arrays import is_floating
 from .converter.checkpoint import Checkpoint, as_sources
 from .converter.frameworks import adapter_for, configured, require_adapter, walk
@@ -188,6 +188,9 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
     """
     from .converter.formats import open_checkpoint
 
+    if not _is_path(path):
+        raise UsageError(f"wp.load reads a file: pass a path (str or os.PathLike), not a {type(path).__name__}; "
+                         "a live model or a name -> array mapping can be given to port, convert and save directly")
     return open_checkpoint(path, format=format, trust_pickle=trust_pickle)
 
 
@@ -417,7 +420,16 @@ def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
     if _is_live(obj):
         _, nodes, notes = _live_nodes(obj, "source", strict)
         return nodes, notes
-    ckpt = _checkpoint(obj, trust_pickle)
+    ckpt, folded = weight_norm.folded(_checkpoint(obj, trust_pickle))
+    nodes, notes = _checkpoint_nodes(ckpt, model=model, strict=strict)
+    for node in nodes:
+        how = {slot: "weight_norm" for slot, name in node.names.items() if name in folded}
+        for _, hp in node.candidates if how else ():
+            hp["reparametrized"] = how
+    return nodes, notes
+
+
+def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
     where = ckpt.path or "the given mapping"
     if model is not None:
         fw, live, _ = _live_nodes(model, "model", strict)
@@ -562,10 +574,13 @@ def _same_structure(src_nodes, layout) -> tuple:
         if layout not in rule.layouts():
             raise UsageError(f"{node.label}: rule {rule.name!r} has no {layout!r} layout")
         shapes = node.canonical_shapes(rule, hp)
-        p = matcher.Pair(node, _Virtual(node.path, layout), rule, hp, hp, shapes, shapes)
+        written = {k: v for k, v in hp.items() if k != "reparametrized"}  # the file holds the folded weight
+        p = matcher.Pair(node, _Virtual(node.path, layout), rule, hp, written, shapes, shapes)
         pairs.append(p)
-        plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, hp, shapes,
-                               matcher.transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)))
+        plan.issues += [f"{node.label}: {note}" for note in matcher.reparametrized_notes(p)]
+        plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, written, shapes,
+                               matcher.transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)
+                               and not hp.get("reparametrized")))
     return plan, pairs
 
 

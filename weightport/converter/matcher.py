@@ -531,6 +531,10 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
+    tied_s = [n for n in src if getattr(n, "tied_to", None)]
+    tied_t = [n for n in tgt if getattr(n, "tied_to", None)]
+    tied = {id(n) for n in tied_s + tied_t}
+    src, tgt = [n for n in src if id(n) not in tied], [n for n in tgt if id(n) not in tied]
     pairs = []
     for s_path, t_path in (hints or {}).items():
         mine, theirs = _find(src, s_path, "source"), _find(tgt, t_path, "target")
@@ -566,8 +570,8 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
             plan.issues.append(str(error).split(". The target")[0])
         used_s = {id(p.source) for p in pairs}
         used_t = {id(p.target) for p in pairs}
-        left_s = [a for a in src if id(a) not in used_s]
-        left_t = [b for b in tgt if id(b) not in used_t]
+        left_s = [a for a in src if id(a) not in used_s] + _untied(tied_s, pairs, "source")
+        left_t = [b for b in tgt if id(b) not in used_t] + _untied(tied_t, pairs, "target")
         if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
             _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
         if left_s:
@@ -578,6 +582,12 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         plan.unmatched_target += [describe(b) for b in left_t]
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict, strict_config)
+
+
+def _untied(tied, pairs, side: str) -> list:
+    """Tied nodes whose owner (the layer holding the same tensors) went unpaired: they are not filled either."""
+    paired = {getattr(p, side).path for p in pairs}
+    return [n for n in tied if n.tied_to not in paired]
 
 
 def _expanded(nodes, others) -> list:
@@ -652,6 +662,7 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
                 "the target was not changed")
         issues = p.rule.check(p.source_hp, p.target_hp)
         errors = [i for i in issues if i.severity == "error" or strict_config]
+        issues += reparametrized_notes(p)
         where = f"{p.source.label} -> {p.target.label} ({p.rule.name})"
         if errors and strict:
             raise ConfigMismatchError(f"{where}: " + "; ".join(map(str, errors))
@@ -667,8 +678,26 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
             source_layout=p.source.layout, target_layout=p.target.layout,
             source_hp=p.source_hp, target_hp=p.target_hp, shapes=p.source_shapes,
             transform=transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
-            and p.rule.exact(p.target.layout, p.target_hp), evidence=p.evidence))
+            and p.rule.exact(p.target.layout, p.target_hp) and not p.source_hp.get("reparametrized"),
+            evidence=p.evidence))
     return plan, kept
+
+
+def reparametrized_notes(p: Pair) -> list:
+    """Caveats for weights a side computes from others (torch's weight_norm): folded into one tensor when read,
+    split back into a magnitude and a direction when written; equal up to rounding, never bit for bit."""
+    from ..mappings.rule import ConfigIssue
+
+    notes = []
+    for hp, text in ((p.source_hp, "the source computes {} from a magnitude g and a direction v ({}): the target "
+                                   "receives g*v/|v| as one tensor, equal up to rounding, and the split is lost"),
+                     (p.target_hp, "the target computes {} from a magnitude g and a direction v ({}): written as "
+                                   "g=|W| and v=W, which compute W again up to rounding")):
+        folded = hp.get("reparametrized")
+        if folded:
+            notes.append(ConfigIssue("reparametrized", None, None, "caveat",
+                                     text.format(", ".join(folded), ", ".join(sorted(set(folded.values()))))))
+    return notes
 
 
 def _config_note(p: Pair) -> str:

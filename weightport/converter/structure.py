@@ -30,6 +30,7 @@ class FileNode:
     unordered: bool = False  # the file stores names alphabetically: its order is not the model's
     loose: bool = False  # one tensor no rule explains, paired by name and shape (the ``parameter`` rule)
     parts: list = field(default_factory=list)  # a composite group's sub-groups (attention's projections)
+    tied_to: str | None = None  # see LayerRef.tied_to: a file stores such tensors once, under the other layer
 
     @property
     def label(self) -> str:
@@ -202,14 +203,14 @@ def model_nodes(checkpoint, live_nodes, names_of) -> tuple:
     nodes, missing = [], []
     for ln in live_nodes:
         rule, hp = ln.candidates[0]
-        names = {}
+        names, tied_to = {}, getattr(ln, "tied_to", None)
         for slot in rule.native_slots(ln.layout, hp):
             name = names_of(ln, slot)
             if name in checkpoint:
                 names[slot] = name
-            elif any(slot in lk.native and lk.canonical for lk in rule.links(ln.layout, hp)):
+            elif not tied_to and any(slot in lk.native and lk.canonical for lk in rule.links(ln.layout, hp)):
                 missing.append(f"{ln.label}: {name}")
-        nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names))
+        nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names, tied_to=tied_to))
     return nodes, missing
 
 

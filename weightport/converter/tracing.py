@@ -21,7 +21,8 @@ def split_inputs(inputs) -> tuple:
 def trace(model, nodes, inputs=None, capture: bool = False):
     """The Flow of one run of a live ``model`` among ``nodes``, or None where it cannot be had."""
     fw = adapter_for(model) if model is not None else None
-    nodes = [n for n in nodes or () if not getattr(n, "loose", False)]  # their layers are not rule-bearing
+    # loose tensors' layers are not rule-bearing; a part its layer's call does not compute is not seen running
+    nodes = [n for n in nodes or () if not getattr(n, "loose", False) and getattr(n, "runs", True)]
     if fw is None or not nodes:
         return None
     try:

@@ -9,7 +9,7 @@ Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` 
 """
 import numpy as np
 
-from .rule import Rule, link, register
+from .rule import Declined, Rule, link, register
 
 
 @register
@@ -23,6 +23,8 @@ class EmbeddingRule(Rule):
                                 "Embedding with max_norm=None")}
 
     def config_keras(self, layer):
+        if len(layer.weights) > 1:
+            raise Declined("an Embedding subclass that holds more than its table")
         return {"input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim), "max_norm": None}
 
     def config_torch(self, module):
@@ -68,3 +70,37 @@ def _table(shapes, name):
     if set(shapes) != {name} or len(table) != 2:
         return None
     return {"input_dim": table[0], "output_dim": table[1]}
+
+
+@register
+class ReversibleEmbeddingRule(Rule):
+    """keras-hub's ``ReversibleEmbedding`` with ``tie_weights=False``: a token table and, beside it, the output
+    projection back to the vocabulary (``reverse_embeddings``, (dim, vocab), used as ``x @ reverse``).
+
+    Other implementations keep those as two layers (HF's ``embed_tokens`` and
+    ``lm_head``), so the two are this layer's parts: an embedding, and a
+    bias-free dense whose kernel it stores under its own name. A tied one
+    holds the table alone and is a plain embedding.
+    """
+
+    name = "reversible_embedding"
+    classes = {"keras": ("ReversibleEmbedding",)}
+    composite = True
+    priority = 1
+
+    def config_keras(self, layer):
+        if getattr(layer, "tie_weights", True) or len(layer.weights) != 2:
+            raise Declined("a tied ReversibleEmbedding holds one table: a plain embedding")
+        return {"input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim)}
+
+    def canonical(self, hp):
+        return ["embeddings", "reverse_embeddings"]
+
+    def parts(self, layout, hp):
+        vocab, dim = hp["input_dim"], hp["output_dim"]
+        return [("embeddings", "embedding", {"input_dim": vocab, "output_dim": dim, "max_norm": None}),
+                ("reverse_embeddings", "dense", {"units": vocab, "use_bias": False,
+                                                 "slot_names": {"kernel": "reverse_embeddings"}})]
+
+    def sample_inputs(self, layout, hp, shapes):
+        return EmbeddingRule.sample_inputs(self, layout, hp, shapes)

@@ -38,6 +38,10 @@ BUILTIN_MODULES = (
 )
 
 
+class Declined(Exception):
+    """Raised by a config reader: the layer has this rule's class but not what the rule reads."""
+
+
 @dataclass(frozen=True)
 class Link:
     """Canonical slots -> layout slots through one transform (``forward`` direction)."""
@@ -106,6 +110,12 @@ class Rule:
             return False
         return any(cls.__name__ in names for cls in type(layer).__mro__)
 
+    def parts(self, layout: str, hp: dict) -> list:
+        """For a composite layer whose weights are not held by sub-layers: ``(name, rule name, hp)`` for each
+        group of its weights that another implementation keeps as a layer of its own, the part the layer's
+        call computes first. [] by default."""
+        return []
+
     def expand(self, layout: str, hp: dict) -> list:
         """One hp per node a live layer stands for (a torch ``num_layers=N`` RNN is N Keras layers)."""
         return [hp]
@@ -161,14 +171,20 @@ class Rule:
         raise NotImplementedError(f"rule {self.name!r} must define canonical(hp)")
 
     def links(self, layout: str, hp: dict) -> list:
-        """The links for ``layout``, restricted to slots that exist under ``hp``."""
+        """The links for ``layout``, restricted to slots that exist under ``hp``; a part of a larger layer
+        (``parts``) stores its slots under that layer's names, given as ``hp["slot_names"]``."""
         present = set(self.canonical(hp))
         if layout == "keras":
-            return [Link((s,), (s,)) for s in self.canonical(hp)]
-        fn = getattr(self, f"links_{layout}", None)
-        if fn is None:
-            raise UsageError(f"rule {self.name!r} has no {layout!r} layout (it knows {self.layouts()})")
-        return [lk for lk in fn(hp) if set(lk.canonical) <= present]
+            found = [Link((s,), (s,)) for s in self.canonical(hp)]
+        else:
+            fn = getattr(self, f"links_{layout}", None)
+            if fn is None:
+                raise UsageError(f"rule {self.name!r} has no {layout!r} layout (it knows {self.layouts()})")
+            found = [lk for lk in fn(hp) if set(lk.canonical) <= present]
+        names = hp.get("slot_names")
+        if names:
+            found = [Link(lk.canonical, tuple(names.get(s, s) for s in lk.native), lk.transform) for lk in found]
+        return found
 
     def native_slots(self, layout: str, hp: dict) -> list:
         """The layout's slot names, in declaration order."""

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass, field
 
 from ...errors import UsageError, WeightportError
-from ...mappings.rule import rules_for
+from ...mappings.rule import Declined, registry, rules_for
 from ...mappings.transforms import IDENTITY
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
@@ -57,6 +57,16 @@ class Framework:
     def count_weights(self, layer):
         """How many tensors ``layer`` holds, its sub-layers' included; None where unknown."""
         return None
+
+    def reparametrized(self, layer) -> dict:
+        """slot -> how ``layer`` computes that weight from others it stores (torch's ``weight_norm``): read,
+        it is folded into one tensor; written, split back. {} for most layers."""
+        return {}
+
+    def weight_ids(self, layer) -> set:
+        """Identities of the tensor objects ``layer`` holds, sub-layers' included, to see weights two layers
+        share (a tied output head); empty where a framework keeps no shared objects."""
+        return set()
 
     def has_graph(self, layer) -> bool:
         """Whether the model records what feeds this layer (Keras: a symbolic graph; others: n/a)."""
@@ -168,6 +178,12 @@ class LayerRef:
     # for a composite rule's layer: its weighted sub-layers, which pair one by one where the other side
     # has no layer of that rule
     parts: list = field(default_factory=list)
+    # False for a declared part its object's call does not compute (a reverse projection used elsewhere):
+    # a traced run says nothing of it
+    runs: bool = True
+    # the path of an earlier layer holding the very same tensors (an LM head tied to the token embedding):
+    # filled through that layer, never paired on its own
+    tied_to: str | None = None
 
     @property
     def layout(self) -> str:
@@ -225,6 +241,7 @@ def walk(fw: Framework, model) -> tuple:
     if found is not None:
         return found
     refs, unmapped, seen, classes, unknown = [], [], set(), set(), []
+    owners: dict = {}  # tensor identity -> path of the first rule-bearing layer holding it
 
     def visit(layer, path):
         if id(layer) in seen:
@@ -232,11 +249,15 @@ def walk(fw: Framework, model) -> tuple:
         seen.add(id(layer))
         classes.add(type(layer).__name__)
         candidates = configured(fw.layout, layer)
+        folded = fw.reparametrized(layer) if candidates else None
+        for _, hp in candidates if folded else ():
+            hp["reparametrized"] = folded
         if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(fw.layout, hp)
             if len(parts) == 1:
-                refs.append(LayerRef(path, layer, fw, candidates, _parts(fw, layer, path) if rule.composite else []))
+                refs.append(LayerRef(path, layer, fw, candidates, _parts(fw, layer, path, rule, hp) if rule.composite else [],
+                                     tied_to=_tied_to(fw.weight_ids(layer), owners, path)))
             else:  # one live layer standing for several canonical layers
                 refs.extend(LayerRef(f"{path}[{i}]", layer, fw, [(rule, part)]) for i, part in enumerate(parts))
             return
@@ -274,8 +295,6 @@ def _read_by_weights(fw, refs, unknown) -> list:
     settles which of the remaining readings applies; none left, the weights
     stay loose parameters.
     """
-    from ...mappings.rule import registry
-
     rules = sorted(registry, key=lambda r: -r.priority)
     by_class: dict = {}
     for item in unknown:
@@ -322,7 +341,7 @@ def configured(layout: str, layer) -> list:
     for rule in rules_for(layout, layer):
         try:
             found.append((rule, rule.config(layout, layer)))
-        except (AttributeError, KeyError, TypeError, IndexError):
+        except (AttributeError, KeyError, TypeError, IndexError, Declined):
             continue
     return found
 
@@ -340,8 +359,23 @@ def _one_way_round(rule, fits) -> bool:
     return True
 
 
-def _parts(fw, layer, path) -> list:
-    """The rule-bearing sub-layers of a composite layer, when they hold all its weights; else []."""
+def _tied_to(ids: set, owners: dict, path: str):
+    """The one earlier layer holding every tensor in ``ids``, or None (recording ``path`` as their owner)."""
+    held_by = {owners.get(i) for i in ids}
+    if ids and len(held_by) == 1 and None not in held_by:
+        return held_by.pop()
+    for i in ids:
+        owners.setdefault(i, path)
+    return None
+
+
+def _parts(fw, layer, path, rule, hp) -> list:
+    """The parts of a composite layer: those its rule declares, or its rule-bearing sub-layers when they hold
+    all its weights; else []."""
+    declared = rule.parts(fw.layout, hp)
+    if declared:
+        return [LayerRef(join(path, name, fw.sep), layer, fw, [(registry.get(rule_name), part_hp)], runs=i == 0)
+                for i, (name, rule_name, part_hp) in enumerate(declared)]
     refs = []
     for name, child in fw.children(layer):
         found, unmapped = walk(fw, child)
@@ -358,8 +392,6 @@ def _parts(fw, layer, path) -> list:
 
 def _loose_refs(fw, layer, path, own) -> list:
     """One LooseRef per weight ``layer`` holds itself, or [] where some cannot be read by name."""
-    from ...mappings.rule import registry
-
     rule = registry.get("parameter")
     slots = [name.rsplit("/", 1)[-1] for name in own]  # a Keras variable's path ends in its name
     try:

@@ -53,8 +53,9 @@ class KerasFramework(Framework):
     def _variables(self, layer, slots) -> list:
         own = {v.path.rsplit("/", 1)[-1]: v for v in self._own(layer)}
         if slots and all(s in own for s in slots) and len(layer.weights) != len(slots) \
-                and not rules_for(self.layout, layer):
-            return [own[s] for s in slots]  # a rule-less layer's own weights, by name (loose parameters)
+                and not any(not r.composite for r in rules_for(self.layout, layer)[:1]):
+            # by name: a rule-less layer's own weights (loose parameters), or a part of a composite layer's
+            return [own[s] for s in slots]
         variables = layer.weights
         if not variables and not layer.built:
             raise UsageError(
@@ -90,6 +91,9 @@ class KerasFramework(Framework):
 
     def count_weights(self, layer):
         return len(layer.weights)
+
+    def weight_ids(self, layer) -> set:
+        return {id(v) for v in layer.weights}
 
     def has_graph(self, layer) -> bool:
         return bool(getattr(layer, "_inbound_nodes", None))

@@ -38,9 +38,18 @@ class TorchFramework(Framework):
     def count_weights(self, layer):
         return len(layer.state_dict())
 
+    def weight_ids(self, layer) -> set:
+        return {id(p) for p in layer.parameters()}
+
     @staticmethod
     def _tensors(layer) -> dict:
-        return layer.state_dict(keep_vars=True)
+        state = layer.state_dict(keep_vars=True)
+        for name, compute in _reparametrized(layer).items():
+            state[name] = compute()
+        return state
+
+    def reparametrized(self, layer) -> dict:
+        return {name: "weight_norm" for name in _reparametrized(layer)}
 
     def read(self, layer, slots) -> dict:
         state = self._tensors(layer)
@@ -57,10 +66,12 @@ class TorchFramework(Framework):
     def write(self, layer, arrays: dict) -> None:
         import torch
 
-        state = self._tensors(layer)
+        state, derived = self._tensors(layer), _reparametrized(layer)
         with torch.no_grad():
             for slot, value in arrays.items():
-                if slot in state:
+                if slot in derived:
+                    _assign_reparametrized(layer, slot, numpy_to_torch(np.asarray(value)).to(state[slot].dtype))
+                elif slot in state:
                     state[slot].copy_(numpy_to_torch(np.asarray(value)))
 
     def is_frozen(self, layer):
@@ -141,3 +152,31 @@ ACTIVATIONS = {"ReLU": "relu", "ReLU6": "relu6", "SiLU": "silu", "Tanh": "tanh",
                "LeakyReLU": "leaky_relu"}
 
 ADAPTER = TorchFramework()
+
+
+def _weight_norms(layer) -> dict:
+    """name -> the deprecated ``torch.nn.utils.weight_norm`` hook computing that weight from ``name_g``, ``name_v``."""
+    hooks = getattr(layer, "_forward_pre_hooks", {}).values()
+    return {h.name: h for h in hooks if type(h).__name__ == "WeightNorm" and hasattr(h, "compute_weight")}
+
+
+def _reparametrized(layer) -> dict:
+    """name -> a function computing a weight the module stores in other tensors: a ``parametrizations`` entry
+    (``weight_norm``'s magnitude and direction) or the older weight-norm hook's ``weight_g`` and ``weight_v``."""
+    found = {name: (lambda name=name: getattr(layer, name))
+             for name in getattr(getattr(layer, "parametrizations", None), "keys", lambda: ())()}
+    found.update({name: (lambda hook=hook: hook.compute_weight(layer)) for name, hook in _weight_norms(layer).items()})
+    return found
+
+
+def _assign_reparametrized(layer, name, value) -> None:
+    """Store ``value`` as the weight ``name`` computes to: a parametrization's own inverse, or for the older
+    hook the direction as it is and its norm as the magnitude (so ``g * v / |v|`` gives ``value`` back)."""
+    import torch
+
+    hook = _weight_norms(layer).get(name)
+    if hook is None:
+        setattr(layer, name, value)
+        return
+    getattr(layer, f"{name}_v").copy_(value)
+    getattr(layer, f"{name}_g").copy_(torch.norm_except_dim(value, 2, hook.dim))
