@@ -157,6 +157,22 @@ def test_bert_both_ways_live_with_pooler():
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
+def test_port_check_compares_the_output_named_on_each_side():
+    """HF returns last_hidden_state beside pooler_output, keras-hub a dict: output= picks one from each."""
+    hf, kh = randomized(transformers.BertModel(bert_config()), 7), keras_bert()
+    inputs = ({"input_ids": IDS, "token_type_ids": np.zeros_like(IDS)},
+              {"token_ids": IDS, "segment_ids": np.zeros_like(IDS), "padding_mask": np.ones_like(IDS)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(hf, kh, check=inputs, output=("last_hidden_state", "sequence_output"), atol=1e-4)
+        before = [keras.ops.convert_to_numpy(w) for w in kh.weights]
+        other = (inputs[0], dict(inputs[1], token_ids=IDS[:, ::-1]))
+        with pytest.raises(wp.VerificationError):  # negative control: the same output of other inputs
+            wp.port(hf, kh, check=other, output=("last_hidden_state", "sequence_output"), atol=1e-4)
+    for w, b in zip(kh.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), b)
+
+
 def test_vit_saved_as_a_torch_file_loads_with_load_state_dict(tmp_path):
     """keras-hub -> HF names and layout, written once; transformers' own load_state_dict takes it, strictly."""
     hf, kh = hf_vit(), keras_vit()

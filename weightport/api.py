@@ -19,7 +19,7 @@ from .converter.frameworks import adapter_for, configured, require_adapter, walk
 from .converter.plan import Report
 from .converter.plan import _jsonable
 from .converter.structure import RULES_KEY, config_nodes, group_path, infer_nodes, model_nodes
-from .converter.verify import VerifyResult, compare
+from .converter.verify import VerifyResult
 from .layouts import separator
 from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
                      WeightportWarning)
@@ -43,7 +43,7 @@ def _live_nodes(obj, role: str, strict: bool):
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
          check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False,
-         strict_config: bool = False) -> Report:
+         strict_config: bool = False, output=None) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by the
@@ -81,6 +81,8 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             names the first paired layer whose outputs part.
         atol: absolute tolerance of ``check``.
         rtol: relative tolerance of ``check`` (see ``verify``).
+        output: which output ``check`` compares where a model returns several (an HF model's
+            ``last_hidden_state`` beside a pooled one): as in ``verify``.
         allow_overflow: write values that overflow the target's dtype as inf
             instead of refusing.
         strict_config: refuse (ConfigMismatchError) where configuration that
@@ -149,7 +151,7 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     ported = tgt_fw.finish(target)
     if check is not None:
         try:
-            checking.check_port(source, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol)
+            checking.check_port(source, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol, output)
         except WeightportError:
             checking.restore(saved)
             tgt_fw.finish(target)
@@ -724,15 +726,8 @@ def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4, locate: bool
         UsageError: a model is not of a supported framework or returned
             nothing, or the two outputs differ in number or shape.
     """
-    from .converter.verify import pick
-
     in_a, in_b = tracing.split_inputs(inputs)
-    which_a, which_b = output if isinstance(output, tuple) and len(output) == 2 else (output, output)
-    out_a = pick(require_adapter(a, "first model").run(a, in_a), which_a)
-    out_b = pick(require_adapter(b, "second model").run(b, in_b), which_b)
-    if out_a is None or out_b is None:
-        raise UsageError("a model returned nothing to compare")
-    result = compare(out_a, out_b, atol, rtol)
+    result = checking.run_both(a, b, (in_a, in_b), atol, rtol, output)
     if locate is True or (locate and not result.ok):
         _, nodes_a, _ = _live_nodes(a, "first model", False)
         _, nodes_b, _ = _live_nodes(b, "second model", False)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VerificationError
-from .frameworks import adapter_for
+from ..errors import UsageError, VerificationError
+from .frameworks import require_adapter
 from .tracing import split_inputs, trace
-from .verify import Divergence, compare, first_divergence
+from .verify import Divergence, compare, first_divergence, pick
 
 
 def snapshot(pairs) -> list:
@@ -29,11 +29,22 @@ def restore(saved) -> None:
         fw.write(obj, arrays)
 
 
-def check_port(source, target, source_nodes, target_nodes, pairs, inputs, atol: float, rtol: float):
-    """The verify result of ``source`` against the ported ``target``; raises VerificationError when they differ."""
-    fa, fb = adapter_for(source), adapter_for(target)
+def run_both(a, b, inputs, atol: float, rtol: float, output=None):
+    """The VerifyResult of ``a`` and ``b`` run on ``inputs`` (split as a pair where given), comparing the
+    ``output`` selected from each (an index, key or callable; or a pair of them, one per model)."""
     in_a, in_b = split_inputs(inputs)
-    result = compare(fa.run(source, in_a), fb.run(target, in_b), atol, rtol)
+    which_a, which_b = output if isinstance(output, tuple) and len(output) == 2 else (output, output)
+    out_a = pick(require_adapter(a, "first model").run(a, in_a), which_a)
+    out_b = pick(require_adapter(b, "second model").run(b, in_b), which_b)
+    if out_a is None or out_b is None:
+        raise UsageError("a model returned nothing to compare")
+    return compare(out_a, out_b, atol, rtol)
+
+
+def check_port(source, target, source_nodes, target_nodes, pairs, inputs, atol: float, rtol: float, output=None):
+    """The verify result of ``source`` against the ported ``target``; raises VerificationError when they differ."""
+    in_a, in_b = split_inputs(inputs)
+    result = run_both(source, target, (in_a, in_b), atol, rtol, output)
     if result.ok:
         return result
     found = locate(source, target, source_nodes, target_nodes, pairs, (in_a, in_b), atol, rtol)
