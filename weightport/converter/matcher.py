@@ -200,18 +200,23 @@ class LookAlikes:
         return bool(self.src) and bool(self.tgt)
 
 
+_UNTRACED = object()  # a side not yet asked for its flow
+
+
 class Pairing:
     """Pairs look-alikes class by class, by the strongest evidence that settles each; see the module docstring.
 
-    ``flows(source_nodes, target_nodes)`` returns the (source, target) ``Flow``
-    of one traced run of each model among those nodes, or None for a side that
-    cannot be run; it is called only when dataflow is needed.
+    ``flows(source_nodes, target_nodes, side)`` returns the ``Flow`` of one
+    traced run of the source (side 0) or target (side 1) model among those
+    nodes, or None where that side cannot be run; it is called only when
+    dataflow is needed, the source first, since a checkpoint without its
+    model cannot be traced and the target's run would then go unused.
     """
 
     def __init__(self, src, tgt, flows=None):
         self.pairs: list = []
         self.notes: list = []  # warnings about pairs made on weaker evidence
-        self._flows, self._traced = flows, None
+        self._flows, self._sides = flows, [_UNTRACED, _UNTRACED]
         self.nodes = (list(src), list(tgt))
         target_classes = _classes(tgt)
         source_classes = _classes(src, target_classes)
@@ -233,14 +238,14 @@ class Pairing:
 
     def flows(self):
         """Both sides' flows, or None unless both models could be traced."""
-        sides = self.side_flows()
-        return sides if all(f is not None for f in sides) else None
+        if self.side_flow(0) is None or self.side_flow(1) is None:
+            return None
+        return tuple(self._sides)
 
-    def side_flows(self) -> tuple:
-        if self._traced is None:
-            found = self._flows(self.nodes[0], self.nodes[1]) if self._flows is not None else None
-            self._traced = tuple(found) if found else (None, None)
-        return self._traced
+    def side_flow(self, side: int):
+        if self._sides[side] is _UNTRACED:
+            self._sides[side] = self._flows(*self.nodes, side) if self._flows is not None else None
+        return self._sides[side]
 
     # -- the steps -------------------------------------------------------------------
     def run(self) -> list:
@@ -376,11 +381,13 @@ class Pairing:
         for cls in self.classes:
             if not cls.open:
                 continue
-            for members, others, flow in ((cls.src, cls.tgt, self.side_flows()[1]),
-                                          (cls.tgt, cls.src, self.side_flows()[0])):
+            for members, others, side in ((cls.src, cls.tgt, 1), (cls.tgt, cls.src, 0)):
                 numbered = [n for n in members if naming.ordinal(n.path) is not None and naming.numbers(n.path)]
                 other = [n for n in others if naming.numbers(n.path)]  # those in repeated blocks
-                if flow is None or len(numbered) < 2 or any(naming.ordinal(n.path) is not None for n in others):
+                if len(numbered) < 2 or any(naming.ordinal(n.path) is not None for n in others):
+                    continue
+                flow = self.side_flow(side)  # run only when the names call for it
+                if flow is None:
                     continue
                 ran = {path: i for i, path in enumerate(flow.order)}
                 if any(n.path not in ran for n in other):
@@ -402,7 +409,7 @@ class Pairing:
     def same_degrees(self, mine, theirs) -> bool:
         """Whether two groups could be each other's, as far as a complete dataflow can tell: as many layers
         feeding and reading each member, member for member (names and numbers can mislead; this cannot)."""
-        flows = self.flows() if self._traced is not None else None
+        flows = self.flows() if _UNTRACED not in self._sides else None
         if not flows or not all(f.complete for f in flows):
             return True
         degrees = []
@@ -415,7 +422,7 @@ class Pairing:
         """Where both models were traced, a pair made by name or position must not contradict the dataflow."""
         if self.flows() is None:
             return
-        src_flow, tgt_flow = self._traced
+        src_flow, tgt_flow = self.flows()
         paired = self.paths()
         for p in self.pairs:
             if p.evidence not in ("name", "position"):

@@ -31,18 +31,24 @@ class FileNode:
     loose: bool = False  # one tensor no rule explains, paired by name and shape (the ``parameter`` rule)
     parts: list = field(default_factory=list)  # a composite group's sub-groups (attention's projections)
     tied_to: str | None = None  # see LayerRef.tied_to: a file stores such tensors once, under the other layer
+    _shapes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return self.path or "<root>"
 
     def canonical_shapes(self, rule, hp):
-        slots = rule.native_slots(self.layout, hp)
-        found = {s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names}
-        try:
-            return rule.canonical_shapes(self.layout, hp, found)
-        except (KeyError, ValueError):
-            return None
+        """Shapes in canonical form under ``rule``, or None if the tensors do not fit it; asked thousands of
+        times while pairing, so kept per (rule, hp)."""
+        key = (rule.name, repr(sorted(hp.items())))
+        if key not in self._shapes:
+            slots = rule.native_slots(self.layout, hp)
+            found = {s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names}
+            try:
+                self._shapes[key] = rule.canonical_shapes(self.layout, hp, found)
+            except (KeyError, ValueError):
+                self._shapes[key] = None
+        return self._shapes[key]
 
     def dtypes(self, rule, hp) -> dict:
         return {s: self.checkpoint.dtype(self.names[s]) for s in rule.native_slots(self.layout, hp) if s in self.names}

@@ -38,7 +38,8 @@ def trace(model, nodes, inputs=None, capture: bool = False):
 
 
 def flows(source, target, inputs=None):
-    """A callable ``get(source_nodes, target_nodes)`` giving both sides' flows; for ``matcher.match(flows=)``.
+    """A callable ``get(source_nodes, target_nodes, side)`` giving the source's (0) or target's (1) flow; for
+    ``matcher.match(flows=)``.
 
     The nodes are those the matcher pairs (composite layers may have been
     split into their parts). A side whose nodes are a checkpoint's groups is
@@ -47,8 +48,10 @@ def flows(source, target, inputs=None):
     """
     in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
 
-    def get(source_nodes, target_nodes):
-        return (trace(source, _live(source, source_nodes), in_a), trace(target, _live(target, target_nodes), in_b))
+    def get(source_nodes, target_nodes, side: int):
+        if side == 0:
+            return trace(source, _live(source, source_nodes), in_a)
+        return trace(target, _live(target, target_nodes), in_b)
     return get
 
 

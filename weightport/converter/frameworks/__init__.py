@@ -184,6 +184,7 @@ class LayerRef:
     # the path of an earlier layer holding the very same tensors (an LM head tied to the token embedding):
     # filled through that layer, never paired on its own
     tied_to: str | None = None
+    _shapes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layout(self) -> str:
@@ -194,13 +195,17 @@ class LayerRef:
         return self.path or self.framework.display_name(self.obj)
 
     def canonical_shapes(self, rule, hp) -> list | None:
-        """Shapes of this layer's weights in canonical form under ``rule``, or None if they do not fit it."""
-        slots = rule.native_slots(self.layout, hp)
-        found = self.framework.shapes(self.obj, slots)
-        try:
-            return rule.canonical_shapes(self.layout, hp, found)
-        except (KeyError, ValueError):
-            return None
+        """Shapes of this layer's weights in canonical form under ``rule``, or None if they do not fit it;
+        asked thousands of times while pairing, so kept per (rule, hp)."""
+        key = (rule.name, repr(sorted(hp.items())))
+        if key not in self._shapes:
+            slots = rule.native_slots(self.layout, hp)
+            found = self.framework.shapes(self.obj, slots)
+            try:
+                self._shapes[key] = rule.canonical_shapes(self.layout, hp, found)
+            except (KeyError, ValueError):
+                self._shapes[key] = None
+        return self._shapes[key]
 
     def read(self, rule, hp) -> dict:
         return self.framework.read(self.obj, rule.native_slots(self.layout, hp))
@@ -256,7 +261,8 @@ def walk(fw: Framework, model) -> tuple:
             rule, hp = candidates[0]
             parts = rule.expand(fw.layout, hp)
             if len(parts) == 1:
-                refs.append(LayerRef(path, layer, fw, candidates, _parts(fw, layer, path, rule, hp) if rule.composite else [],
+                parts = _parts(fw, layer, path, rule, hp) if rule.composite else []
+                refs.append(LayerRef(path, layer, fw, candidates, parts,
                                      tied_to=_tied_to(fw.weight_ids(layer), owners, path)))
             else:  # one live layer standing for several canonical layers
                 refs.extend(LayerRef(f"{path}[{i}]", layer, fw, [(rule, part)]) for i, part in enumerate(parts))
