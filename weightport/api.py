@@ -2,42 +2,23 @@
 
 Either side of a port may be a live model (Keras, torch...), a checkpoint
 path, a loaded ``Checkpoint`` or a plain name -> array mapping (a state dict).
+Each function resolves what it was given (``converter.sides``), pairs layers
+(``converter.matcher``) or plans without a target (``converter.planning``),
+and runs the plan (``converter.engine``); nothing else lives here.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import sys
 import warnings
-from collections.abc import Mapping
 
-from .converter import checking, engine, matcher, tracing, weight_norm
-from .converter.arrays import is_floating
-from .converter.checkpoint import Checkpoint, as_sources
-from .converter.frameworks import adapter_for, configured, require_adapter, walk
+from .converter import checking, engine, matcher, planning, sides, tracing
+from .converter.checkpoint import Checkpoint
+from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
-from .converter.plan import _jsonable
-from .converter.structure import RULES_KEY, config_nodes, group_path, infer_nodes, model_nodes
 from .converter.verify import VerifyResult
+from .errors import ShapeMismatchError, UsageError, WeightportError, WeightportWarning
 from .layouts import separator
-from .errors import (AmbiguityError, ShapeMismatchError, UnsupportedLayerError, UsageError, WeightportError,
-                     WeightportWarning)
 
 KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
-
-
-def _live_nodes(obj, role: str, strict: bool):
-    """(framework, rule-bearing layer nodes, notes on layers no rule handles) of a live model."""
-    fw = require_adapter(obj, role)
-    nodes, unmapped = walk(fw, obj)
-    if unmapped and strict:
-        u = unmapped[0]
-        raise UnsupportedLayerError(
-            f"{role} layer {u.path!r} ({u.class_name}) holds weights {u.weights} but no rule handles "
-            f"{u.class_name}; the target was not changed. Register a rule for it (see `weightport rules`), "
-            "or pass strict=False to port everything else")
-    return fw, nodes, [f"{u.path} ({u.class_name}: {', '.join(u.weights)}): no rule" for u in unmapped]
 
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
@@ -110,48 +91,37 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         UsageError: the call itself is wrong: an unsupported object,
             arguments that do not go together.
     """
-    if _is_path(target):
+    if sides.is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
                        dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow)
     tgt_fw = require_adapter(target, "target")
-    source = _open_source(source, trust_pickle)
-    src_nodes = None
-    if model is None and not _is_live(source) and _layout_of(source, trust_pickle) == tgt_fw.layout:
-        # a checkpoint into a model of its own framework: where the names agree, they say what each tensor is
-        src_nodes, src_notes = _source_nodes(source, model=target, strict=False, trust_pickle=trust_pickle)
-        if any(note.endswith(("missing", "not in the model")) for note in src_notes):
-            src_nodes = None  # names differ: pair by kind, order and shape instead
-    if src_nodes is None:
-        src_nodes, src_notes = _source_nodes(source, model=model, strict=strict, trust_pickle=trust_pickle)
-    tgt_fw, tgt_nodes, tgt_notes = _live_nodes(target, "target", strict)
-    # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
-    traced_source = source if _is_live(source) else model
-    if traced_source is model and model is not None and require_adapter(model, "model").layout != \
-            _layout_of(source, trust_pickle):
-        traced_source = None
-    if check is not None and not _is_live(source):
+    src = sides.resolve(source, trust_pickle)
+    if check is not None and not src.live:
         raise UsageError("check= runs the source model next to the ported target, but the source is a checkpoint; "
                          "port it into its own model first and pass that model as the source, or call "
                          "wp.verify(source_model, target, inputs) yourself")
-    flows = tracing.flows(traced_source, target, check)
-    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows,
-                                strict_config=strict_config)
+    src_nodes = None
+    if model is None and not src.live and src.layout == tgt_fw.layout:
+        # a checkpoint into a model of its own framework: where the names agree, they say what each tensor is
+        src_nodes, src_notes = sides.source_nodes(src, model=target, strict=False)
+        if any(note.endswith(("missing", "not in the model")) for note in src_notes):
+            src_nodes = None  # names differ: pair by kind, order and shape instead
+    if src_nodes is None:
+        src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
+    _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
+    # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
+    traced = src.obj if src.live else model if model is not None and \
+        require_adapter(model, "model").layout == src.layout else None
+    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
+                                flows=tracing.flows(traced, target, check), strict_config=strict_config)
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None
-    from .progress import bar
-
-    progress = bar(engine.live_bytes(pairs), "port", quiet)
-    try:
-        engine.run_into_live(pairs, plan, allow_overflow=allow_overflow,
-                             progress=progress.update if progress else None)
-    finally:
-        if progress is not None:
-            progress.close()
+    engine.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
     ported = tgt_fw.finish(target)
     if check is not None:
         try:
-            checking.check_port(source, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol, output)
+            checking.check_port(src.obj, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol, output)
         except WeightportError:
             checking.restore(saved)
             tgt_fw.finish(target)
@@ -188,12 +158,7 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
             ``trust_pickle`` is False.
         UsageError: an unknown ``format``.
     """
-    from .converter.formats import open_checkpoint
-
-    if not _is_path(path):
-        raise UsageError(f"wp.load reads a file: pass a path (str or os.PathLike), not a {type(path).__name__}; "
-                         "a live model or a name -> array mapping can be given to port, convert and save directly")
-    return open_checkpoint(path, format=format, trust_pickle=trust_pickle)
+    return sides.read_file(path, format=format, trust_pickle=trust_pickle)
 
 
 def save(model, path, layout: str | None = None, like=None, *, overwrite: bool = False, dtype=None,
@@ -299,87 +264,49 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
             nothing was written.
         CastOverflowError: a value overflows ``dtype``.
     """
-    source = _open_source(source, trust_pickle)
+    src = sides.resolve(source, trust_pickle)
+    written = dict(overwrite=overwrite, dtype=dtype, shard_size=shard_size, quiet=quiet, dry_run=dry_run,
+                   allow_overflow=allow_overflow, replace_input=replace_input)
     if plan is not None:
-        plan, pairs, names_of = _replay(plan, source, trust_pickle)
-        return _write(pairs, names_of, plan, destination, plan.steps[0].target_layout if plan.steps else to,
-                      overwrite, dtype, shard_size, quiet, dry_run, allow_overflow, replace_input)
-    src_layout = _layout_of(source, trust_pickle)
-    model_layout = require_adapter(model, "model").layout if model is not None else None
-    source_model = model if model_layout == src_layout and not _is_live(source) else None
+        plan = planning.read_plan(plan)
+        pairs, names_of = planning.replay(plan, src.checkpoint or sides.checkpoint(src.obj, trust_pickle))
+        layout = plan.steps[0].target_layout if plan.steps else to
+        return _warned(engine.write_file(pairs, names_of, plan, destination, layout, **written))
+    to_keras_file = str(destination).endswith(KERAS_SUFFIXES)
+    model_fw = require_adapter(model, "model") if model is not None else None
+    source_model = model if model_fw is not None and model_fw.layout == src.layout and not src.live else None
     if model is not None and source_model is None and like is None:
         like = model
-    if like is None and str(destination).endswith(KERAS_SUFFIXES) and src_layout == "keras" and _is_live(source):
-        like = source  # a Keras model saved as Keras weights: it says where each variable goes
-    layout = to or (require_adapter(like, "like").layout if like is not None else None) \
-        or ("keras" if str(destination).endswith(KERAS_SUFFIXES) else src_layout)
+    if like is None and to_keras_file and src.layout == "keras" and src.live:
+        like = src.obj  # a Keras model saved as Keras weights: it says where each variable goes
+    like_fw = require_adapter(like, "like") if like is not None else None
+    layout = to or (like_fw.layout if like_fw else None) or ("keras" if to_keras_file else src.layout)
     if layout is None:
         raise UsageError(f"cannot tell which layout to write {destination}: pass to='torch' or to='keras'")
-    if like is not None and require_adapter(like, "like").layout != layout:
-        raise UsageError(f"like= is a {require_adapter(like).layout} model but the target layout is {layout!r}")
-
-    src_nodes, src_notes = _source_nodes(source, model=source_model, strict=strict, trust_pickle=trust_pickle)
+    if like_fw is not None and like_fw.layout != layout:
+        raise UsageError(f"like= is a {like_fw.layout} model but the target layout is {layout!r}")
+    src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
     if like is not None:
-        fw, tgt_nodes, tgt_notes = _live_nodes(like, "like", strict)
-        flows = tracing.flows(source if _is_live(source) else source_model, like)
+        _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
+        flows = tracing.flows(src.obj if src.live else source_model, like)
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
         plan.unmatched_target += tgt_notes
-        names = _names_for(like, fw, destination)
+        names = sides.names_for(like, like_fw, destination)
         names_of = lambda p, slot: names(p.target, slot)  # noqa: E731
     else:
-        if str(destination).endswith(KERAS_SUFFIXES):
+        if to_keras_file:
             raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
                              "each variable lands where keras' load_weights looks for it")
-        plan, pairs = _same_structure(src_nodes, layout)
+        plan, pairs = planning.as_it_is(src_nodes, layout)
         sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     plan.unmatched_source += src_notes
-    return _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run,
-                  allow_overflow, replace_input)
+    return _warned(engine.write_file(pairs, names_of, plan, destination, layout, **written))
 
 
-def _write(pairs, names_of, plan, destination, layout, overwrite, dtype, shard_size, quiet, dry_run,
-           allow_overflow=False, replace_input=False) -> Report:
-    """Record each step's tensor names in the plan, then (unless a dry run) write the file."""
-    from .converter.checkpoint import LAYOUT_KEY
-    from .converter.formats import write_checkpoint
-
-    layers = {}
-    for step, p in zip(plan.steps, pairs):
-        step.source_names = dict(getattr(p.source, "names", {}))
-        step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
-        group = group_path(list(step.target_names.values()), p.target.layout)
-        layers.setdefault(group, {"rule": p.rule.name, "hp": p.target_hp})
-    if dry_run:
-        _warn(plan)
-        report = Report(plan, str(destination))
-        report.files = []
-        return report
-    sources = engine.target_sources(pairs, names_of, dtype=dtype, plan=plan, allow_overflow=allow_overflow)
-    progress = _progress_bar(sum(s.nbytes for s in sources), destination, quiet)
-    try:
-        metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=_jsonable)}
-        written = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
-                                   shard_size=shard_size, progress=progress.update if progress else None,
-                                   replace_input=replace_input)
-    finally:
-        if progress is not None:
-            progress.close()
-    _warn(plan)
-    report = Report(plan, str(destination))
-    report.files = written
+def _warned(report: Report) -> Report:
+    _warn(report.plan)
     return report
-
-
-# -- sides of a port ----------------------------------------------------------------
-
-
-def _is_path(obj) -> bool:
-    return isinstance(obj, (str, os.PathLike))
-
-
-def _is_live(obj) -> bool:
-    return adapter_for(obj) is not None
 
 
 def _warn(plan) -> None:
@@ -387,218 +314,11 @@ def _warn(plan) -> None:
         warnings.warn(issue, WeightportWarning, stacklevel=3)
 
 
-def _checkpoint(obj, trust_pickle: bool) -> Checkpoint:
-    if isinstance(obj, Checkpoint):
-        return obj
-    if _is_path(obj):
-        return load(obj, trust_pickle=trust_pickle)
-    if isinstance(obj, Mapping):
-        return Checkpoint(None, "memory", as_sources(obj))
-    raise UsageError(f"cannot read weights from a {type(obj).__module__}.{type(obj).__name__}: pass a live "
-                     "model, a checkpoint path, a loaded Checkpoint or a name -> array mapping")
-
-
-def _open_source(obj, trust_pickle: bool):
-    """A path opened once: a Checkpoint; for a ``.keras`` archive whose config cannot say what each variable
-    is (a Flatten before a Dense, nested layers), the Keras model it describes."""
-    if not _is_path(obj):
-        return obj
-    ckpt = _checkpoint(obj, trust_pickle)
-    if ckpt.metadata.get("keras_file") == "keras" and config_nodes(ckpt) is None:
-        import keras
-
-        ckpt.close()
-        return keras.saving.load_model(obj, compile=False)
-    return ckpt
-
-
-def _layout_of(obj, trust_pickle: bool):
-    fw = adapter_for(obj)
-    return fw.layout if fw is not None else _checkpoint(obj, trust_pickle).layout
-
-
-def _source_nodes(obj, *, model, strict: bool, trust_pickle: bool) -> tuple:
-    """(nodes, notes) for the source side of a port, live or checkpoint."""
-    if _is_live(obj):
-        _, nodes, notes = _live_nodes(obj, "source", strict)
-        return nodes, notes
-    ckpt, folded = weight_norm.folded(_checkpoint(obj, trust_pickle))
-    nodes, notes = _checkpoint_nodes(ckpt, model=model, strict=strict)
-    for node in nodes:
-        how = {slot: "weight_norm" for slot, name in node.names.items() if name in folded}
-        for _, hp in node.candidates if how else ():
-            hp["reparametrized"] = how
-    return nodes, notes
-
-
-def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
-    where = ckpt.path or "the given mapping"
-    if model is not None:
-        fw, live, _ = _live_nodes(model, "model", strict)
-        if ckpt.layout not in (None, fw.layout):
-            raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
-        nodes, missing = model_nodes(ckpt, live, _names_for(model, fw, ckpt.path or ""))
-        if missing and strict:
-            raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
-                                     + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                                     + "; nothing was written or changed")
-        used = {n for node in nodes for n in node.names.values()}
-        leftovers = [n for n in ckpt if n not in used]
-        return nodes, [f"{m}: missing" for m in missing] + [f"{n}: not in the model" for n in leftovers]
-    if ckpt.layout is None:
-        raise UsageError(f"cannot tell whether {where} holds torch- or keras-layout tensors from its names; "
-                         "pass model= (a live model in the file's layout)")
-    from_config = config_nodes(ckpt) if ckpt.metadata.get("keras_file") == "keras" else None
-    if from_config is not None:
-        return from_config, []
-    if ckpt.layout == "keras" and any(re.search(r"(^|/)vars/\d+$", n) for n in ckpt):
-        raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
-                         "belongs to) or use the .keras archive, which records each layer's class")
-    nodes, leftovers = infer_nodes(ckpt, ckpt.layout, loose=True)
-    # integer tensors nobody claims are bookkeeping (position_ids, step counters), not weights
-    unexplained = [n for n in leftovers if is_floating(ckpt.dtype(n))]
-    if unexplained and strict:
-        raise UnsupportedLayerError(
-            f"{where}: no rule recognises the tensors {unexplained[:5]}"
-            + (f" and {len(unexplained) - 5} more" if len(unexplained) > 5 else "")
-            + "; nothing was changed. Pass model= to give the structure, or strict=False to skip them")
-    return nodes, [f"{n}: no rule recognises it" for n in leftovers]
-
-
-def _names_for(model, fw, path) -> callable:
-    """names(node, slot) -> tensor name of that slot, as ``model``'s framework stores it in ``path``."""
-    if fw.layout == "keras" and str(path).endswith((".h5", ".hdf5", ".keras")):
-        from .converter.formats.keras import variable_paths
-
-        where = {id(v): p for v, p in zip(model.weights, variable_paths(model))}
-
-        def keras_h5(node, slot):
-            if getattr(node, "loose", False):  # a weight the layer holds itself, by its name
-                return where[id(next(v for v in node.obj.weights if v.path == f"{node.obj.path}/{slot}"))]
-            rule, hp = node.candidates[0]
-            index = rule.native_slots(node.layout, hp).index(slot)
-            return where[id(node.obj.weights[index])]
-        return keras_h5
-    if hasattr(fw, "tensor_name"):  # the framework names its tensors itself (Flax: Linen collections)
-        return fw.tensor_name
-    sep = separator(fw.layout)
-
-    def dotted(node, slot):
-        if getattr(node, "loose", False):
-            return node.path  # the owner's path and the weight's name already
-        base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
-        return f"{base}{sep}{slot}" if base else slot
-    return dotted
-
-
-def _replay(plan, source, trust_pickle: bool) -> tuple:
-    """(plan, pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first."""
-    from .converter.plan import Plan
-    from .converter.structure import FileNode
-    from .mappings.rule import registry
-
-    if not isinstance(plan, Plan):
-        try:
-            with open(plan, encoding="utf-8") as f:
-                plan = Plan.from_json(f.read())
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UsageError(f"cannot read the plan {plan}: {exc}; give a file written by "
-                             "`weightport convert --dry-run --save-plan` (or report.to_json())") from None
-    ckpt = _checkpoint(source, trust_pickle)
-    pairs = []
-    for step in plan.steps:
-        rule = registry.get(step.rule)
-        if not step.source_names or not step.target_names:
-            raise UsageError(f"plan step {step.source} -> {step.target} records no tensor names; only plans of "
-                             "file conversions (convert/save with dry_run=True) can be run again")
-        missing = [n for n in step.source_names.values() if n not in ckpt]
-        if missing:
-            raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
-                                     "which the checkpoint does not hold; nothing was written")
-        node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
-        shapes = node.canonical_shapes(rule, step.source_hp)
-        if shapes != [tuple(s) for s in step.shapes]:
-            raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
-                                     f"{step.shapes}; nothing was written")
-        pairs.append(matcher.Pair(node, _Virtual(step.target, step.target_layout), rule, step.source_hp,
-                                  step.target_hp, shapes, shapes))
-    names = {id(p): step.target_names for p, step in zip(pairs, plan.steps)}
-    return plan, pairs, lambda p, slot: names[id(p)][slot]
-
-
-class _Virtual:
-    """A target layer that exists only as the names it will be written under."""
-
-    def __init__(self, path, layout):
-        self.path, self.label, self.layout = path, path or "<root>", layout
-
-
-def _laid_out(nodes) -> list:
-    """Nodes as they can be written alone: a composite group whose layout needs what only a paired layer says
-    (the heads of attention projections read from a file) is written as its parts (four Linear layers)."""
-    out = []
-    for node in nodes:
-        rule, hp = node.candidates[0]
-        try:
-            node.canonical_shapes(rule, hp)
-            whole = True
-        except WeightportError:
-            whole = False
-        out += [node] if whole or not getattr(node, "parts", None) else node.parts
-    return out
-
-
-def _moved_alike(node, layout) -> bool:
-    """Whether every reading of a group moves its tensors between its layout and ``layout`` the same way
-    (a lone scale as a LayerNorm's gamma or an RMSNorm's scale: a copy either way), so the choice is moot."""
-    ways = set()
-    for rule, hp in node.candidates:
-        try:
-            ways.add(tuple(lk.transform.describe() for lay in (node.layout, layout) for lk in rule.links(lay, hp)))
-        except WeightportError:
-            return False
-    return len(ways) == 1
-
-
-def _same_structure(src_nodes, layout) -> tuple:
-    """Plan for writing the source's own layers in ``layout`` (no target model to match)."""
-    from .converter.plan import Plan, Step
-
-    plan, pairs = Plan(), []
-    for node in _laid_out(src_nodes):
-        rules = [r for r, _ in node.candidates]
-        # a live layer's class settles its rule; names and shapes alone may not
-        if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False) \
-                and not _moved_alike(node, layout):
-            raise AmbiguityError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
-                                 f"which differ in {layout} layout; pass model= or like= to say which")
-        rule, hp = node.candidates[0]
-        if layout not in rule.layouts():
-            raise UsageError(f"{node.label}: rule {rule.name!r} has no {layout!r} layout")
-        shapes = node.canonical_shapes(rule, hp)
-        written = {k: v for k, v in hp.items() if k != "reparametrized"}  # the file holds the folded weight
-        p = matcher.Pair(node, _Virtual(node.path, layout), rule, hp, written, shapes, shapes)
-        pairs.append(p)
-        plan.issues += [f"{node.label}: {note}" for note in matcher.reparametrized_notes(p)]
-        plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, written, shapes,
-                               matcher.transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)
-                               and not hp.get("reparametrized")))
-    return plan, pairs
-
-
-def _progress_bar(total: int, destination, quiet: bool):
-    from .progress import bar
-
-    return bar(total, os.path.basename(str(destination)), quiet)
-
-
 def _single(layer):
-    """(framework, rule, hp) for a layer a rule handles, else None."""
+    """(framework, rule, hp) for a layer a rule handles, else (framework, None, None)."""
     fw = require_adapter(layer, "layer")
     found = configured(fw.layout, layer)
-    if not found:
-        return fw, None, None
-    return fw, found[0][0], found[0][1]
+    return (fw, *found[0]) if found else (fw, None, None)
 
 
 def get_weights(layer) -> list:
@@ -623,7 +343,7 @@ def get_weights(layer) -> list:
     if rule is not None:  # one layer (a stacked torch RNN stands for several Keras layers: all of them)
         return [w for part in rule.expand(fw.layout, hp)
                 for w in rule.to_canonical(fw.layout, part, fw.read(layer, rule.native_slots(fw.layout, part)))]
-    _, nodes, _ = _live_nodes(layer, "model", strict=True)
+    _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
     # each node under its own hp: a stacked torch RNN's parts once each, Flax Linen groups too
     return [w for n in nodes for rule, hp in n.candidates[:1]
             for w in rule.to_canonical(n.layout, hp, n.read(rule, hp))]
@@ -656,7 +376,7 @@ def set_weights(layer, weights):
     if rule is not None:  # a stacked torch RNN stands for several Keras layers: it takes all their weights
         parts = [(fw, layer, rule, part) for part in rule.expand(fw.layout, hp)]
     else:
-        _, nodes, _ = _live_nodes(layer, "model", strict=True)
+        _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
         parts = [(n.framework, n.obj, *n.candidates[0]) for n in nodes]
     counts = [len(r.canonical(h)) for _, _, r, h in parts]
     if sum(counts) != len(weights):
@@ -664,30 +384,11 @@ def set_weights(layer, weights):
                                  f"({len(parts)} Keras layer(s)); got {len(weights)}")
     prepared, start = [], 0
     for (part_fw, obj, r, h), count in zip(parts, counts):
-        prepared.append((part_fw, obj, _checked(part_fw, obj, r, h, weights[start:start + count])))
+        prepared.append((part_fw, obj, engine.checked_layout(part_fw, obj, r, h, weights[start:start + count])))
         start += count
     for part_fw, obj, arrays in prepared:
         part_fw.write(obj, arrays)
     return fw.finish(layer)
-
-
-def _checked(fw, layer, rule, hp, weights) -> dict:
-    """The layout tensors for one layer's canonical weights, after checking every shape."""
-    import numpy as np
-
-    from .converter.arrays import to_numpy
-
-    names = rule.canonical(hp)
-    label = fw.display_name(layer)
-    weights = [np.asarray(to_numpy(w)) for w in weights]
-    hp = rule.given(hp, [tuple(w.shape) for w in weights])
-    slots = rule.native_slots(fw.layout, hp)
-    expected = rule.canonical_shapes(fw.layout, hp, fw.shapes(layer, slots))
-    for name, w, shape in zip(names, weights, expected):
-        if tuple(w.shape) != tuple(shape):
-            raise ShapeMismatchError(f"{label} ({rule.name}) weight {name!r}: expected shape {tuple(shape)} "
-                                     f"(Keras layout), got {tuple(w.shape)}; nothing was assigned")
-    return rule.from_canonical(fw.layout, hp, weights)
 
 
 def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4, locate: bool = False, report=None,
@@ -729,22 +430,9 @@ def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4, locate: bool
     in_a, in_b = tracing.split_inputs(inputs)
     result = checking.run_both(a, b, (in_a, in_b), atol, rtol, output)
     if locate is True or (locate and not result.ok):
-        _, nodes_a, _ = _live_nodes(a, "first model", False)
-        _, nodes_b, _ = _live_nodes(b, "second model", False)
-        pairs = _pairs_of(report, nodes_a, nodes_b) if report is not None else matcher.match(
+        _, nodes_a, _ = sides.live_nodes(a, "first model", False)
+        _, nodes_b, _ = sides.live_nodes(b, "second model", False)
+        pairs = checking.pairs_of(report, nodes_a, nodes_b) if report is not None else matcher.match(
             nodes_a, nodes_b, strict=False, flows=tracing.flows(a, b, (in_a, in_b)))[1]
         result.diverging = checking.locate(a, b, nodes_a, nodes_b, pairs, (in_a, in_b), atol, rtol)
     return result
-
-
-def _pairs_of(report, nodes_a, nodes_b) -> list:
-    """The pairs a port's report made, between the layers of the two models given (in either direction)."""
-    a = {n.label: n for n in nodes_a for n in [n] + list(getattr(n, "parts", []))}
-    b = {n.label: n for n in nodes_b for n in [n] + list(getattr(n, "parts", []))}
-    pairs = []
-    for step in report.steps:
-        x, y = (a.get(step.source), b.get(step.target)) if step.source in a else (a.get(step.target), b.get(step.source))
-        found = matcher.pair(x, y, step.evidence) if x is not None and y is not None else None
-        if found is not None:
-            pairs.append(found)
-    return pairs

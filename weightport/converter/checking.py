@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import UsageError, VerificationError
 from .frameworks import require_adapter
+from .matcher import pair
 from .tracing import split_inputs, trace
 from .verify import Divergence, compare, first_divergence, pick
 
@@ -70,3 +71,16 @@ def locate(a, b, nodes_a, nodes_b, pairs, inputs, atol: float, rtol: float):
     p, diff = found
     return Divergence(p.source.label, p.target.label, p.rule.name, diff,
                       [str(i) for i in p.rule.check(p.source_hp, p.target_hp)])
+
+
+def pairs_of(report, nodes_a, nodes_b) -> list:
+    """The pairs a port's report made, between the layers of the two models given (in either direction)."""
+    a = {n.label: n for n in nodes_a for n in [n] + list(getattr(n, "parts", []))}
+    b = {n.label: n for n in nodes_b for n in [n] + list(getattr(n, "parts", []))}
+    pairs = []
+    for step in report.steps:
+        x, y = (a.get(step.source), b.get(step.target)) if step.source in a else (a.get(step.target), b.get(step.source))
+        found = pair(x, y, step.evidence) if x is not None and y is not None else None
+        if found is not None:
+            pairs.append(found)
+    return pairs

@@ -121,6 +121,18 @@ def run_into_live(pairs, plan=None, *, allow_overflow: bool = False, progress=No
             p.target.framework.set_frozen(p.target.obj, frozen)
 
 
+def run_with_progress(pairs, plan, *, allow_overflow: bool = False, quiet: bool = False) -> None:
+    """``run_into_live`` under a progress bar (shown on a terminal for large ports, unless ``quiet``)."""
+    from ..progress import bar
+
+    progress = bar(live_bytes(pairs), "port", quiet)
+    try:
+        run_into_live(pairs, plan, allow_overflow=allow_overflow, progress=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
 def live_bytes(pairs) -> int:
     """Roughly what a live port moves (canonical sizes at 4 bytes a value), for a progress bar's total."""
     return sum(4 * math.prod(s) for p in pairs for s in p.source_shapes or ())
@@ -291,3 +303,55 @@ def transposed_blocks(a, dtype, rows: int = 256):
             if k + 1 < len(starts):
                 pending = pool.submit(job, k + 1)
             yield cast(block, dtype)
+
+
+def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
+               quiet=False, dry_run=False, allow_overflow=False, replace_input=False):
+    """Record each step's tensor names in the plan, then (unless a dry run) write the file; the Report."""
+    import json
+    import os
+
+    from ..progress import bar
+    from .checkpoint import LAYOUT_KEY
+    from .formats import write_checkpoint
+    from .plan import Report, jsonable
+    from .structure import RULES_KEY, group_path
+
+    layers = {}
+    for step, p in zip(plan.steps, pairs):
+        step.source_names = dict(getattr(p.source, "names", {}))
+        step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
+        group = group_path(list(step.target_names.values()), p.target.layout)
+        layers.setdefault(group, {"rule": p.rule.name, "hp": p.target_hp})
+    report = Report(plan, str(destination))
+    report.files = []
+    if dry_run:
+        return report
+    sources = target_sources(pairs, names_of, dtype=dtype, plan=plan, allow_overflow=allow_overflow)
+    progress = bar(sum(s.nbytes for s in sources), os.path.basename(str(destination)), quiet)
+    try:
+        metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=jsonable)}
+        report.files = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
+                                        shard_size=shard_size, progress=progress.update if progress else None,
+                                        replace_input=replace_input)
+    finally:
+        if progress is not None:
+            progress.close()
+    return report
+
+
+def checked_layout(fw, layer, rule, hp, weights) -> dict:
+    """The layout tensors for one layer's canonical weights (``set_weights``), after checking every shape."""
+    from .arrays import to_numpy
+
+    names = rule.canonical(hp)
+    label = fw.display_name(layer)
+    weights = [np.asarray(to_numpy(w)) for w in weights]
+    hp = rule.given(hp, [tuple(w.shape) for w in weights])
+    slots = rule.native_slots(fw.layout, hp)
+    expected = rule.canonical_shapes(fw.layout, hp, fw.shapes(layer, slots))
+    for name, w, shape in zip(names, weights, expected):
+        if tuple(w.shape) != tuple(shape):
+            raise ShapeMismatchError(f"{label} ({rule.name}) weight {name!r}: expected shape {tuple(shape)} "
+                                     f"(Keras layout), got {tuple(w.shape)}; nothing was assigned")
+    return rule.from_canonical(fw.layout, hp, weights)

@@ -16,30 +16,13 @@ evidence settles is refused with the candidates and a ready ``hints=`` line.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError, WeightportError)
 from ..mappings.transforms import IDENTITY
 from . import naming
 from .flow import UNKNOWN
-from .plan import EVIDENCE, Plan, Step
-
-
-@dataclass
-class Pair:
-    source: object
-    target: object
-    rule: object
-    source_hp: dict
-    target_hp: dict
-    source_shapes: list | None
-    target_shapes: list | None
-    evidence: str = "shape"
-
-    @property
-    def shapes_agree(self) -> bool:
-        return self.source_shapes is not None and self.source_shapes == self.target_shapes
+from .plan import EVIDENCE, Pair, Plan, Step, reparametrized_notes, transform_text
 
 
 def common_rule(a, b):
@@ -690,33 +673,7 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
     return plan, kept
 
 
-def reparametrized_notes(p: Pair) -> list:
-    """Caveats for weights a side computes from others (torch's weight_norm): folded into one tensor when read,
-    split back into a magnitude and a direction when written; equal up to rounding, never bit for bit."""
-    from ..mappings.rule import ConfigIssue
-
-    notes = []
-    for hp, text in ((p.source_hp, "the source computes {} from a magnitude g and a direction v ({}): the target "
-                                   "receives g*v/|v| as one tensor, equal up to rounding, and the split is lost"),
-                     (p.target_hp, "the target computes {} from a magnitude g and a direction v ({}): written as "
-                                   "g=|W| and v=W, which compute W again up to rounding")):
-        folded = hp.get("reparametrized")
-        if folded:
-            notes.append(ConfigIssue("reparametrized", None, None, "caveat",
-                                     text.format(", ".join(folded), ", ".join(sorted(set(folded.values()))))))
-    return notes
-
-
 def _config_note(p: Pair) -> str:
     """Configuration errors that explain a shape difference (use_bias, center, affine...), for its message."""
     errors = [i for i in p.rule.check(p.source_hp, p.target_hp) if i.severity == "error"]
     return ("; the configurations differ: " + "; ".join(map(str, errors))) if errors else ""
-
-
-def transform_text(p: Pair) -> str:
-    """How the tensors move, read in the port's direction: out of the source's layout, into the target's."""
-    parts = []
-    for layout, hp, into in ((p.source.layout, p.source_hp, True), (p.target.layout, p.target_hp, False)):
-        if layout != "keras":
-            parts.append(f"{layout}: {p.rule.describe(layout, hp, into_canonical=into)}")
-    return " | ".join(parts) or "copy"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..mappings.rule import ConfigIssue
+
 
 # how a pair of layers was made, as the report says it
 EVIDENCE = {
@@ -45,12 +47,12 @@ class Plan:
     issues: list = field(default_factory=list)  # config differences, as strings
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, default=_jsonable)
+        return json.dumps(asdict(self), indent=1, default=jsonable)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         data = json.loads(text)
-        steps = [Step(**{**s, "source_hp": _tuples(s["source_hp"]), "target_hp": _tuples(s["target_hp"]),
+        steps = [Step(**{**s, "source_hp": tuples(s["source_hp"]), "target_hp": tuples(s["target_hp"]),
                          "shapes": [tuple(x) for x in s["shapes"]]}) for s in data.get("steps", [])]
         return cls(steps=steps,
                    unmatched_source=data.get("unmatched_source", []),
@@ -58,16 +60,58 @@ class Plan:
                    issues=data.get("issues", []))
 
 
-def _tuples(value):
+@dataclass
+class Pair:
+    """Two layers paired through one rule: each side's hyperparameters, and its shapes in canonical form."""
+
+    source: object
+    target: object
+    rule: object
+    source_hp: dict
+    target_hp: dict
+    source_shapes: list | None
+    target_shapes: list | None
+    evidence: str = "shape"
+
+    @property
+    def shapes_agree(self) -> bool:
+        return self.source_shapes is not None and self.source_shapes == self.target_shapes
+
+
+def transform_text(p: Pair) -> str:
+    """How the tensors move, read in the port's direction: out of the source's layout, into the target's."""
+    parts = []
+    for layout, hp, into in ((p.source.layout, p.source_hp, True), (p.target.layout, p.target_hp, False)):
+        if layout != "keras":
+            parts.append(f"{layout}: {p.rule.describe(layout, hp, into_canonical=into)}")
+    return " | ".join(parts) or "copy"
+
+
+def reparametrized_notes(p: Pair) -> list:
+    """Caveats for weights a side computes from others (torch's weight_norm): folded into one tensor when read,
+    split back into a magnitude and a direction when written; equal up to rounding, never bit for bit."""
+    notes = []
+    for hp, text in ((p.source_hp, "the source computes {} from a magnitude g and a direction v ({}): the target "
+                                   "receives g*v/|v| as one tensor, equal up to rounding, and the split is lost"),
+                     (p.target_hp, "the target computes {} from a magnitude g and a direction v ({}): written as "
+                                   "g=|W| and v=W, which compute W again up to rounding")):
+        folded = hp.get("reparametrized")
+        if folded:
+            notes.append(ConfigIssue("reparametrized", None, None, "caveat",
+                                     text.format(", ".join(folded), ", ".join(sorted(set(folded.values()))))))
+    return notes
+
+
+def tuples(value):
     """JSON lists back to the tuples hyperparameters hold (kernel sizes, shapes...)."""
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(tuples(v) for v in value)
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: tuples(v) for k, v in value.items()}
     return value
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, tuple):
         return list(obj)
     try:

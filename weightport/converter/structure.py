@@ -99,11 +99,11 @@ def recorded_layers(checkpoint) -> dict:
     """The rule and hyperparameters weightport recorded for each layer of a file it wrote, if any."""
     import json
 
-    from .plan import _tuples
+    from .plan import tuples
 
     text = checkpoint.metadata.get(RULES_KEY)
     try:
-        return {path: (entry["rule"], _tuples(entry.get("hp", {}))) for path, entry in json.loads(text).items()}
+        return {path: (entry["rule"], tuples(entry.get("hp", {}))) for path, entry in json.loads(text).items()}
     except (TypeError, ValueError, KeyError, AttributeError):
         return {}
 

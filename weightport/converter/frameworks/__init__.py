@@ -58,6 +58,11 @@ class Framework:
         """How many tensors ``layer`` holds, its sub-layers' included; None where unknown."""
         return None
 
+    def file_names(self, model, path: str):
+        """``names(node, slot)``: what a file at ``path`` calls each tensor of ``model``, where this
+        framework names them its own way; None for the layout's usual ``<layer path><separator><slot>``."""
+        return None
+
     def reparametrized(self, layer) -> dict:
         """slot -> how ``layer`` computes that weight from others it stores (torch's ``weight_norm``): read,
         it is folded into one tensor; written, split back. {} for most layers."""

@@ -225,6 +225,9 @@ class FlaxFramework(ArrayFields):
             if var is not None:
                 _set(var, _like(value, _get(var)))
 
+    def file_names(self, model, path: str):
+        return self.tensor_name
+
     def tensor_name(self, node, slot) -> str:
         """The name a layer's slot is stored under in a Flax checkpoint of this model."""
         if isinstance(node.obj, LinenLayer):

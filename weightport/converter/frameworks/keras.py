@@ -95,6 +95,24 @@ class KerasFramework(Framework):
     def weight_ids(self, layer) -> set:
         return {id(v) for v in layer.weights}
 
+    def file_names(self, model, path: str):
+        """Keras files store variables under their saving paths (``layers/dense/vars/0``), where
+        ``load_weights`` looks them up; other files take the layer path and slot name."""
+        if not path.endswith((".h5", ".hdf5", ".keras")):
+            return None
+        from ..formats.keras import variable_paths
+
+        where = {id(v): p for v, p in zip(model.weights, variable_paths(model))}
+
+        def name(node, slot):
+            layer = node.obj
+            found = next((v for v in layer.weights if v.path == f"{layer.path}/{slot}"), None)
+            if found is None:  # slots named otherwise than the variables: in order
+                rule, hp = node.candidates[0]
+                found = layer.weights[rule.native_slots(node.layout, hp).index(slot)]
+            return where[id(found)]
+        return name
+
     def has_graph(self, layer) -> bool:
         return bool(getattr(layer, "_inbound_nodes", None))
 

@@ -1,0 +1,104 @@
+"""Plans made with no target model: a saved plan run again, and a source written out as it is.
+
+Both end in pairs whose targets exist only as the tensor names they will be
+written under (``Virtual``), for the engine to stream into a file.
+"""
+from __future__ import annotations
+
+from ..errors import AmbiguityError, ShapeMismatchError, UsageError, WeightportError
+from ..mappings.rule import registry
+from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
+from .structure import FileNode
+
+
+class Virtual:
+    """A target layer that exists only as the names it will be written under."""
+
+    def __init__(self, path, layout):
+        self.path, self.label, self.layout = path, path or "<root>", layout
+
+
+def read_plan(plan) -> Plan:
+    """``plan`` itself, or the Plan saved as JSON at that path."""
+    if isinstance(plan, Plan):
+        return plan
+    try:
+        with open(plan, encoding="utf-8") as f:
+            return Plan.from_json(f.read())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"cannot read the plan {plan}: {exc}; give a file written by "
+                         "`weightport convert --dry-run --save-plan` (or report.to_json())") from None
+
+
+def replay(plan: Plan, ckpt) -> tuple:
+    """(pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first."""
+    pairs = []
+    for step in plan.steps:
+        rule = registry.get(step.rule)
+        if not step.source_names or not step.target_names:
+            raise UsageError(f"plan step {step.source} -> {step.target} records no tensor names; only plans of "
+                             "file conversions (convert/save with dry_run=True) can be run again")
+        missing = [n for n in step.source_names.values() if n not in ckpt]
+        if missing:
+            raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
+                                     "which the checkpoint does not hold; nothing was written")
+        node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
+        shapes = node.canonical_shapes(rule, step.source_hp)
+        if shapes != [tuple(s) for s in step.shapes]:
+            raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
+                                     f"{step.shapes}; nothing was written")
+        pairs.append(Pair(node, Virtual(step.target, step.target_layout), rule, step.source_hp,
+                          step.target_hp, shapes, shapes))
+    names = {id(p): step.target_names for p, step in zip(pairs, plan.steps)}
+    return pairs, lambda p, slot: names[id(p)][slot]
+
+
+def as_it_is(src_nodes, layout) -> tuple:
+    """(plan, pairs) writing the source's own layers in ``layout``, no target model to match."""
+    plan, pairs = Plan(), []
+    for node in _laid_out(src_nodes):
+        rules = [r for r, _ in node.candidates]
+        # a live layer's class settles its rule; names and shapes alone may not
+        if layout != node.layout and len(rules) > 1 and getattr(node, "inferred", False) \
+                and not _moved_alike(node, layout):
+            raise AmbiguityError(f"{node.label}: its tensors fit several rules ({', '.join(r.name for r in rules)}), "
+                                 f"which differ in {layout} layout; pass model= or like= to say which")
+        rule, hp = node.candidates[0]
+        if layout not in rule.layouts():
+            raise UsageError(f"{node.label}: rule {rule.name!r} has no {layout!r} layout")
+        shapes = node.canonical_shapes(rule, hp)
+        written = {k: v for k, v in hp.items() if k != "reparametrized"}  # the file holds the folded weight
+        p = Pair(node, Virtual(node.path, layout), rule, hp, written, shapes, shapes)
+        pairs.append(p)
+        plan.issues += [f"{node.label}: {note}" for note in reparametrized_notes(p)]
+        plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, written, shapes,
+                               transform_text(p), rule.exact(node.layout, hp) and rule.exact(layout, hp)
+                               and not hp.get("reparametrized")))
+    return plan, pairs
+
+
+def _laid_out(nodes) -> list:
+    """Nodes as they can be written alone: a composite group whose layout needs what only a paired layer says
+    (the heads of attention projections read from a file) is written as its parts (four Linear layers)."""
+    out = []
+    for node in nodes:
+        rule, hp = node.candidates[0]
+        try:
+            node.canonical_shapes(rule, hp)
+            whole = True
+        except WeightportError:
+            whole = False
+        out += [node] if whole or not getattr(node, "parts", None) else node.parts
+    return out
+
+
+def _moved_alike(node, layout) -> bool:
+    """Whether every reading of a group moves its tensors between its layout and ``layout`` the same way
+    (a lone scale as a LayerNorm's gamma or an RMSNorm's scale: a copy either way), so the choice is moot."""
+    ways = set()
+    for rule, hp in node.candidates:
+        try:
+            ways.add(tuple(lk.transform.describe() for lay in (node.layout, layout) for lk in rule.links(lay, hp)))
+        except WeightportError:
+            return False
+    return len(ways) == 1
