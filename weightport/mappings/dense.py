@@ -10,7 +10,8 @@ does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
 import numpy as np
 
 from . import flatten
-from .rule import ACTIVATION_HINT, ConfigIssue, Rule, keras_activation, link, register
+from .introspect import keras_activation
+from .rule import ACTIVATION_HINT, ConfigIssue, Rule, link, register
 from .transforms import Transpose
 
 

@@ -30,10 +30,14 @@ import sys
 
 import numpy as np
 
-from ..errors import ConfigMismatchError, UnsupportedLayerError
+from ..errors import UnsupportedLayerError
 from .rule import Rule, link, register
-from .transforms import Constant, Transform
+from .transforms import Constant, ZeroBias
 
+EQUINOX_BIAS_REFUSAL = (
+    "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for it (dropping "
+    "it would change the function). Nothing was changed; port this layer by hand, or into a model that keeps such a "
+    "bias")
 EPSILON_HINT = ("epsilon is added to the variance before the square root; Keras defaults to 1e-3, torch to 1e-5, "
                 "so outputs will differ (most where variances are small): set the target's epsilon to the source's")
 
@@ -323,33 +327,6 @@ def _torch_machine_epsilon(module) -> float:
     return float(np.finfo(np.float64 if wide else np.float32).eps)
 
 
-class ZeroBias(Transform):
-    """Equinox RMSNorm's bias, which Keras' and torch's RMSNorm lack: zeros on export, refused on import unless zeros."""
-
-    n_in, n_out = 1, 2
-
-    def forward(self, arrays):
-        return arrays[0], np.zeros_like(arrays[0])
-
-    def inverse(self, arrays):
-        scale, bias = arrays
-        if np.any(bias != 0):
-            raise ConfigMismatchError(
-                "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for "
-                "it (dropping it would change the function). Nothing was changed; port this layer by hand, or "
-                "into a model that keeps such a bias")
-        return (scale,)
-
-    def forward_shapes(self, shapes):
-        return tuple(shapes[0]), tuple(shapes[0])
-
-    def inverse_shapes(self, shapes):
-        return (tuple(shapes[0]),)
-
-    def describe(self):
-        return "+ zero bias"
-
-
 @register
 class RMSNormRule(Rule):
     """RMSNormalization <-> RMSNorm: ``x * rsqrt(mean(x**2) + eps) * scale`` in both.
@@ -400,7 +377,7 @@ class RMSNormRule(Rule):
 
     def links_equinox(self, hp):
         if hp.get("equinox_bias"):
-            return [link("scale", ("weight", "bias"), ZeroBias())]
+            return [link("scale", ("weight", "bias"), ZeroBias(EQUINOX_BIAS_REFUSAL))]
         return self.links_torch(hp)
 
     def infer_flax(self, shapes):
