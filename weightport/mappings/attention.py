@@ -26,6 +26,7 @@ from .attention_parts import (HEAD_ATTRIBUTES, PROJECTIONS, head_bias, heads_att
                               projection_groups, projection_slots, role_of, torch_packs_qkv, weighted_leaves)
 from .introspect import has_class
 from .rule import Rule, link, register
+from .samples import sizes, weights
 from .transforms import Chain, Concat, Each, Reshape
 
 
@@ -85,6 +86,18 @@ class MultiHeadAttentionRule(Rule):
             return None
         return {"num_heads": heads, "num_kv_heads": kv, "key_dim": key_dim, "value_dim": value_dim,
                 "use_bias": use_bias, "packed": kv == heads and torch_packs_qkv(heads * key_dim, [q[0], k[0], v[0]])}
+
+    def examples(self, layout, rng):
+        """Any sizes where the layout keeps each projection apart; torch's in_proj_bias needs key_dim == value_dim,
+        its packed in_proj_weight inputs as wide as the heads."""
+        h, dk, dv, dq, di, do = sizes(rng, 6)
+        hp = {"num_heads": h, "num_kv_heads": h, "key_dim": dk, "value_dim": dv, "use_bias": True}
+        if layout != "torch":
+            return [(hp, example_weights(rng, hp, (dq, di, do), do)),
+                    ({**hp, "use_bias": False}, example_weights(rng, {**hp, "use_bias": False}, (dq, di, do), do))]
+        e, hp = h * dk, {**hp, "value_dim": dk}
+        return [({**hp, "packed": True}, example_weights(rng, hp, (e, e, e), e)),
+                ({**hp, "packed": False}, example_weights(rng, hp, (dq, di, do), dv))]
 
     def canonical(self, hp):
         return [s for p in PROJECTIONS for s in projection_slots(p, hp.get("use_bias", True))]
@@ -234,6 +247,14 @@ class AttentionProjectionsRule(MultiHeadAttentionRule):
         return {"projections": tuple(roles[p] for p in PROJECTIONS), "use_bias": "bias" in modules[roles["query"]],
                 "attention_axes": (1,)}
 
+    def examples(self, layout, rng):
+        """Grouped-query attention included: fewer key/value heads, each serving a group of query heads."""
+        g, m, dk, dv, e = sizes(rng, 5)
+        hp = {"projections": ("q_proj", "k_proj", "v_proj", "o_proj"), "num_heads": g * m, "num_kv_heads": g,
+              "key_dim": dk, "value_dim": dv, "use_bias": True}
+        return [(hp, example_weights(rng, hp, (e, e, e), e)),
+                ({**hp, "num_kv_heads": g * m}, example_weights(rng, {**hp, "num_kv_heads": g * m}, (e, e, e), e))]
+
     def matches(self, layout, layer):
         if layout == "torch":
             return linear_projections(layer) is not None
@@ -282,6 +303,12 @@ class PackedAttentionRule(MultiHeadAttentionRule):
     infer_keras = None
     infer_flax = None
 
+    def examples(self, layout, rng):
+        """Stored (in, out) as GPT-2's Conv1D does, and (out, in) as a Linear does."""
+        h, d, e, o = sizes(rng, 4)
+        hp = {"projections": ("c_attn", "c_proj"), "num_heads": h, "key_dim": d, "value_dim": d, "use_bias": True}
+        return [({**hp, "in_out": in_out}, example_weights(rng, hp, (e, e, e), o)) for in_out in (True, False)]
+
     def matches(self, layout, layer):
         if layout == "torch":
             return packed_projections(weighted_leaves(layer)) is not None
@@ -315,3 +342,12 @@ class PackedAttentionRule(MultiHeadAttentionRule):
                 link("attention_output/kernel", f"{out}.weight", output),
                 link("attention_output/bias", f"{out}.bias")]
 
+
+def example_weights(rng, hp, inputs, out) -> list:
+    """Canonical weights of an attention layer of ``hp``, reading query/key/value ``inputs`` wide, writing ``out``."""
+    h, g, dk, dv = hp["num_heads"], kv_heads(hp), hp["key_dim"], hp["value_dim"]
+    shapes = [(inputs[0], h, dk), (h, dk), (inputs[1], g, dk), (g, dk), (inputs[2], g, dv), (g, dv), (h, dv, out),
+              (out,)]
+    if not hp.get("use_bias", True):
+        shapes = shapes[::2]
+    return weights(rng, *shapes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .conv_family import (ConvFamily, equinox_bias, equinox_conv_hp, flax_conv_hp, kernel_transpose, keras_conv_hp,
                           torch_conv_hp, weight_and_bias)
 from .rule import link, register
+from .samples import sizes, weights
 
 
 @register
@@ -64,6 +65,12 @@ class ConvRule(ConvFamily):
     def infer_flax(self, shapes):
         """As Keras: kernel (*k, in/groups, out) [+ bias (out,)] (a Linen ConvTranspose looks the same)."""
         return self.infer_keras(shapes)
+
+    def examples(self, layout, rng):
+        i, o, k1, k2 = sizes(rng, 4)
+        return [({"filters": o, "kernel_size": (k1, k2), "groups": 1, "use_bias": True},
+                 weights(rng, (k1, k2, i, o), (o,))),
+                ({"filters": o, "kernel_size": (k2,), "groups": 1, "use_bias": False}, weights(rng, (k2, i, o)))]
 
     def links_torch(self, hp):
         return [link("kernel", "weight", kernel_transpose(len(hp["kernel_size"]))), link("bias", "bias")]

@@ -14,6 +14,7 @@ from .conv_family import (ConvFamily, depthwise_transform, flax_conv_hp, is_dept
                           keras_conv_hp, torch_conv_hp, weight_and_bias)
 from .introspect import class_names
 from .rule import ConfigIssue, link, register
+from .samples import sizes, weights
 from .transforms import Reshape, ZeroBias
 
 DEPTHWISE_BIAS_REFUSAL = (
@@ -63,6 +64,12 @@ class DepthwiseConvRule(ConvFamily):
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
+
+    def examples(self, layout, rng):
+        c, m, k1, k2 = sizes(rng, 4)
+        return [({"depth_multiplier": m, "kernel_size": (k1, k2), "use_bias": True},
+                 weights(rng, (k1, k2, c, m), (c * m,))),
+                ({"depth_multiplier": m, "kernel_size": (k1,), "use_bias": False}, weights(rng, (k1, c, m)))]
 
     def links_torch(self, hp):
         return [link("kernel", "weight", depthwise_transform(hp["kernel_size"], hp["depth_multiplier"])),
@@ -182,6 +189,15 @@ class SeparableConvRule(ConvFamily):
     def canonical(self, hp):
         names = ["depthwise_kernel", "pointwise_kernel"]
         return names + ["bias"] if hp.get("use_bias", True) else names
+
+    def examples(self, layout, rng):
+        c, m, o, k1, k2 = sizes(rng, 5)
+        hp = {"filters": o, "depth_multiplier": m, "kernel_size": (k1, k2), "use_bias": True, "children": ("dw", "pw")}
+        out = [(hp, weights(rng, (k1, k2, c, m), (1, 1, c * m, o), (o,))),
+               ({**hp, "kernel_size": (k1,), "use_bias": False}, weights(rng, (k1, c, m), (1, c * m, o)))]
+        if layout == "torch":
+            out.append(({**hp, "depthwise_bias": "zero"}, out[0][1]))
+        return out
 
     def links_torch(self, hp):
         dw, pw = hp.get("children", ("depthwise", "pointwise"))

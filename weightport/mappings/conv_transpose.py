@@ -16,6 +16,7 @@ from .conv_family import (ConvFamily, equinox_bias, equinox_conv_hp, flax_conv_h
                           torch_conv_hp, weight_and_bias)
 from .conv_padding import transpose_pads
 from .rule import link, register
+from .samples import sizes, weights
 from .transforms import Flip, Transpose
 
 
@@ -81,6 +82,15 @@ class ConvTransposeRule(ConvFamily):
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
+
+    def examples(self, layout, rng):
+        i, o, k1, k2 = sizes(rng, 4)
+        out = [({"filters": o, "kernel_size": (k1, k2), "groups": 1, "use_bias": True},
+                weights(rng, (k1, k2, o, i), (o,))),
+               ({"filters": o, "kernel_size": (k1,), "groups": 1, "use_bias": False}, weights(rng, (k1, o, i)))]
+        if layout == "flax":
+            out.append(({**out[0][0], "transpose_kernel": True}, out[0][1]))
+        return out
 
     def links_torch(self, hp):
         return [link("kernel", "weight", kernel_transpose(len(hp["kernel_size"]))), link("bias", "bias")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from .rule import Rule, link, register
+from .samples import sizes, weights
 from .transforms import Chain, Reshape, Transpose
 
 
@@ -44,6 +45,12 @@ class EinsumDenseRule(Rule):
 
     def canonical(self, hp):
         return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
+
+    def examples(self, layout, rng):
+        e, h, d = sizes(rng, 3)
+        return [({"use_bias": True, "inputs": 1, "kernel_shape": (e, h, d)}, weights(rng, (e, h, d), (h, d))),
+                ({"use_bias": True, "inputs": 2, "kernel_shape": (h, d, e)}, weights(rng, (h, d, e), (e,))),
+                ({"use_bias": False}, weights(rng, (e, d)))]
 
     def links_torch(self, hp):
         shape, n = hp.get("kernel_shape"), hp.get("inputs", 1)

@@ -10,6 +10,7 @@ Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` 
 import numpy as np
 
 from .rule import Rule, link, register
+from .samples import sizes, weights
 
 
 @register
@@ -47,6 +48,10 @@ class EmbeddingRule(Rule):
 
     def links_equinox(self, hp):
         return [link("embeddings", "weight")]
+
+    def examples(self, layout, rng):
+        vocab, dim = sizes(rng, 2)
+        return [({"input_dim": vocab, "output_dim": dim}, weights(rng, (vocab, dim)))]
 
     def canonical(self, hp):
         return ["embeddings"]

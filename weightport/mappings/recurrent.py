@@ -68,6 +68,8 @@ class SimpleRNNRule(RecurrentRule):
                    "residual": "a Flax SimpleCell with residual=True adds the previous state, which Keras' "
                                "SimpleRNN does not; build the cell with residual=False"}
 
+    example_hp = {"residual": False}
+
     def cell_config(self, cell):
         return {**super().cell_config(cell), "residual": False}
 
@@ -112,6 +114,16 @@ class GRURule(RecurrentRule):
     keras_cells = ("GRUCell",)
     torch_gate_order = (1, 0, 2)  # torch r, z, n = Keras blocks 1 (r), 0 (z), 2 (h)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+
+    example_hp = {"reset_after": True}
+
+    def bias_shape(self, units):
+        return (2, 3 * units)  # reset_after=True: input and recurrent biases, each z, r, h
+
+    def flax_example(self, form, canonical):
+        if form == "packed":  # NNX's GRUCell keeps no recurrent candidate bias: it must be zero
+            canonical[2][1, 2 * canonical[1].shape[0]:] = 0
+        return canonical
 
     def cell_config(self, cell):
         return {**super().cell_config(cell), "reset_after": bool(cell.reset_after)}

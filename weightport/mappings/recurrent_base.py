@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import UnsupportedLayerError, UsageError
 from .introspect import fn_name, has_class
 from .rule import Rule, link
+from .samples import sizes, weights
 from .transforms import ReorderBlocks, SumSplit, Transpose
 
 _TORCH_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
@@ -189,6 +190,29 @@ class RecurrentRule(Rule):
         return [np.full(shape, 0.5, "float32")]
 
     # -- slots ------------------------------------------------------------
+    example_hp: dict = {}  # what a subclass's examples need beyond units, bias and directions
+
+    def bias_shape(self, units: int) -> tuple:
+        """The shape of Keras' bias for ``units`` (of the form every layout can link)."""
+        return (self.gates * units,)
+
+    def flax_example(self, form: str, canonical: list) -> list:
+        """Canonical weights made fit for a Flax form (as they are, by default)."""
+        return canonical
+
+    def examples(self, layout, rng):
+        """One layer per Flax form; for torch also a bidirectional one, second in a stack."""
+        i, u = sizes(rng, 2)
+        hp = {"units": u, "use_bias": True, "bidirectional": False, **self.example_hp}
+
+        def one():
+            return weights(rng, (i, self.gates * u), (u, self.gates * u), self.bias_shape(u))
+        if layout == "flax":
+            return [({**hp, "flax_form": form}, self.flax_example(form, one())) for form in self.flax_forms]
+        if layout == "torch":
+            return [(hp, one()), ({**hp, "bidirectional": True, "layer": 1}, one() + one())]
+        return [(hp, one())]
+
     def canonical(self, hp):
         names = ["kernel", "recurrent_kernel"] + (["bias"] if hp.get("use_bias", True) else [])
         if not hp.get("bidirectional"):

@@ -14,7 +14,8 @@ Write a rule as a subclass with, per layout it supports:
 - ``config_<layout>(layer) -> dict``: hyperparameters, in one shared vocabulary
   (Keras conventions: ``epsilon``, ``momentum``, ``use_bias``, ``units``...);
 - ``links_<layout>(hp) -> [Link]`` for every layout but ``keras``;
-- ``canonical(hp) -> [slot names]`` in ``get_weights()`` order.
+- ``canonical(hp) -> [slot names]`` in ``get_weights()`` order;
+- ``examples(layout, rng) -> [(hp, canonical weights)]``: samples the round-trip test of every rule uses.
 
 Register it with ``@register`` or through the ``weightport.rules`` entry-point
 group (an entry point may name a module of rules or a Rule subclass).
@@ -134,6 +135,12 @@ class Rule:
         """What a layer of a class this rule does not name (recognised by its weights) says through common
         attribute names, for the configuration checks; {} by default."""
         return {}
+
+    def examples(self, layout: str, rng) -> list:
+        """A few ``(hp, canonical weights)`` this rule links in ``layout``, sizes drawn from ``rng``
+        (``mappings.samples``): the round trip every registered rule is tested with. [] until a rule offers some,
+        which fails that test, naming the rule."""
+        return []
 
     def sample_inputs(self, layout: str, hp: dict, shapes) -> list:
         """Small batches this layer could read, in ``layout``'s axis order, likeliest first.
