@@ -341,7 +341,7 @@ def test_einsum_dense_negative_control(monkeypatch):
     ("abc,dce->abde", None, None), ("abc,ce->abe", None, 1), ("ab,bc->ca", None, None), ("ab...,bc->ac...", None, None),
 ])
 def test_einsum_equations(equation, bias_axes, expected):
-    from weightport.mappings.attention import contracted_axes
+    from weightport.mappings.einsum_dense import contracted_axes
 
     assert contracted_axes(equation, bias_axes) == expected
 

@@ -15,6 +15,7 @@ is (num_parameters,), what a Keras PReLU on a (batch, C) input holds.
 """
 from ..errors import UnsupportedLayerError
 from .rule import Rule, link, register
+from .samples import sizes, weights
 from .transforms import Reshape
 
 
@@ -60,6 +61,10 @@ class PReLURule(Rule):
         if set(shapes) != {"alpha"} or not a:
             return None
         return {"alpha_shape": tuple(a)}
+
+    def examples(self, layout, rng):
+        c, = sizes(rng, 1)
+        return [({"alpha_shape": shape}, weights(rng, shape)) for shape in ((1, 1, c), (c, 1, 1), (c,))]
 
     def canonical(self, hp):
         return ["alpha"]

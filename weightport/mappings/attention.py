@@ -18,64 +18,16 @@ and add_zero_attn, and Keras' use_gate, have no counterpart and are refused.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import UnsupportedLayerError, UsageError
+from .attention_parts import (HEAD_ATTRIBUTES, PROJECTIONS, head_bias, heads_attribute, heads_of, kv_heads,
+                              linear_projections, output_projection, packed_projections, projection,
+                              projection_groups, projection_slots, role_of, torch_packs_qkv, weighted_leaves)
+from .introspect import has_class
 from .rule import Rule, link, register
-from .transforms import Chain, Concat, Each, Reshape, Transpose
-
-PROJECTIONS = ("query", "key", "value", "attention_output")  # Keras sub-layer names, in get_weights() order
-# words that name a projection in a torch attention module's children (q_proj, query, to_q, out_lin...)
-ROLE_WORDS = {
-    "query": {"q", "query", "wq"},
-    "key": {"k", "key", "wk"},
-    "value": {"v", "value", "wv"},
-    "attention_output": {"o", "out", "output", "wo"},
-}
-HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-
-
-def projection(heads: int, head_dim: int):
-    """Keras (in, heads, head_dim) kernel -> torch (heads*head_dim, in) weight."""
-    return Chain(Reshape((-1, heads, head_dim), (-1, heads * head_dim)), Transpose(1, 0))
-
-
-def head_bias(heads: int, head_dim: int):
-    """Keras (heads, head_dim) bias -> torch (heads*head_dim,) bias."""
-    return Reshape((heads, head_dim), (heads * head_dim,))
-
-
-def output_projection(heads: int, head_dim: int):
-    """Keras (heads, head_dim, out) kernel -> torch (out, heads*head_dim) weight."""
-    return Chain(Reshape((heads, head_dim, -1), (heads * head_dim, -1)), Transpose(1, 0))
-
-
-def _heads_of(hp: dict, what: str, how: str) -> tuple:
-    """(heads, key_dim, value_dim), or a UsageError saying how to give the heads."""
-    if not hp.get("num_heads"):
-        raise UsageError(f"{what}: the number of attention heads is unknown, and torch shapes do not tell it; "
-                         f"{how}, or port into a Keras model whose MultiHeadAttention knows its heads")
-    return hp["num_heads"], hp["key_dim"], hp["value_dim"]
-
-
-def kv_heads(hp: dict) -> int:
-    """Key/value heads: fewer than the query heads in grouped-query attention (each serves a group of them)."""
-    return hp.get("num_kv_heads") or hp["num_heads"]
-
-
-def _packed(embed_dim: int, input_dims) -> bool:
-    """Whether torch would pack q, k, v into one in_proj_weight (kdim == vdim == embed_dim)."""
-    return all(d == embed_dim for d in input_dims)
-
-
-def _has_class(obj, *names) -> bool:
-    return any(cls.__name__ in names for cls in type(obj).__mro__)
-
-
-def _slots(name: str, use_bias: bool) -> list:
-    return [f"{name}/kernel", f"{name}/bias"] if use_bias else [f"{name}/kernel"]
+from .samples import sizes, weights
+from .transforms import Chain, Concat, Each, Reshape
 
 
 @register
@@ -109,7 +61,7 @@ class MultiHeadAttentionRule(Rule):
                 f"Keras MultiHeadAttention '{layer.name}' has use_gate=True: its gate projection has no "
                 "counterpart in torch attention; rebuild it with use_gate=False or port it by hand")
         inputs = [sub.kernel.shape[0] for sub in (layer._query_dense, layer._key_dense, layer._value_dense)]
-        if _has_class(layer, "GroupedQueryAttention"):
+        if has_class(layer, "GroupedQueryAttention"):
             heads, kv, dk, dv, axes = (layer.num_query_heads, layer.num_key_value_heads, layer.head_dim,
                                        layer.head_dim, (1,))
         else:
@@ -117,11 +69,11 @@ class MultiHeadAttentionRule(Rule):
             kv = heads
         return {"num_heads": heads, "num_kv_heads": kv, "key_dim": dk, "value_dim": dv,
                 "use_bias": bool(layer.use_bias), "dropout": float(getattr(layer, "dropout", 0.0)),
-                "attention_axes": axes, "packed": kv == heads and _packed(heads * dk, inputs)}
+                "attention_axes": axes, "packed": kv == heads and torch_packs_qkv(heads * dk, inputs)}
 
     def infer_keras(self, shapes):
         use_bias = "query/bias" in shapes
-        if set(shapes) != {s for p in PROJECTIONS for s in _slots(p, use_bias)}:
+        if set(shapes) != {s for p in PROJECTIONS for s in projection_slots(p, use_bias)}:
             return None
         q, k, v, o = (shapes[f"{p}/kernel"] for p in PROJECTIONS)
         if not all(len(s) == 3 for s in (q, k, v, o)):
@@ -133,10 +85,22 @@ class MultiHeadAttentionRule(Rule):
                          or shapes["value/bias"] != v[1:] or shapes["attention_output/bias"] != o[2:]):
             return None
         return {"num_heads": heads, "num_kv_heads": kv, "key_dim": key_dim, "value_dim": value_dim,
-                "use_bias": use_bias, "packed": kv == heads and _packed(heads * key_dim, [q[0], k[0], v[0]])}
+                "use_bias": use_bias, "packed": kv == heads and torch_packs_qkv(heads * key_dim, [q[0], k[0], v[0]])}
+
+    def examples(self, layout, rng):
+        """Any sizes where the layout keeps each projection apart; torch's in_proj_bias needs key_dim == value_dim,
+        its packed in_proj_weight inputs as wide as the heads."""
+        h, dk, dv, dq, di, do = sizes(rng, 6)
+        hp = {"num_heads": h, "num_kv_heads": h, "key_dim": dk, "value_dim": dv, "use_bias": True}
+        if layout != "torch":
+            return [(hp, example_weights(rng, hp, (dq, di, do), do)),
+                    ({**hp, "use_bias": False}, example_weights(rng, {**hp, "use_bias": False}, (dq, di, do), do))]
+        e, hp = h * dk, {**hp, "value_dim": dk}
+        return [({**hp, "packed": True}, example_weights(rng, hp, (e, e, e), e)),
+                ({**hp, "packed": False}, example_weights(rng, hp, (dq, di, do), dv))]
 
     def canonical(self, hp):
-        return [s for p in PROJECTIONS for s in _slots(p, hp.get("use_bias", True))]
+        return [s for p in PROJECTIONS for s in projection_slots(p, hp.get("use_bias", True))]
 
     def sample_inputs(self, layout, hp, shapes):
         if not shapes:
@@ -225,7 +189,7 @@ class MultiHeadAttentionRule(Rule):
         return hp
 
     def links_torch(self, hp):
-        h, dk, dv = _heads_of(hp, "torch nn.MultiheadAttention tensors (in_proj_weight...)",
+        h, dk, dv = heads_of(hp, "torch nn.MultiheadAttention tensors (in_proj_weight...)",
                               "pass model= (the torch model the checkpoint belongs to)")
         e = h * dk
         if hp.get("packed", True):
@@ -243,8 +207,9 @@ class MultiHeadAttentionRule(Rule):
         ]
 
 
+
 @register
-class LinearAttentionRule(MultiHeadAttentionRule):
+class AttentionProjectionsRule(MultiHeadAttentionRule):
     """Keras MultiHeadAttention <-> a torch module of four Linear projections (Hugging Face style).
 
     Recognised by structure: exactly four nn.Linear below the module, named
@@ -273,7 +238,7 @@ class LinearAttentionRule(MultiHeadAttentionRule):
             return None
         roles = {}
         for module, tensors in modules.items():
-            role = _role(module)
+            role = role_of(module)
             if role is None or role in roles or len(tensors.get("weight", ())) != 2:
                 return None
             roles[role] = module
@@ -282,17 +247,25 @@ class LinearAttentionRule(MultiHeadAttentionRule):
         return {"projections": tuple(roles[p] for p in PROJECTIONS), "use_bias": "bias" in modules[roles["query"]],
                 "attention_axes": (1,)}
 
+    def examples(self, layout, rng):
+        """Grouped-query attention included: fewer key/value heads, each serving a group of query heads."""
+        g, m, dk, dv, e = sizes(rng, 5)
+        hp = {"projections": ("q_proj", "k_proj", "v_proj", "o_proj"), "num_heads": g * m, "num_kv_heads": g,
+              "key_dim": dk, "value_dim": dv, "use_bias": True}
+        return [(hp, example_weights(rng, hp, (e, e, e), e)),
+                ({**hp, "num_kv_heads": g * m}, example_weights(rng, {**hp, "num_kv_heads": g * m}, (e, e, e), e))]
+
     def matches(self, layout, layer):
         if layout == "torch":
-            return _projections(layer) is not None
+            return linear_projections(layer) is not None
         return super().matches(layout, layer)
 
     def config_torch(self, module):
-        found = _projections(module)
+        found = linear_projections(module)
         q, v = found["query"], found["value"]
         hp = {"projections": tuple(found[p][0] for p in PROJECTIONS), "use_bias": q[1].bias is not None,
               "attention_axes": (1,), "module": type(module).__name__}
-        heads = _heads(module)
+        heads = heads_attribute(module)
         if heads and q[1].out_features % heads == 0:
             head_dim = q[1].out_features // heads
             kv = found["key"][1].out_features // head_dim  # fewer key/value heads: grouped-query attention
@@ -302,7 +275,7 @@ class LinearAttentionRule(MultiHeadAttentionRule):
 
     def links_torch(self, hp):
         what = f"torch module {hp.get('module', '')} with projections {list(hp['projections'])}"
-        h, dk, dv = _heads_of(hp, what, f"set one of {list(HEAD_ATTRIBUTES)} on it (e.g. module.num_heads = 8)")
+        h, dk, dv = heads_of(hp, what, f"set one of {list(HEAD_ATTRIBUTES)} on it (e.g. module.num_heads = 8)")
         g = kv_heads(hp)
         q, k, v, o = hp["projections"]
         return [
@@ -313,18 +286,6 @@ class LinearAttentionRule(MultiHeadAttentionRule):
             link("attention_output/bias", f"{o}.bias"),
         ]
 
-
-def _role(path: str):
-    words = set(path.lower().replace(".", "_").split("_"))
-    roles = [r for r, names in ROLE_WORDS.items() if words & names]
-    return roles[0] if len(roles) == 1 else None
-
-
-def _own_weights(module) -> bool:
-    if next(iter(module.named_parameters(recurse=False)), None) is not None:
-        return True
-    skip = getattr(module, "_non_persistent_buffers_set", set())
-    return any(n not in skip for n, _ in module.named_buffers(recurse=False))
 
 
 @register
@@ -342,14 +303,20 @@ class PackedAttentionRule(MultiHeadAttentionRule):
     infer_keras = None
     infer_flax = None
 
+    def examples(self, layout, rng):
+        """Stored (in, out) as GPT-2's Conv1D does, and (out, in) as a Linear does."""
+        h, d, e, o = sizes(rng, 4)
+        hp = {"projections": ("c_attn", "c_proj"), "num_heads": h, "key_dim": d, "value_dim": d, "use_bias": True}
+        return [({**hp, "in_out": in_out}, example_weights(rng, hp, (e, e, e), o)) for in_out in (True, False)]
+
     def matches(self, layout, layer):
         if layout == "torch":
-            return _packed_projections(_weighted_leaves(layer)) is not None
+            return packed_projections(weighted_leaves(layer)) is not None
         return super().matches(layout, layer)
 
     def config_torch(self, module):
-        hp = dict(_packed_projections(_weighted_leaves(module)), attention_axes=(1,), module=type(module).__name__)
-        heads = _heads(module)
+        hp = dict(packed_projections(weighted_leaves(module)), attention_axes=(1,), module=type(module).__name__)
+        heads = heads_attribute(module)
         if heads and hp["width"] % heads == 0:
             hp.update(num_heads=heads, key_dim=hp["width"] // heads, value_dim=hp["width"] // heads)
         return hp
@@ -358,10 +325,10 @@ class PackedAttentionRule(MultiHeadAttentionRule):
         leaves = projection_groups(shapes)
         if leaves is None:
             return None
-        return _packed_projections({m: (t.get("weight"), t.get("bias")) for m, t in leaves.items()})
+        return packed_projections({m: (t.get("weight"), t.get("bias")) for m, t in leaves.items()})
 
     def links_torch(self, hp):
-        h, dk, dv = _heads_of(hp, f"torch module {hp.get('module', '')} with packed projections "
+        h, dk, dv = heads_of(hp, f"torch module {hp.get('module', '')} with packed projections "
                                   f"{list(hp['projections'])}", f"set one of {list(HEAD_ATTRIBUTES)} on it")
         packed, out = hp["projections"]
         e = h * dk
@@ -376,153 +343,11 @@ class PackedAttentionRule(MultiHeadAttentionRule):
                 link("attention_output/bias", f"{out}.bias")]
 
 
-def projection_groups(shapes):
-    """{sub-module: {"weight": shape, "bias": shape}} of a checkpoint group made only of such sub-modules, else None."""
-    modules: dict = {}
-    for name, shape in shapes.items():
-        module, _, leaf = name.rpartition(".")
-        if leaf not in ("weight", "bias") or not module:
-            return None
-        modules.setdefault(module, {})[leaf] = tuple(shape)
-    return modules
-
-
-def _weighted_leaves(module, limit: int = 8) -> dict:
-    """{child path: (weight shape, bias shape or None)} of a module's weighted sub-modules, when each is a leaf
-    holding a 2-D ``weight`` (and maybe a ``bias``) and nothing else holds weights; else {}."""
-    if not hasattr(module, "named_modules") or _own_weights(module):
-        return {}
-    found = {}
-    for i, (path, sub) in enumerate(module.named_modules()):
-        if i > limit:
-            return {}
-        if not path or not _own_weights(sub):
-            continue
-        weight, bias = getattr(sub, "weight", None), getattr(sub, "bias", None)
-        tensors = dict(sub.named_parameters(recurse=False))
-        if set(tensors) - {"weight", "bias"} or weight is None or weight.dim() != 2 or any(
-                True for _ in sub.children()):
-            return {}
-        found[path] = (tuple(weight.shape), tuple(bias.shape) if bias is not None else None)
-    return found
-
-
-def _packed_projections(leaves: dict):
-    """hp when ``leaves`` ({path: (weight shape, bias shape)}) are a packed q/k/v projection and an output one,
-    stored the same way round; else None."""
-    if len(leaves) != 2 or any(w is None or len(w) != 2 or b is None for w, b in leaves.values()):
-        return None
-    for packed, out in (tuple(leaves), tuple(leaves)[::-1]):
-        (pw, pb), (ow, ob) = leaves[packed], leaves[out]
-        for in_out in (True, False):
-            p_in, p_out = (pw[0], pw[1]) if in_out else (pw[1], pw[0])
-            o_in, o_out = (ow[0], ow[1]) if in_out else (ow[1], ow[0])
-            if p_out == 3 * o_in and pb == (p_out,) and ob == (o_out,) and p_out != p_in:
-                return {"projections": (packed, out), "in_out": in_out, "use_bias": True, "width": o_in}
-    return None
-
-
-def _projections(module, limit: int = 32):
-    """{role: (child path, Linear)} when ``module`` is four q/k/v/o Linear projections and nothing else weighty."""
-    if not hasattr(module, "named_modules") or _has_class(module, "Linear") or _own_weights(module):
-        return None
-    found = {}
-    for i, (path, sub) in enumerate(module.named_modules()):
-        if i > limit:
-            return None  # a whole model, not an attention block
-        if not path:
-            continue
-        if _has_class(sub, "Linear"):
-            role = _role(path)
-            if role is None or role in found or not hasattr(sub, "out_features"):
-                return None
-            found[role] = (path, sub)
-        elif _own_weights(sub):
-            return None
-    if len(found) != 4:
-        return None
-    if len({lin.bias is not None for _, lin in found.values()}) != 1:
-        return None  # Keras use_bias covers all four projections
-    return found
-
-
-def _heads(module):
-    for attr in HEAD_ATTRIBUTES:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    config = getattr(module, "config", None)
-    value = getattr(config, "num_attention_heads", None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
-@register
-class EinsumDenseRule(Rule):
-    """Keras EinsumDense <-> torch Linear, when the einsum kernel is a reshaped (in, out) matrix.
-
-    E.g. "abc,cde->abde" with kernel (in, heads, head_dim) is a Linear to
-    heads*head_dim features, and "abcd,cde->abe" with kernel (heads, head_dim,
-    out) a Linear from heads*head_dim. A torch Linear alone stays a Dense
-    (lower priority); the kernel shape only the Keras side knows is shared.
-    """
-
-    name = "einsum_dense"
-    classes = {"keras": ("EinsumDense",), "torch": ("Linear",)}
-    priority = -1
-    checks = {"use_bias": "error"}
-    shared = ("kernel_shape", "inputs")
-
-    def matches(self, layout, layer):
-        if not super().matches(layout, layer):
-            return False
-        if layout != "keras":
-            return True
-        plain = not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
-        return plain and contracted_axes(layer.equation, layer.bias_axes) is not None
-
-    def config_keras(self, layer):
-        hp = {"use_bias": layer.bias_axes is not None, "inputs": contracted_axes(layer.equation, layer.bias_axes),
-              "equation": layer.equation}
-        if layer.built:
-            hp["kernel_shape"] = tuple(layer.kernel.shape)
-            hp["units"] = math.prod(hp["kernel_shape"][hp["inputs"]:])
-        return hp
-
-    def config_torch(self, module):
-        return {"units": module.out_features, "use_bias": module.bias is not None}
-
-    def canonical(self, hp):
-        return ["kernel", "bias"] if hp.get("use_bias", True) else ["kernel"]
-
-    def links_torch(self, hp):
-        shape, n = hp.get("kernel_shape"), hp.get("inputs", 1)
-        if not shape:
-            return [link("kernel", "weight", Transpose(1, 0)), link("bias", "bias")]
-        shape = tuple(shape)
-        fan_in, fan_out = math.prod(shape[:n]), math.prod(shape[n:])
-        return [link("kernel", "weight", Chain(Reshape(shape, (fan_in, fan_out)), Transpose(1, 0))),
-                link("bias", "bias", Reshape(shape[n:], (fan_out,)))]
-
-
-def contracted_axes(equation: str, bias_axes) -> int | None:
-    """How many leading kernel axes an EinsumDense contracts, when it is a Linear in disguise; else None.
-
-    That is: the input's last n axes are the kernel's first n, the output is
-    the input's other axes followed by the kernel's rest, and the bias (if
-    any) covers exactly those output axes.
-    """
-    try:
-        lhs, out = equation.replace(" ", "").split("->")
-        inp, ker = lhs.split(",")
-    except (AttributeError, ValueError):
-        return None
-    inp, out = inp.removeprefix("..."), out.removeprefix("...")
-    if "." in inp + ker + out or len(set(ker)) != len(ker):
-        return None
-    for n in range(1, len(ker)):
-        contracted, produced = ker[:n], ker[n:]
-        batch = inp[:len(inp) - n]
-        if (inp.endswith(contracted) and out == batch + produced and not set(batch) & set(ker)
-                and (bias_axes is None or set(bias_axes) == set(produced))):
-            return n
-    return None
+def example_weights(rng, hp, inputs, out) -> list:
+    """Canonical weights of an attention layer of ``hp``, reading query/key/value ``inputs`` wide, writing ``out``."""
+    h, g, dk, dv = hp["num_heads"], kv_heads(hp), hp["key_dim"], hp["value_dim"]
+    shapes = [(inputs[0], h, dk), (h, dk), (inputs[1], g, dk), (g, dk), (inputs[2], g, dv), (g, dv), (h, dv, out),
+              (out,)]
+    if not hp.get("use_bias", True):
+        shapes = shapes[::2]
+    return weights(rng, *shapes)

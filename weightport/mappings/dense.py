@@ -10,7 +10,9 @@ does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
 import numpy as np
 
 from . import flatten
-from .rule import ACTIVATION_HINT, ConfigIssue, Rule, keras_activation, link, register
+from .introspect import keras_activation
+from .rule import ACTIVATION_HINT, ConfigIssue, Rule, link, register
+from .samples import sizes, weights
 from .transforms import Transpose
 
 
@@ -100,6 +102,15 @@ class DenseRule(Rule):
         if hp.get("flatten_from") or not shapes:
             return []  # the model reads a feature map, whose layout the Dense cannot say
         return [np.full((1, shapes[0][0]), 0.5, "float32")]
+
+    def examples(self, layout, rng):
+        i, o, h, w = sizes(rng, 4)
+        out = [({"units": o, "use_bias": True}, weights(rng, (i, o), (o,))),
+               ({"units": o, "use_bias": False}, weights(rng, (i, o)))]
+        if layout == "torch":
+            out += [({"units": o, "use_bias": True, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o), (o,))),
+                    ({"units": o, "use_bias": True, "in_out": True}, weights(rng, (i, o), (o,)))]
+        return out
 
     def links_torch(self, hp):
         feature_map = hp.get("flatten_from")

@@ -10,6 +10,7 @@ Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` 
 import numpy as np
 
 from .rule import Declined, Rule, link, register
+from .samples import sizes, weights
 
 
 @register
@@ -49,6 +50,10 @@ class EmbeddingRule(Rule):
 
     def links_equinox(self, hp):
         return [link("embeddings", "weight")]
+
+    def examples(self, layout, rng):
+        vocab, dim = sizes(rng, 2)
+        return [({"input_dim": vocab, "output_dim": dim}, weights(rng, (vocab, dim)))]
 
     def canonical(self, hp):
         return ["embeddings"]
@@ -95,6 +100,10 @@ class ReversibleEmbeddingRule(Rule):
 
     def canonical(self, hp):
         return ["embeddings", "reverse_embeddings"]
+
+    def examples(self, layout, rng):
+        vocab, dim = sizes(rng, 2)
+        return [({"input_dim": vocab, "output_dim": dim}, weights(rng, (vocab, dim), (dim, vocab)))]
 
     def parts(self, layout, hp):
         vocab, dim = hp["input_dim"], hp["output_dim"]

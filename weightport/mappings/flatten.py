@@ -13,13 +13,14 @@ tensor it receives (read off the nearest upstream layer that has a
 ``data_format``, since a ``channels_first`` Flatten first moves the channels
 last (keras/src/layers/reshaping/flatten.py). Only the two combinations that
 give (*spatial, C) order while torch gives (C, *spatial) need the permutation.
-The graph is read with plain attribute access (``_inbound_nodes``,
-``parent_nodes``, ``operation``), so nothing here imports Keras.
+The graph is the Keras adapter's to read (``introspect.keras_graph``): this
+module says what its layers mean, and imports neither Keras nor the adapter.
 """
 from __future__ import annotations
 
 import math
 
+from .introspect import has_class, keras_graph
 from .transforms import Chain, Reshape, Transform, Transpose
 
 FORMATS = ("channels_last", "channels_first")
@@ -50,18 +51,19 @@ def feature_map_before_flatten(layer):
     cannot be traced (the start of a nested model): a Conv1D map needs the
     permutation, an embedded sequence does not.
     """
-    nodes = getattr(layer, "_inbound_nodes", None)
-    flat = _parent(nodes[-1]) if nodes else None  # the latest call: a rebuilt Sequential adds nodes
-    while flat is not None and not _is(flat.operation, "Flatten"):
-        flat = _parent(flat) if _keeps_shape(flat) else None  # Dropout, Activation... between
+    graph = keras_graph()
+    calls = graph.calls(layer)
+    flat = _parent(graph, calls[-1]) if calls else None  # the latest call: a rebuilt Sequential adds calls
+    while flat is not None and not has_class(graph.operation(flat), "Flatten"):
+        flat = _parent(graph, flat) if _keeps_shape(graph, flat) else None  # Dropout, Activation... between
     if flat is None:
         return None
-    shape = _shape(flat.input_tensors)
+    shape = graph.input_shape(flat)
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
         return None
     dims = tuple(shape[1:])
-    flatten = getattr(flat.operation, "data_format", "channels_last")
-    tensor = _tensor_format(flat)
+    flatten = getattr(graph.operation(flat), "data_format", "channels_last")
+    tensor = _tensor_format(graph, flat)
     if tensor is UNKNOWN:
         if len(dims) == 2:
             return UNKNOWN
@@ -73,57 +75,37 @@ def feature_map_before_flatten(layer):
     return None
 
 
-def _is(op, *names) -> bool:
-    return any(cls.__name__ in names for cls in type(op).__mro__)
-
-
-def _parent(node):
-    parents = getattr(node, "parent_nodes", None) or []
+def _parent(graph, call):
+    parents = graph.feeding(call)
     return parents[0] if parents else None
 
 
-def _shape(tensors):
-    return tuple(tensors[0].shape) if tensors else None
-
-
-def _keeps_shape(node) -> bool:
-    before, after = _shape(node.input_tensors), _shape(node.outputs)
+def _keeps_shape(graph, call) -> bool:
+    before, after = graph.input_shape(call), graph.output_shape(call)
     return before is not None and after is not None and before[1:] == after[1:]
 
 
-def _tensor_format(node):
+def _tensor_format(graph, call):
     """The data_format of the nearest upstream layer that has one, through rank-preserving layers.
 
     A nested model on the way is entered at its output. ``UNKNOWN`` when the
     trail ends at an input that may be fed from outside (a nested model's own
     Input), None when it ends in a layer that does not keep the axes' meaning.
     """
-    node = _parent(node)
-    while node is not None:
-        inner = _output_node(node.operation)
+    call = _parent(graph, call)
+    while call is not None:
+        inner = graph.output_call(graph.operation(call))
         if inner is not None:
-            node = inner  # a nested model: continue from what produces its output
+            call = inner  # a nested model: continue from what produces its output
             continue
-        fmt = getattr(node.operation, "data_format", None)
+        op = graph.operation(call)
+        fmt = getattr(op, "data_format", None)
         if fmt in FORMATS:
             return fmt
-        before, after = _shape(node.input_tensors), _shape(node.outputs)
-        if _is(node.operation, "InputLayer"):
+        before, after = graph.input_shape(call), graph.output_shape(call)
+        if has_class(op, "InputLayer"):
             return UNKNOWN
-        if _is(node.operation, *REARRANGING) or before is None or after is None or len(before) != len(after):
+        if has_class(op, *REARRANGING) or before is None or after is None or len(before) != len(after):
             return None
-        node = _parent(node)
+        call = _parent(graph, call)
     return None
-
-
-def _output_node(op):
-    """The node producing a nested model's (single) output, or None when ``op`` is not a model."""
-    outputs = getattr(op, "outputs", None)
-    if not outputs or not _is(op, "Functional", "Sequential"):
-        return None
-    history = getattr(outputs[0], "_keras_history", None)
-    if history is None:
-        return None
-    producer, node_index = history[0], history[1]
-    nodes = getattr(producer, "_inbound_nodes", None) or []
-    return nodes[node_index] if node_index < len(nodes) else None

@@ -1,4 +1,4 @@
-"""Normalisation layers: BatchNorm, LayerNorm, GroupNorm, RMSNorm.
+"""Normalisation layers: LayerNorm, GroupNorm, RMSNorm here, BatchNorm in ``batch_norm``.
 
 Every tensor here is per channel (or per normalised element) and has the same
 shape in Keras and torch, so the links are plain copies. What weights cannot
@@ -30,10 +30,14 @@ import sys
 
 import numpy as np
 
-from ..errors import ConfigMismatchError, UnsupportedLayerError
 from .rule import Rule, link, register
-from .transforms import Constant, Transform
+from .samples import sizes, weights
+from .transforms import ZeroBias
 
+EQUINOX_BIAS_REFUSAL = (
+    "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for it (dropping "
+    "it would change the function). Nothing was changed; port this layer by hand, or into a model that keeps such a "
+    "bias")
 EPSILON_HINT = ("epsilon is added to the variance before the square root; Keras defaults to 1e-3, torch to 1e-5, "
                 "so outputs will differ (most where variances are small): set the target's epsilon to the source's")
 
@@ -70,114 +74,18 @@ def _maybe(hp, key, value):
     return hp
 
 
-def _shape(shapes, name):
+def shape_of(shapes, name):
+    """The shape of ``name`` in a checkpoint group's shapes, as a tuple, or None."""
     s = shapes.get(name)
     return None if s is None else tuple(s)
 
 
 def _layer_norm_hp(shapes, scale_name):
     """LayerNorm hp for a group of a scale (under ``scale_name``) and an optional ``bias`` of one shape."""
-    scale = _shape(shapes, scale_name)
-    if set(shapes) - {scale_name, "bias"} or not scale or _shape(shapes, "bias") not in (None, scale):
+    scale = shape_of(shapes, scale_name)
+    if set(shapes) - {scale_name, "bias"} or not scale or shape_of(shapes, "bias") not in (None, scale):
         return None
     return {"center": "bias" in shapes, "scale": True, "rms_scaling": False, "axis": tuple(range(-len(scale), 0))}
-
-
-@register
-class BatchNormRule(Rule):
-    """BatchNormalization <-> BatchNorm1d/2d/3d.
-
-    Keras keeps [gamma?, beta?, moving_mean, moving_variance] (gamma iff
-    scale, beta iff center); torch keeps weight, bias (iff affine),
-    running_mean, running_var and a ``num_batches_tracked`` counter that only
-    matters when momentum=None: it is dropped on import and written as 0 on
-    export. A torch BatchNorm built with track_running_stats=False keeps no
-    statistics at all (it always uses batch statistics), which no Keras
-    BatchNormalization can reproduce: that pairing is refused.
-    """
-
-    name = "batch_normalization"
-    config_by_attributes = staticmethod(epsilon_attribute)
-    name_words = frozenset({"norm"})
-    classes = {"keras": ("BatchNormalization",),
-               "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
-               "flax": ("BatchNorm",), "equinox": ("BatchNorm",)}
-    checks = {"track_running_stats": "error", "center": "error", "scale": "error",
-              "epsilon": "warning", "momentum": "warning"}
-    check_hints = {
-        "epsilon": EPSILON_HINT,
-        "momentum": ("momentum only changes training (Keras momentum = 1 - torch momentum, compared here in Keras "
-                     "terms; a torch momentum of None keeps a cumulative average instead of a moving one): "
-                     "set it to match if you will train on"),
-        "center": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
-        "scale": "Keras center=True/scale=True correspond to torch affine=True; make them agree",
-        "track_running_stats": ("torch BatchNorm with track_running_stats=False keeps no running statistics and "
-                                "always normalises with batch statistics; Keras BatchNormalization always keeps "
-                                "moving_mean/moving_variance. Build the torch layer with track_running_stats=True"),
-    }
-
-    def config_keras(self, layer):
-        return {"epsilon": float(layer.epsilon), "momentum": float(layer.momentum), "center": bool(layer.center),
-                "scale": bool(layer.scale), "axis": layer.axis, "track_running_stats": True}
-
-    def config_torch(self, module):
-        m = module.momentum
-        momentum = "cumulative average (torch momentum=None)" if m is None else round(1.0 - float(m), 12)
-        return {"epsilon": float(module.eps), "momentum": momentum, "center": bool(module.affine),
-                "scale": bool(module.affine), "track_running_stats": bool(module.track_running_stats),
-                "channels": module.num_features}
-
-    def config_flax(self, module):
-        return {"epsilon": float(module.epsilon), "momentum": float(module.momentum),
-                "center": bool(module.use_bias), "scale": bool(module.use_scale), "axis": module.axis,
-                "track_running_stats": True, "channels": module.num_features}
-
-    def config_equinox(self, module):
-        raise UnsupportedLayerError(
-            "Equinox BatchNorm keeps its running mean and variance in an eqx.nn.State, outside the module, so "
-            "porting the module alone would drop them (or leave them stale) and change what it computes at "
-            "inference. Nothing was changed. Port the layer by hand (its weight/bias and the State's running "
-            "statistics), or replace it with a GroupNorm/LayerNorm model")
-
-    def infer_flax(self, shapes):
-        stats = _shape(shapes, "mean")
-        if (set(shapes) - {"scale", "bias", "mean", "var"} or stats is None or len(stats) != 1
-                or any(_shape(shapes, n) != stats for n in shapes)):
-            return None
-        return {"center": "bias" in shapes, "scale": "scale" in shapes, "track_running_stats": True,
-                "channels": stats[0]}
-
-    def infer_torch(self, shapes):
-        stats = _shape(shapes, "running_mean")
-        if (set(shapes) - {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
-                or stats is None or len(stats) != 1 or _shape(shapes, "running_var") != stats
-                or ("weight" in shapes) != ("bias" in shapes)
-                or any(_shape(shapes, n) != stats for n in ("weight", "bias") if n in shapes)
-                or _shape(shapes, "num_batches_tracked") not in (None, ())):
-            return None
-        affine = "weight" in shapes
-        return {"center": affine, "scale": affine, "track_running_stats": True, "channels": stats[0]}
-
-    def infer_keras(self, shapes):
-        stats = _shape(shapes, "moving_mean")
-        if (set(shapes) - {"gamma", "beta", "moving_mean", "moving_variance"} or stats is None or len(stats) != 1
-                or any(_shape(shapes, n) != stats for n in shapes)):
-            return None
-        return {"center": "beta" in shapes, "scale": "gamma" in shapes, "track_running_stats": True}
-
-    def canonical(self, hp):
-        names = (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
-        # a torch layer without running statistics holds only its affine part
-        return names + (["moving_mean", "moving_variance"] if hp.get("track_running_stats", True) else [])
-
-    def links_torch(self, hp):
-        return [link("gamma", "weight"), link("beta", "bias"),
-                link("moving_mean", "running_mean"), link("moving_variance", "running_var"),
-                link((), "num_batches_tracked", Constant(0, "int64"))]
-
-    def links_flax(self, hp):
-        return [link("gamma", "scale"), link("beta", "bias"), link("moving_mean", "mean"),
-                link("moving_variance", "var")]
 
 
 @register
@@ -242,10 +150,17 @@ class LayerNormRule(Rule):
         return _layer_norm_hp(shapes, "scale")
 
     def infer_keras(self, shapes):
-        found = [_shape(shapes, n) for n in ("gamma", "beta") if n in shapes]
+        found = [shape_of(shapes, n) for n in ("gamma", "beta") if n in shapes]
         if set(shapes) - {"gamma", "beta"} or not found or not found[0] or len(set(found)) != 1:
             return None
         return {"center": "beta" in shapes, "scale": "gamma" in shapes}
+
+    def examples(self, layout, rng):
+        d1, d2 = sizes(rng, 2)
+        hp = {"center": True, "scale": True, "rms_scaling": False}
+        return [({**hp, "axis": (-1,)}, weights(rng, (d1,), (d1,))),
+                ({**hp, "axis": (-2, -1)}, weights(rng, (d1, d2), (d1, d2))),
+                ({**hp, "center": False, "axis": (-1,)}, weights(rng, (d2,)))]
 
     def canonical(self, hp):
         rms = hp.get("rms_scaling", False)
@@ -301,6 +216,10 @@ class GroupNormRule(Rule):
     def links_equinox(self, hp):
         return self.links_torch(hp)
 
+    def examples(self, layout, rng):
+        g, c = sizes(rng, 2)
+        return [({"groups": g, "center": True, "scale": True}, weights(rng, (g * c,), (g * c,)))]
+
     def canonical(self, hp):
         return (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])
 
@@ -321,33 +240,6 @@ def _torch_machine_epsilon(module) -> float:
     torch = sys.modules.get("torch")
     wide = weight is not None and torch is not None and weight.dtype == torch.float64
     return float(np.finfo(np.float64 if wide else np.float32).eps)
-
-
-class ZeroBias(Transform):
-    """Equinox RMSNorm's bias, which Keras' and torch's RMSNorm lack: zeros on export, refused on import unless zeros."""
-
-    n_in, n_out = 1, 2
-
-    def forward(self, arrays):
-        return arrays[0], np.zeros_like(arrays[0])
-
-    def inverse(self, arrays):
-        scale, bias = arrays
-        if np.any(bias != 0):
-            raise ConfigMismatchError(
-                "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for "
-                "it (dropping it would change the function). Nothing was changed; port this layer by hand, or "
-                "into a model that keeps such a bias")
-        return (scale,)
-
-    def forward_shapes(self, shapes):
-        return tuple(shapes[0]), tuple(shapes[0])
-
-    def inverse_shapes(self, shapes):
-        return (tuple(shapes[0]),)
-
-    def describe(self):
-        return "+ zero bias"
 
 
 @register
@@ -382,13 +274,13 @@ class RMSNormRule(Rule):
         return {"epsilon": eps, "scale": bool(module.elementwise_affine), "axis": tuple(range(-n, 0))}
 
     def infer_torch(self, shapes):
-        w = _shape(shapes, "weight")
+        w = shape_of(shapes, "weight")
         if set(shapes) != {"weight"} or not w:
             return None
         return {"scale": True, "axis": tuple(range(-len(w), 0))}
 
     def infer_keras(self, shapes):
-        return {"scale": True} if set(shapes) == {"scale"} and _shape(shapes, "scale") else None
+        return {"scale": True} if set(shapes) == {"scale"} and shape_of(shapes, "scale") else None
 
     def config_flax(self, module):
         return _maybe({"epsilon": float(module.epsilon), "scale": bool(module.use_scale)}, "axis",
@@ -400,12 +292,20 @@ class RMSNormRule(Rule):
 
     def links_equinox(self, hp):
         if hp.get("equinox_bias"):
-            return [link("scale", ("weight", "bias"), ZeroBias())]
+            return [link("scale", ("weight", "bias"), ZeroBias(EQUINOX_BIAS_REFUSAL))]
         return self.links_torch(hp)
 
     def infer_flax(self, shapes):
-        s = _shape(shapes, "scale")
+        s = shape_of(shapes, "scale")
         return {"scale": True, "axis": tuple(range(-len(s), 0))} if set(shapes) == {"scale"} and s else None
+
+    def examples(self, layout, rng):
+        d1, d2 = sizes(rng, 2)
+        out = [({"scale": True, "axis": (-1,)}, weights(rng, (d1,))), ({"scale": True, "axis": (-2, -1)},
+                                                                      weights(rng, (d1, d2)))]
+        if layout == "equinox":
+            out.append(({"scale": True, "axis": (-1,), "equinox_bias": True}, weights(rng, (d2,))))
+        return out
 
     def canonical(self, hp):
         return ["scale"] if hp.get("scale", True) else []

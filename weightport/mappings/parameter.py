@@ -11,6 +11,7 @@ cannot be told from one that is not, which is why the matcher accepts square
 ones on names alone and says so.
 """
 from .rule import LAYOUTS, Rule, link, register
+from .samples import sizes, weights
 from .transforms import Reshape
 
 
@@ -29,6 +30,11 @@ class ParameterRule(Rule):
 
     def layouts(self):
         return LAYOUTS
+
+    def examples(self, layout, rng):
+        n, d = sizes(rng, 2)
+        return [({"shape": (1, n, d), "slot": "position_embeddings"}, weights(rng, (n, d))),
+                ({"shape": (1, 1, d), "slot": "cls_token"}, weights(rng, (d,)))]
 
     def canonical(self, hp):
         return ["value"]

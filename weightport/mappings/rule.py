@@ -14,7 +14,8 @@ Write a rule as a subclass with, per layout it supports:
 - ``config_<layout>(layer) -> dict``: hyperparameters, in one shared vocabulary
   (Keras conventions: ``epsilon``, ``momentum``, ``use_bias``, ``units``...);
 - ``links_<layout>(hp) -> [Link]`` for every layout but ``keras``;
-- ``canonical(hp) -> [slot names]`` in ``get_weights()`` order.
+- ``canonical(hp) -> [slot names]`` in ``get_weights()`` order;
+- ``examples(layout, rng) -> [(hp, canonical weights)]``: samples the round-trip test of every rule uses.
 
 Register it with ``@register`` or through the ``weightport.rules`` entry-point
 group (an entry point may name a module of rules or a Rule subclass).
@@ -23,19 +24,14 @@ from __future__ import annotations
 
 import importlib
 import math
+import pkgutil
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import UsageError
 from ..layouts import NAMES as LAYOUTS
+from .introspect import has_class
 from .transforms import IDENTITY, Transform
-
-
-# Built-in rule modules, imported on first use of the registry.
-BUILTIN_MODULES = (
-    "dense", "conv", "norm", "embedding", "activation",
-    "recurrent", "attention", "flatten", "parameter",
-)
 
 
 class Declined(Exception):
@@ -106,9 +102,7 @@ class Rule:
     def matches(self, layout: str, layer) -> bool:
         """Whether this rule handles ``layer`` (a live object of ``layout``)."""
         names = self.classes.get(layout)
-        if not names:
-            return False
-        return any(cls.__name__ in names for cls in type(layer).__mro__)
+        return bool(names) and has_class(layer, *names)
 
     def parts(self, layout: str, hp: dict) -> list:
         """For a composite layer whose weights are not held by sub-layers: ``(name, rule name, hp)`` for each
@@ -151,6 +145,12 @@ class Rule:
         """What a layer of a class this rule does not name (recognised by its weights) says through common
         attribute names, for the configuration checks; {} by default."""
         return {}
+
+    def examples(self, layout: str, rng) -> list:
+        """A few ``(hp, canonical weights)`` this rule links in ``layout``, sizes drawn from ``rng``
+        (``mappings.samples``): the round trip every registered rule is tested with. [] until a rule offers some,
+        which fails that test, naming the rule."""
+        return []
 
     def sample_inputs(self, layout: str, hp: dict, shapes) -> list:
         """Small batches this layer could read, in ``layout``'s axis order, likeliest first.
@@ -264,15 +264,6 @@ class Rule:
 ACTIVATION_HINT = ("the activation is applied inside the layer on one side and by what follows it on the other; "
                    "they must compute the same function (GELU exact vs its tanh approximation, ReLU6 vs ReLU, "
                    "SiLU/swish...): make them agree")
-KERAS_ACTIVATIONS = {"swish": "silu"}  # Keras' other names for one function
-
-
-def keras_activation(layer):
-    """The activation a Keras layer applies itself, in torch's words where they differ; None for linear."""
-    name = getattr(getattr(layer, "activation", None), "__name__", None)
-    return None if name in (None, "linear") else KERAS_ACTIVATIONS.get(name, name)
-
-
 def same_value(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         try:
@@ -280,6 +271,21 @@ def same_value(a, b) -> bool:
         except (TypeError, ValueError):
             return False
     return a == b
+
+
+def definition(rule) -> str:
+    """Where a rule's class is written: ``module.Class``."""
+    cls = type(rule)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def builtin_modules() -> list:
+    """Every module of this package, by name: a rule module registers its rules when imported, others nothing.
+
+    Found by scanning the package, so adding a rule is adding one file.
+    """
+    package = importlib.import_module(__package__)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
 
 
 class Registry:
@@ -290,21 +296,23 @@ class Registry:
         self._loaded = False
 
     def add(self, rule: Rule) -> Rule:
+        """Add ``rule``, refusing a second rule of its name: names are stored in files' metadata and plans."""
         if not rule.name:
             raise UsageError(f"rule {type(rule).__name__} needs a name")
-        self._rules[rule.name] = rule
+        known = self._rules.get(rule.name)
+        if known is not None and definition(known) != definition(rule):
+            raise UsageError(
+                f"two rules are named {rule.name!r}: {definition(known)} and {definition(rule)}. A rule's name is "
+                "stored in converted files' metadata and in plans, so it must be unique: rename one of them")
+        self._rules[rule.name] = rule  # the same class again (an entry point naming a registered rule) replaces it
         return rule
 
     def _load(self):
         if self._loaded:
             return
         self._loaded = True
-        for mod in BUILTIN_MODULES:
-            try:
-                importlib.import_module(f"{__package__}.{mod}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{__package__}.{mod}":
-                    raise
+        for mod in builtin_modules():
+            importlib.import_module(f"{__package__}.{mod}")
         from importlib.metadata import entry_points
 
         for ep in entry_points(group="weightport.rules"):
@@ -324,7 +332,7 @@ class Registry:
             raise UsageError(f"no rule named {name!r}; known: {sorted(self._rules)}") from None
 
     def candidates(self, layout: str, layer) -> list:
-        """Rules that handle ``layer``, most specific (highest priority) first."""
+        """Rules that handle ``layer``, most specific (highest priority) first, ties in registration order."""
         self._load()
         found = [r for r in self._rules.values() if r.matches(layout, layer)]
         return sorted(found, key=lambda r: -r.priority)

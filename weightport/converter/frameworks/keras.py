@@ -114,7 +114,7 @@ class KerasFramework(Framework):
         return name
 
     def has_graph(self, layer) -> bool:
-        return bool(getattr(layer, "_inbound_nodes", None))
+        return bool(calls(layer))
 
     def is_frozen(self, layer):
         return None if not layer.weights else not layer.trainable
@@ -214,3 +214,47 @@ class KerasFramework(Framework):
 
 
 ADAPTER = KerasFramework()
+
+
+# -- the functional graph, read for rules whose configuration depends on what feeds a layer ---------------------
+# (a ZeroPadding before a conv, a Flatten before a Dense). A "call" is one node of the graph: one call of a layer
+# or operation on symbolic inputs. Plain attribute access on Keras' private graph; nothing here imports Keras.
+
+def calls(layer) -> list:
+    """The graph nodes of ``layer``'s calls, oldest first; [] where no graph was recorded (eager or subclassed)."""
+    return list(getattr(layer, "_inbound_nodes", None) or [])
+
+
+def feeding(call) -> list:
+    """The calls whose outputs ``call`` reads, in input order."""
+    return list(getattr(call, "parent_nodes", None) or [])
+
+
+def operation(call):
+    """The layer or operation ``call`` is a call of."""
+    return call.operation
+
+
+def input_shape(call):
+    """The shape of the first tensor ``call`` reads (batch axis included), or None."""
+    tensors = call.input_tensors
+    return tuple(tensors[0].shape) if tensors else None
+
+
+def output_shape(call):
+    """The shape of the first tensor ``call`` produces (batch axis included), or None."""
+    tensors = call.outputs
+    return tuple(tensors[0].shape) if tensors else None
+
+
+def output_call(model):
+    """The call producing a nested functional model's (first) output, or None when ``model`` is not one."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs or not any(cls.__name__ in ("Functional", "Sequential") for cls in type(model).__mro__):
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    if history is None:
+        return None
+    producer, index = history[0], history[1]
+    produced = calls(producer)
+    return produced[index] if index < len(produced) else None

@@ -1,0 +1,75 @@
+"""The rule registry: built-ins found by scanning the package, names unique, entry-point plugins loaded."""
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import weightport as wp
+import weightport.mappings
+from weightport.mappings import rule as rule_module
+from weightport.mappings.rule import Registry, Rule, registry
+
+AT_COLLECTION = list(registry)  # before any test registers a rule of its own
+
+
+def test_every_module_of_the_package_is_scanned_and_imported():
+    files = sorted(p.stem for p in Path(weightport.mappings.__file__).parent.glob("*.py") if p.stem != "__init__")
+    assert rule_module.builtin_modules() == files
+    list(registry)
+    assert all(f"weightport.mappings.{name}" in sys.modules for name in files)
+    assert {type(r).__module__ for r in AT_COLLECTION} <= {
+        f"weightport.mappings.{name}" for name in files}
+    assert "BUILTIN_MODULES" not in vars(rule_module)
+
+
+def _rule(name, base=Rule):
+    return type("Rule_" + name.replace("-", "_"), (base,), {"name": name, "canonical": lambda self, hp: ["w"]})
+
+
+def test_a_second_rule_of_a_name_is_refused_naming_both():
+    fresh = Registry()
+    fresh._loaded = True  # no built-ins: only what this test adds
+    first, second = _rule("dup-test"), _rule("dup-test")
+    second.__qualname__ = "Elsewhere"
+    fresh.add(first())
+    with pytest.raises(wp.UsageError, match=r"'dup-test'.*Rule_dup_test.*Elsewhere.*unique"):
+        fresh.add(second())
+    assert type(fresh.get("dup-test")) is first  # the first one stays
+
+
+def test_a_built_in_name_cannot_be_taken_over():
+    with pytest.raises(wp.UsageError, match=r"'dense'.*weightport\.mappings\.dense\.DenseRule"):
+        registry.add(_rule("dense")())
+    assert type(registry.get("dense")).__module__ == "weightport.mappings.dense"
+
+
+def test_the_same_class_again_is_no_duplicate():
+    fresh = Registry()
+    fresh._loaded = True
+    cls = _rule("again-test")
+    fresh.add(cls())
+    fresh.add(cls())  # an entry point naming a rule its module already registered
+    assert [r.name for r in fresh] == ["again-test"]
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    plugin = _rule("plugin-test")
+
+    class EntryPoint:
+        def load(self):
+            return plugin
+
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [EntryPoint()] if group == "weightport.rules" else [])
+    fresh = Registry()
+    assert type(fresh.get("plugin-test")) is plugin
+
+
+def test_non_rule_modules_register_nothing():
+    names = {info.name for info in pkgutil.iter_modules(weightport.mappings.__path__)}
+    assert {"rule", "transforms", "samples", "introspect"} <= names
+    assert not {type(r).__module__.rsplit(".", 1)[-1] for r in AT_COLLECTION} & {"rule", "transforms", "samples",
+                                                                           "introspect"}
