@@ -61,6 +61,34 @@ class TensorSource:
             check()
         return self.file_range
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the tensor comes as a stream of row blocks (a streamed transpose), not as one stored array."""
+        return self._blocks is not None
+
+    def guard(self, context) -> None:
+        """Run every later read of this tensor, whole or block by block, inside ``context()`` (a context manager)."""
+        load, blocks = self._loader, self._blocks
+
+        def guarded_load():
+            with context():
+                return load()
+
+        def guarded_blocks():
+            with context():
+                it = iter(blocks())
+            while True:
+                with context():
+                    try:
+                        block = next(it)
+                    except StopIteration:
+                        return
+                yield block
+
+        self._loader = guarded_load
+        if blocks is not None:
+            self._blocks = guarded_blocks
+
     def blocks(self):
         """The tensor as consecutive blocks of rows (axis 0), so a writer never needs all of it at once.
 
