@@ -45,7 +45,7 @@ class ExpertRule(Rule):
 
 @pytest.fixture
 def registry(monkeypatch):
-    fresh = Registry()  # the built-ins load into it on first use; the global registry is left alone
+    fresh = Registry()  # a registry of its own, so the global one is left as it was
     monkeypatch.setattr(rule_module, "registry", fresh)
     return fresh
 

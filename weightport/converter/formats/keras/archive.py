@@ -27,7 +27,7 @@ def is_archive(path: str, head: bytes) -> bool:
     return "config.json" in names and any(n.startswith("model.weights.") for n in names)
 
 
-class Member(io.RawIOBase):
+class _Member(io.RawIOBase):
     """A read-only window onto an uncompressed zip member, so h5py reads it in place."""
 
     def __init__(self, path, start, size):
@@ -61,7 +61,8 @@ class Member(io.RawIOBase):
         super().close()
 
 
-def open_member(path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
+def _open_member(path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """A seekable reader of the member: a window onto the file where it is stored, else zipfile's stream."""
     if info.compress_type != zipfile.ZIP_STORED:
         return archive.open(info)  # compressed: seekable, slower
     with open(path, "rb") as f:
@@ -70,10 +71,11 @@ def open_member(path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
     if local[:4] != ZIP_MAGIC:
         raise FormatError(f"{path}: the zip entry {info.filename!r} is damaged")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
-    return Member(path, info.header_offset + 30 + name_len + extra_len, info.file_size)
+    return _Member(path, info.header_offset + 30 + name_len + extra_len, info.file_size)
 
 
 def read_archive(path: str) -> Checkpoint:
+    """A ``.keras`` archive's weights as a lazy Checkpoint, its layers named from config.json."""
     import h5py
 
     try:
@@ -82,8 +84,8 @@ def read_archive(path: str) -> Checkpoint:
         raise FormatError(f"{path}: not a readable .keras archive ({exc}); it may be truncated or damaged") from exc
     try:
         names = set(archive.namelist())
-        config = archive_json(path, archive, "config.json", None)
-        meta = archive_json(path, archive, "metadata.json", {})
+        config = _archive_json(path, archive, "config.json", None)
+        meta = _archive_json(path, archive, "metadata.json", {})
         if not isinstance(meta, dict) or (config is not None and not isinstance(config, dict)):
             wrong = "metadata.json" if not isinstance(meta, dict) else "config.json"
             raise FormatError(f"{path}: its {wrong} holds a JSON {type(meta if wrong[0] == 'm' else config).__name__}"
@@ -100,7 +102,7 @@ def read_archive(path: str) -> Checkpoint:
     try:
         if info.compress_type != zipfile.ZIP_STORED:
             limits.check_inflation(path, f"its compressed {ARCHIVE_WEIGHTS}", info.file_size, info.compress_size)
-        member = open_member(path, archive, info)
+        member = _open_member(path, archive, info)
     except BaseException:
         archive.close()
         raise
@@ -127,7 +129,7 @@ def read_archive(path: str) -> Checkpoint:
         raise
 
 
-def archive_json(path, archive, member, default):
+def _archive_json(path, archive, member, default):
     """A JSON member of the archive, size-limited and parsed safely; ``default`` if absent."""
     try:
         info = archive.getinfo(member)

@@ -20,6 +20,7 @@ H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def text(value):
+    """An HDF5 attribute as Python text: bytes decoded, string arrays as lists of str, anything else as it is."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
@@ -104,7 +105,7 @@ def _check_dataset(path, name, ds) -> None:
         limits.check_inflation(path, f"dataset {name!r} ({ds.shape} {dtype})", nbytes, ds.id.get_storage_size())
 
 
-def natural(name: str):
+def _natural(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
@@ -112,7 +113,7 @@ def stored_order(datasets) -> list:
     """The order the datasets were written in (their object headers' file positions), else natural name order."""
     import h5py
 
-    names = sorted(datasets, key=natural)
+    names = sorted(datasets, key=_natural)
     try:
         where = {n: h5py.h5o.get_info(d.id).addr for n, d in datasets.items()}
     except (AttributeError, TypeError):
@@ -121,6 +122,7 @@ def stored_order(datasets) -> list:
 
 
 def dtype_of(ds, path=None, name=None) -> np.dtype:
+    """The dataset's dtype, bfloat16 where Keras tagged an opaque 2-byte dataset so."""
     if text(ds.attrs.get("dtype")) == "bfloat16":
         from ...arrays import bfloat16
 
@@ -132,6 +134,7 @@ def dtype_of(ds, path=None, name=None) -> np.dtype:
 
 
 def loader(path, ds, name):
+    """A function reading the dataset as a read-only array of its real dtype; a read error names it."""
     dtype = dtype_of(ds, path, name)
 
     def load():

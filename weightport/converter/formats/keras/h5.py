@@ -43,13 +43,13 @@ def checkpoint_of(path, h5, closer, metadata, layers) -> Checkpoint:
     if kind == "legacy-h5":
         layers = {**legacy_layers(path, h5), **layers}
     else:
-        layers = {**group_names(h5, datasets), **layers}
+        layers = {**_group_names(h5, datasets), **layers}
     sources = [TensorSource(name, datasets[name].shape, dtype_of(datasets[name], path, name),
                             loader(path, datasets[name], name)) for name in order]
     return Checkpoint(path, NAME, sources, metadata=metadata, layers=layers, closer=closer)
 
 
-def group_names(h5, datasets) -> dict:
+def _group_names(h5, datasets) -> dict:
     """Object path -> {"name": layer name}, from the ``name`` attribute Keras 3 puts on each ``vars`` group."""
     out, seen = {}, set()
     for name in datasets:

@@ -61,6 +61,7 @@ def _names(path, value, what) -> list:
 
 
 def legacy_layers(path, h5) -> dict:
+    """Layer group -> {"class_name", "name", "config"}, from a whole-model file's ``model_config``; {} without one."""
     config = text(h5.attrs.get("model_config"))
     prefix = "model_weights/" if "model_weights" in h5 else ""
     config = load_json(config, path, "the model_config attribute") if isinstance(config, str) else None

@@ -9,7 +9,7 @@ import re
 from ....errors import UsageError
 
 
-def snake(name: str) -> str:
+def _snake(name: str) -> str:
     """Keras' own snake_case of a class name (how containers name their children's groups)."""
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
@@ -38,7 +38,7 @@ def config_layers(config: dict, base: str = "") -> dict:
     for child in children:
         if not isinstance(child, dict) or not isinstance(child.get("class_name"), str):
             continue
-        key = snake(child["class_name"])
+        key = _snake(child["class_name"])
         used[key] = used.get(key, -1) + 1
         name = key if used[key] == 0 else f"{key}_{used[key]}"
         out.update(config_layers(child, f"{base}/layers/{name}" if base else f"layers/{name}"))
