@@ -347,13 +347,13 @@ def test_save_plan_onto_an_existing_file_is_refused_before_converting(tmp_path, 
 
 CHILD = """
 import sys, time
-import weightport.converter.formats.safetensors as st
-real = st.blocks_checked
+import weightport.converter.formats.fileio as fileio
+real = fileio.blocks_checked
 def slow(source, where):  # a slow disk: each block takes a while
     for item in real(source, where):
         time.sleep(0.03)
         yield item
-st.blocks_checked = slow
+fileio.blocks_checked = slow
 from weightport.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -12,37 +12,8 @@ import sys
 import warnings
 
 from . import exits, layouts
-from .errors import UsageError, WeightportWarning
-
-FORMAT_NAMES = ("safetensors", "torch", "keras", "npz", "msgpack")  # weightport.converter.formats.MODULES
-VERSIONS_OF = ("numpy", "torch", "keras", "jax", "flax", "equinox", "safetensors", "h5py")
-
-
-def version_text() -> str:
-    """weightport's version and those of the libraries it works with, as a bug report wants them."""
-    import platform
-    from importlib import metadata
-
-    from . import __version__
-
-    found = []
-    for dist in VERSIONS_OF:
-        try:
-            found.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return f"weightport {__version__} (Python {platform.python_version()}; {', '.join(found)})"
-
-
-class VersionAction(argparse.Action):
-    """``--version``: looked up only when asked (reading package metadata takes a moment)."""
-
-    def __init__(self, option_strings, dest, **kw):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(version_text())
-        parser.exit()
+from .cliargs import VersionAction, check_destination, load_object, parse_dtype, parse_hints, parse_size
+from .errors import WeightportWarning
 
 
 def plural(n: int, noun: str) -> str:
@@ -142,87 +113,6 @@ def print_table(rows) -> None:
 # -- convert ---------------------------------------------------------------------------
 
 
-def load_object(spec: str):
-    """The object named by ``pkg.module:name`` or ``path/to/file.py:name``; a callable is called with no arguments."""
-    import importlib
-    import importlib.util
-
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--model/--like take MODULE:NAME or FILE.py:NAME, got {spec!r}")
-    try:
-        if module_name.endswith(".py") or os.sep in module_name:
-            where = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0],
-                                                           module_name)
-            if where is None or not os.path.exists(module_name):
-                raise UsageError(f"no Python file {module_name!r} (from {spec!r})")
-            module = importlib.util.module_from_spec(where)
-            sys.path.insert(0, os.path.dirname(os.path.abspath(module_name)))
-            where.loader.exec_module(module)
-        else:
-            sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-        obj = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot load {spec!r}: {exc}") from exc
-    return obj() if callable(obj) and not _is_model(obj) else obj
-
-
-def _is_model(obj) -> bool:
-    from .converter.frameworks import adapter_for
-
-    return adapter_for(obj) is not None
-
-
-def parse_size(text):
-    """Bytes from '123', '500MB', '5GB' (powers of 1000) or '2GiB' (powers of 1024)."""
-    if text is None:
-        return None
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    number = text.rstrip("BbIiKkMmGg")
-    unit = text[len(number):].upper()
-    try:
-        return int(float(number) * units[unit])
-    except (KeyError, ValueError):
-        raise UsageError(f"--shard-size takes a size such as 5GB or 500MiB, got {text!r}") from None
-
-
-def parse_dtype(text: str) -> str:
-    """``text`` if it names a floating dtype (float16, bfloat16, float8_e4m3fn...), checked before any work."""
-    from .converter.arrays import cast_dtype
-
-    try:
-        cast_dtype(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(exits.cli_words(str(exc))) from None
-    return text
-
-
-def parse_hints(pairs) -> dict | None:
-    """{source path: target path} from repeated ``--hint SOURCE=TARGET``."""
-    if not pairs:
-        return None
-    hints = {}
-    for pair in pairs:
-        source, sep, target = pair.partition("=")
-        if not sep or not source or not target:
-            raise UsageError(f"--hint takes SOURCE=TARGET (a source layer path, a target layer path), got {pair!r}")
-        hints[source] = target
-    return hints
-
-
-def check_destination(path: str) -> None:
-    """Refuse an output whose suffix names no format before any work (the command picks the format by suffix)."""
-    from .converter.formats import format_for, modules
-
-    try:
-        format_for(path)
-    except UsageError:
-        suffixes = ", ".join(s for mod in modules() for s in mod.SUFFIXES)
-        raise UsageError(f"cannot tell which format to write for {path!r}: end its name with one of {suffixes}"
-                         ) from None
-
-
 def cmd_convert(args) -> int:
     from . import progress
     from .api import convert, load
@@ -294,34 +184,32 @@ def cmd_verify(args) -> int:
 # -- the parser ------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="weightport", description="Move trained weights between frameworks.",
-        epilog="exit codes:\n" + exits.exit_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action=VersionAction, help="show the versions of weightport and the "
-                                                                 "frameworks it finds, then exit")
-    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
-    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works as well
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", required=True)
+def format_option(parser, help_text: str) -> None:
+    """``--format``, its choices read from the formats table (a plugin's format is offered too)."""
+    from .converter import formats
 
-    def command(name, **kw):
-        return sub.add_parser(name, parents=[common], epilog="exit codes:\n" + exits.exit_table(),
-                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    parser.add_argument("--format", default=None, choices=formats.names(), help=help_text)
 
+
+def add_rules(command) -> None:
     p = command("rules", help="list the layer rules and what each recognises in each layout")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_rules)
 
+
+def add_inspect(command) -> None:
+    from .converter.formats import suffixes
+
     p = command("inspect", help="list a checkpoint's tensors (name, shape, dtype, size, layer), format and layout")
-    p.add_argument("file", help="checkpoint: .safetensors (or its .index.json), .pt/.pth/.bin, .weights.h5, "
-                                ".keras, .h5, .npz, .msgpack")
+    p.add_argument("file", help=f"checkpoint: {', '.join(suffixes())}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--format", default=None, choices=FORMAT_NAMES, help="read as this format instead of detecting it")
+    format_option(p, "read as this format instead of detecting it")
     p.add_argument("--trust-pickle", action="store_true",
                    help="let a torch file run pickled code (only for files you trust)")
     p.set_defaults(func=cmd_inspect)
 
+
+def add_convert(command) -> None:
     p = command("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
     p.add_argument("source", help="input checkpoint")
     p.add_argument("destination", help="output file (its suffix picks the format)")
@@ -332,8 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--like", help="MODULE:NAME of a target-framework model whose names the output should use")
     p.add_argument("--hint", action="append", metavar="SOURCE=TARGET",
                    help="pair these two layers (paths); repeat for more")
-    p.add_argument("--format", default=None, choices=FORMAT_NAMES,
-                   help="read the source as this format instead of detecting it")
+    format_option(p, "read the source as this format instead of detecting it")
     p.add_argument("--dtype", type=parse_dtype,
                    help="cast floating tensors: float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 (float8 "
                         "where the output format holds it)")
@@ -354,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_convert)
 
+
+def add_verify(command) -> None:
     p = command("verify", help="run two models on the same input and compare their outputs")
     p.add_argument("model_a", help="MODULE:NAME or FILE.py:NAME of the first model (or a function building it)")
     p.add_argument("model_b", help="the same for the second model")
@@ -368,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="let a torch file run pickled code")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weightport", description="Move trained weights between frameworks.",
+        epilog="exit codes:\n" + exits.exit_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=VersionAction, help="show the versions of weightport and the "
+                                                                 "frameworks it finds, then exit")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works as well
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, **kw):
+        return sub.add_parser(name, parents=[common], epilog="exit codes:\n" + exits.exit_table(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    for add in (add_rules, add_inspect, add_convert, add_verify):
+        add(command)
     return parser
 
 

@@ -11,12 +11,12 @@ when weightport wrote it and otherwise guessed from the names (or None).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from ..errors import FormatError, UsageError
+from .detect import detect_layout  # noqa: F401 - also imported from here
 
 LAYOUT_KEY = "weightport_layout"
 
@@ -60,6 +60,34 @@ class TensorSource:
             check, self._check = self._check, None
             check()
         return self.file_range
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the tensor comes as a stream of row blocks (a streamed transpose), not as one stored array."""
+        return self._blocks is not None
+
+    def guard(self, context) -> None:
+        """Run every later read of this tensor, whole or block by block, inside ``context()`` (a context manager)."""
+        load, blocks = self._loader, self._blocks
+
+        def guarded_load():
+            with context():
+                return load()
+
+        def guarded_blocks():
+            with context():
+                it = iter(blocks())
+            while True:
+                with context():
+                    try:
+                        block = next(it)
+                    except StopIteration:
+                        return
+                yield block
+
+        self._loader = guarded_load
+        if blocks is not None:
+            self._blocks = guarded_blocks
 
     def blocks(self):
         """The tensor as consecutive blocks of rows (axis 0), so a writer never needs all of it at once.
@@ -176,27 +204,3 @@ class Checkpoint(Mapping):
     def __repr__(self) -> str:
         return (f"<Checkpoint {self.path!r} format={self.format} layout={self.layout} "
                 f"tensors={len(self)} bytes={self.nbytes}>")
-
-
-_TORCH_LEAF = re.compile(r"(^|\.)(weight|bias|running_mean|running_var|num_batches_tracked|"
-                         r"in_proj_weight|in_proj_bias|weight_ih_l\d+|weight_hh_l\d+|bias_ih_l\d+|bias_hh_l\d+)"
-                         r"(_reverse)?$")
-_KERAS_LEAF = re.compile(r"(^|/)(kernel|bias|gamma|beta|moving_mean|moving_variance|embeddings|"
-                         r"depthwise_kernel|pointwise_kernel|recurrent_kernel)(:\d+)?$")
-_KERAS_VARS = re.compile(r"(^|/)vars/\d+$")  # Keras 3 .weights.h5: <object path>/vars/<i>
-_FLAX_COLLECTIONS = ("params/", "batch_stats/")  # Flax trees also say kernel/bias: do not call them Keras
-
-
-def detect_layout(names) -> str | None:
-    """'torch' for dotted torch names, 'keras' for Keras weight paths, None when the names do not say."""
-    names = list(names)
-    if not names:
-        return None
-    torch_like = sum(1 for n in names if "/" not in n and _TORCH_LEAF.search(n))
-    keras_like = sum(1 for n in names if not n.startswith(_FLAX_COLLECTIONS)
-                     and (_KERAS_VARS.search(n) or ("/" in n and _KERAS_LEAF.search(n))))
-    if keras_like > torch_like and keras_like * 2 >= len(names):
-        return "keras"
-    if torch_like > keras_like and torch_like * 2 >= len(names):
-        return "torch"
-    return None

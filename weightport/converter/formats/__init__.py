@@ -1,8 +1,9 @@
 """Checkpoint containers: one module per format, picked by magic bytes (reading) or suffix (writing).
 
-Each module has ``NAME``, ``SUFFIXES``, ``sniff(path, head) -> bool``,
-``read(path, **opts) -> Checkpoint`` and ``write(path, sources, metadata, **opts)``.
-No module imports a framework at import time. Writers receive a ``Staging``
+Each format module declares its name, suffixes, sniff order and whether it
+writes, and has ``sniff``, ``read`` and ``write``; the table of them is
+discovered (see ``table``), so adding a format is adding one file. No module
+imports a framework at import time. Shared file I/O is in ``fileio``. Writers receive a ``Staging``
 (``opts["staging"]``): every output file is written under a temporary name in
 its destination folder and renamed into place only when the whole output is
 complete, so a failure leaves nothing behind (see ``staging``).
@@ -14,31 +15,27 @@ may claim is bounded (see ``limits``).
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, as_sources
 from .guard import LIBRARY_ERRORS, guard_checkpoint, reading
 from .staging import Staging, check_space
+from .table import by_name, modules, names, register, suffixes, unregister
 
-__all__ = ["Staging", "by_name", "format_for", "modules", "open_checkpoint", "sniff", "write_checkpoint"]
+__all__ = ["Staging", "by_name", "format_for", "modules", "names", "open_checkpoint", "register", "sniff",
+           "suffixes", "unregister", "write_checkpoint"]
 
-MODULES = ("safetensors", "keras", "npz", "torch", "msgpack")  # sniffed in this order; msgpack's weak magic last
 _HEAD_BYTES = 64
 
 
-def modules() -> list:
-    return [importlib.import_module(f"{__name__}.{name}") for name in MODULES]
+def __getattr__(name):
+    if name == "MODULES":  # the format names in sniff order, as this tuple was before the table was discovered
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def by_name(name: str):
-    if name not in MODULES:
-        raise UsageError(f"unknown format {name!r}; known formats: {', '.join(MODULES)}")
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def _suffix_match(path: str):
+def _suffix_match(path):
     lower = os.path.basename(str(path)).lower()
     best, best_len = None, 0
     for mod in modules():
@@ -49,15 +46,15 @@ def _suffix_match(path: str):
 
 
 def _known_suffixes() -> str:
-    return ", ".join(s for mod in modules() for s in mod.SUFFIXES)
+    return ", ".join(suffixes())
 
 
 def format_for(path):
     """The format module that writes ``path``, chosen by its suffix (the longest that matches)."""
     mod = _suffix_match(path)
-    if mod is None:
+    if mod is None or not mod.WRITABLE:
         raise UsageError(f"cannot tell which format to write for {str(path)!r}: name it with one of "
-                         f"{_known_suffixes()}, or pass format=")
+                         f"{', '.join(suffixes(writable=True))}, or pass format=")
     return mod
 
 
@@ -115,6 +112,8 @@ def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=Fal
     """
     path = os.fspath(path)
     mod = by_name(format) if format else format_for(path)
+    if not mod.WRITABLE:
+        raise UsageError(f"{path}: weightport reads {mod.NAME} files but does not write them; write another format")
     if metadata is None and isinstance(sources, Checkpoint) and sources.layout:
         metadata = {LAYOUT_KEY: sources.layout}
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}

@@ -58,26 +58,7 @@ def reading(path, what: str):
 def guard_source(source, path) -> None:
     """Route ``source``'s lazy loads (whole or in blocks) through ``reading``, naming the tensor."""
     what = f"cannot read tensor {source.name!r} {source.shape} {source.dtype}"
-    load, blocks = source._loader, source._blocks
-
-    def guarded_load():
-        with reading(path, what):
-            return load()
-
-    def guarded_blocks():
-        with reading(path, what):
-            it = iter(blocks())
-        while True:
-            with reading(path, what):
-                try:
-                    block = next(it)
-                except StopIteration:
-                    return
-            yield block
-
-    source._loader = guarded_load
-    if blocks is not None:
-        source._blocks = guarded_blocks
+    source.guard(lambda: reading(path, what))
 
 
 def guard_checkpoint(ckpt) -> None:

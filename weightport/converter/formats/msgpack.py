@@ -30,10 +30,13 @@ import numpy as np
 from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource, detect_layout
 from . import limits
+from .fileio import load_checked
 
 METADATA = "__metadata__"
 NAME = "msgpack"
 SUFFIXES = (".msgpack",)
+SNIFF_ORDER = 90  # its magic (a map with a string key) is weak: tried last
+WRITABLE = True
 NDARRAY, NPSCALAR = 1, 3  # flax's extension type codes
 CHUNKED = "__msgpack_chunked_array__"
 MAX_CHUNK_SIZE = 2 ** 30  # flax chunks arrays above this many bytes (msgpack objects stop at 2**31 - 1)
@@ -352,8 +355,6 @@ def _write_array(f, array):
 
 
 def _write_tree(f, node: dict, path, progress):
-    from .safetensors import load_checked
-
     f.write(_map(len(node)))
     for key, value in node.items():
         f.write(_str(key))

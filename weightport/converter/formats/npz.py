@@ -21,20 +21,17 @@ import numpy as np
 from ...errors import FormatError, UsageError
 from ..checkpoint import Checkpoint, TensorSource
 from . import limits
+from .fileio import load_checked, zip_names
 
 NAME = "npz"
 SUFFIXES = (".npz",)
+SNIFF_ORDER = 30
+WRITABLE = True
 _COMMENT_KEY = "weightport"
 
 
 def sniff(path: str, head: bytes) -> bool:
-    if head[:4] != b"PK\x03\x04":
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+    names = zip_names(path, head)
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
@@ -137,8 +134,6 @@ def _loader(path, npz, name, dtype):
 
 
 def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> None:
-    from .safetensors import load_checked
-
     temp = staging.file(path)
     real = {}
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:

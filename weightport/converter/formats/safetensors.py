@@ -18,11 +18,13 @@ import numpy as np
 from ...errors import FormatError, UsageError
 from ...layouts import LAYOUTS
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource
-from . import limits
+from . import fileio, limits
 from .guard import load_json
 
 NAME = "safetensors"
 SUFFIXES = (".safetensors", ".safetensors.index.json")
+SNIFF_ORDER = 10
+WRITABLE = True
 
 _PLAIN = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
           "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -239,64 +241,13 @@ def _with_format_tag(metadata: dict) -> dict:
     return metadata
 
 
-def load_checked(source: TensorSource, where: str) -> np.ndarray:
-    """``source.load()`` as a C-contiguous array, checked against the shape and dtype it promised."""
-    array = np.asarray(source.load())
-    if tuple(array.shape) != source.shape or array.dtype.newbyteorder("=") != source.dtype.newbyteorder("="):
-        raise FormatError(f"{where}: tensor {source.name!r} was announced as {source.shape} {source.dtype} but "
-                          f"loaded as {tuple(array.shape)} {array.dtype}; nothing was written")
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return array if array.flags.c_contiguous else array.copy(order="C")  # ascontiguousarray makes 0-d 1-d
-
-
-def blocks_checked(source: TensorSource, where: str):
-    """(first row, C-contiguous block) pairs of ``source.blocks()``, checked against its promised shape and dtype."""
-    if source._blocks is None:
-        yield 0, load_checked(source, where)
-        return
-    row = 0
-    for block in source.blocks():
-        block = np.asarray(block)
-        if block.shape[1:] != source.shape[1:] or block.dtype != source.dtype or row + len(block) > source.shape[0]:
-            raise FormatError(f"{where}: tensor {source.name!r} ({source.shape} {source.dtype}) produced a block "
-                              f"{tuple(block.shape)} {block.dtype} at row {row}; nothing was written")
-        yield row, block if block.flags.c_contiguous else block.copy(order="C")
-        row += len(block)
-    if row != source.shape[0]:
-        raise FormatError(f"{where}: tensor {source.name!r} ended after {row} of {source.shape[0]} rows; "
-                          "nothing was written")
-
-
-def _copy_range(f, file_range) -> bool:
-    """Append a byte range of another file to ``f`` in the kernel (os.copy_file_range); False where unsupported."""
-    copy = getattr(os, "copy_file_range", None)
-    if copy is None:
-        return False
-    path, offset, nbytes = file_range
-    f.flush()
-    start = f.raw.tell()
-    try:
-        with open(path, "rb") as src:
-            done = 0
-            while done < nbytes:
-                n = copy(src.fileno(), f.fileno(), nbytes - done, offset + done)
-                if n == 0:
-                    raise FormatError(f"{path}: ended inside the tensor bytes [{offset}, {offset + nbytes})")
-                done += n
-    except OSError:
-        os.lseek(f.fileno(), start, os.SEEK_SET)  # not on this file system: fall back to reading
-        f.raw.truncate(start)
-        return False
-    return True
-
-
 def _write_file(temp, final_path, sources, metadata, progress):
     with open(temp, "wb") as f:
         f.write(_header(sources, metadata))
         for s in sources:
-            if s.file_range is None or s._blocks is not None or not _copy_range(f, s.stored_range()):
-                for _, block in blocks_checked(s, final_path):
+            stored = fileio.copyable_range(s)
+            if stored is None or not fileio.append_range(f, stored):
+                for _, block in fileio.blocks_checked(s, final_path):
                     if block.size:
                         f.write(memoryview(block.reshape(-1).view(np.uint8)))
                     del block

@@ -18,23 +18,21 @@ import numpy as np
 from ...errors import FormatError, UnsafePickleError
 from ..checkpoint import Checkpoint, TensorSource
 from . import limits
+from .fileio import ZIP_MAGIC, load_checked, zip_names
 from .guard import LIBRARY_ERRORS, describe
 
 NAME = "torch"
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SNIFF_ORDER = 40
+WRITABLE = True
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
 
 
 def sniff(path: str, head: bytes) -> bool:
     if head[:2] == b"\x80\x02" and head[2:3] == b"\x8a":  # legacy torch.save: pickled magic number first
         return True
-    if head[:4] != b"PK\x03\x04":
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    names = zip_names(path, head)
+    return names is not None and any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
 
 
 def _why_unsafe(exc: Exception) -> str:
@@ -111,7 +109,7 @@ def read(path: str, trust_pickle: bool = False, **opts) -> Checkpoint:
 def _check_members(path: str) -> None:
     """A zip torch file's members must lie inside the file (torch memory-maps them; past the end is a crash)."""
     with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
+        if f.read(4) != ZIP_MAGIC:
             return  # legacy pickle format: read by torch, not mapped
     try:
         with zipfile.ZipFile(path) as z:
@@ -154,7 +152,6 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
     import torch
 
     from ..arrays import numpy_to_torch
-    from .safetensors import load_checked
 
     temp = staging.file(path)
     state = {}

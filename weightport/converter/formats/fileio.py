@@ -1,0 +1,101 @@
+"""File I/O every format shares: tensors checked as they are read for writing, in-kernel copies, zip sniffing.
+
+A writer trusts no source blindly: ``load_checked`` and ``blocks_checked``
+hold each array to the shape and dtype it was announced with, so a wrong
+loader fails naming the output and the tensor instead of writing a damaged
+file. A tensor whose exact bytes lie in a file is copied file to file in
+the kernel (``copy_range``) where the system can, never through Python.
+(Output files are staged and renamed into place by ``staging``.)
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from ...errors import FormatError
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_checked(source, where: str) -> np.ndarray:
+    """``source.load()`` as a C-contiguous little-endian array, checked against the shape and dtype it promised."""
+    array = np.asarray(source.load())
+    if tuple(array.shape) != source.shape or array.dtype.newbyteorder("=") != source.dtype.newbyteorder("="):
+        raise FormatError(f"{where}: tensor {source.name!r} was announced as {source.shape} {source.dtype} but "
+                          f"loaded as {tuple(array.shape)} {array.dtype}; nothing was written")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.flags.c_contiguous else array.copy(order="C")  # ascontiguousarray makes 0-d 1-d
+
+
+def blocks_checked(source, where: str):
+    """(first row, C-contiguous block) pairs of ``source.blocks()``, checked against its promised shape and dtype."""
+    if not source.streamed:
+        yield 0, load_checked(source, where)
+        return
+    row = 0
+    for block in source.blocks():
+        block = np.asarray(block)
+        if block.shape[1:] != source.shape[1:] or block.dtype != source.dtype or row + len(block) > source.shape[0]:
+            raise FormatError(f"{where}: tensor {source.name!r} ({source.shape} {source.dtype}) produced a block "
+                              f"{tuple(block.shape)} {block.dtype} at row {row}; nothing was written")
+        yield row, block if block.flags.c_contiguous else block.copy(order="C")
+        row += len(block)
+    if row != source.shape[0]:
+        raise FormatError(f"{where}: tensor {source.name!r} ended after {row} of {source.shape[0]} rows; "
+                          "nothing was written")
+
+
+def copyable_range(source):
+    """The (path, offset, nbytes) of ``source``'s stored bytes, if a writer may copy them as they are; else None."""
+    return None if source.file_range is None or source.streamed else source.stored_range()
+
+
+def copy_range(fd: int, file_range, offset: int) -> bool:
+    """Copy a byte range of another file to ``offset`` in open file ``fd`` in the kernel; False where unsupported.
+
+    A file that ends inside the range is a FormatError; a file system that
+    cannot copy in the kernel returns False (the caller writes the bytes itself,
+    over whatever part was copied).
+    """
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    src_path, src_offset, nbytes = file_range
+    try:
+        with open(src_path, "rb") as src:
+            done = 0
+            while done < nbytes:
+                n = copy(src.fileno(), fd, nbytes - done, src_offset + done, offset + done)
+                if n == 0:
+                    raise FormatError(f"{src_path}: ended inside the tensor bytes [{src_offset}, "
+                                      f"{src_offset + nbytes})")
+                done += n
+    except OSError:
+        return False
+    return True
+
+
+def append_range(f, file_range) -> bool:
+    """``copy_range`` at the end of buffered file ``f``, leaving ``f`` positioned after the copy; False where unsupported."""
+    f.flush()
+    start = f.tell()
+    if not copy_range(f.fileno(), file_range, start):
+        f.seek(start)
+        f.truncate(start)
+        return False
+    f.seek(start + file_range[2])
+    return True
+
+
+def zip_names(path: str, head: bytes):
+    """The member names of the zip archive at ``path`` (whose first bytes are ``head``), or None if it is not one."""
+    if head[:4] != ZIP_MAGIC:
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
