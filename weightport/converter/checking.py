@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UsageError, VerificationError
 from .frameworks import require_adapter
-from .matcher import pair
+from .pairs import pair
 from .tracing import split_inputs, trace
 from .verify import Divergence, compare, first_divergence, pick
 

@@ -12,9 +12,9 @@ registered by a plugin is recognised here with no change to this module:
 - otherwise its slots are read from ``native_slots(layout, {})``, numbers in
   them standing for any number (``weight_ih_l0`` also covers ``weight_ih_l3``).
 
-``PENDING`` holds the patterns built-in rules need and do not declare yet; it
-goes once they declare ``slot_patterns`` themselves. The registry is imported
-on the first detection, never when weightport is imported.
+Names a layout stores beside the rules' slots (torch's weight-norm halves)
+count too. The registry is imported on the first detection, never when
+weightport is imported.
 """
 from __future__ import annotations
 
@@ -25,12 +25,6 @@ from ..layouts import separator
 _KERAS_SUFFIX = r"(:\d+)?"  # Keras 2 names its variables "<slot>:0"
 _KERAS_VARS = re.compile(r"(^|/)vars/\d+$")  # Keras 3 .weights.h5: <object path>/vars/<i>
 _FLAX_COLLECTIONS = ("params/", "batch_stats/")  # Flax trees also say kernel/bias: do not call them Keras
-_RECURRENT = {"torch": (r"(weight|bias)_(ih|hh)_l\d+_reverse",)}  # bidirectional=True adds a direction
-# rule name -> layout -> slot-name patterns the rule cannot yet declare itself (see the module docstring)
-PENDING = {
-    "multi_head_attention": {"torch": ("in_proj_weight", "in_proj_bias")},
-    "lstm": _RECURRENT, "gru": _RECURRENT, "simple_rnn": _RECURRENT,
-}
 _cache: dict = {}
 
 
@@ -52,10 +46,9 @@ def derived_patterns(rule, layout: str) -> list:
 
 
 def slot_patterns(rule, layout: str) -> list:
-    """The slot-name patterns ``rule`` has in ``layout``: declared, else derived, plus any still ``PENDING``."""
+    """The slot-name patterns ``rule`` has in ``layout``: declared, else derived from its links."""
     declared = getattr(rule, "slot_patterns", None) or {}
-    found = list(declared[layout]) if layout in declared else derived_patterns(rule, layout)
-    return found + list(PENDING.get(rule.name, {}).get(layout, ()))
+    return list(declared[layout]) if layout in declared else derived_patterns(rule, layout)
 
 
 def leaf_pattern(layout: str) -> re.Pattern:
@@ -64,9 +57,12 @@ def leaf_pattern(layout: str) -> re.Pattern:
     rules = list(registry)
     key = (layout, id(registry), tuple(rules))  # a rule registered or removed since makes a new pattern
     if key not in _cache:
+        from .weight_norm import STORED_NAMES  # the halves a weight-normalised torch weight is stored as
+
         if len(_cache) > 16:
             _cache.clear()
-        names = sorted({p for rule in rules if layout in rule.layouts() for p in slot_patterns(rule, layout)})
+        names = sorted({p for rule in rules if layout in rule.layouts() for p in slot_patterns(rule, layout)}
+                       | set(STORED_NAMES if layout == "torch" else ()))
         sep = re.escape(separator(layout))
         suffix = _KERAS_SUFFIX if layout == "keras" else ""
         _cache[key] = re.compile(rf"(^|{sep})({'|'.join(names) or '(?!)'}){suffix}$")

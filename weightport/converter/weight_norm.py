@@ -13,6 +13,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, TensorSource
 
+STORED_NAMES = (r"weight_[gv]", r"original[01]")  # last name parts of the halves, for layout detection
 _PARAMETRIZED = re.compile(r"^(?:(?P<module>.+)\.)?parametrizations\.(?P<name>[^.]+)\.original(?P<part>[01])$")
 _HOOKED = re.compile(r"^(?P<stem>.+)_(?P<part>[gv])$")
 

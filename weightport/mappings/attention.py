@@ -38,6 +38,7 @@ class MultiHeadAttentionRule(Rule):
     classes = {"keras": ("MultiHeadAttention", "GroupedQueryAttention"), "torch": ("MultiheadAttention",),
                "flax": ("MultiHeadAttention",), "equinox": ("MultiheadAttention",)}
     composite = True
+    slot_patterns = {"torch": ("in_proj_weight", "in_proj_bias", "weight", "bias")}
     # a bare torch checkpoint, or a Linear-projection module without a heads attribute, learns them here
     shared = ("num_heads", "key_dim", "value_dim", "num_kv_heads")
     checks = {"num_heads": "error", "key_dim": "error", "value_dim": "error", "use_bias": "error",

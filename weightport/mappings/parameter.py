@@ -10,7 +10,8 @@ Nothing moves axes here: a loose tensor that is really a transposed kernel
 cannot be told from one that is not, which is why the matcher accepts square
 ones on names alone and says so.
 """
-from .rule import LAYOUTS, Rule, link, register
+from ..layouts import NAMES as LAYOUTS
+from .rule import Rule, link, register
 from .samples import sizes, weights
 from .transforms import Reshape
 

@@ -39,6 +39,7 @@ class RecurrentRule(Rule):
 
     gates = 1
     keras_cells: tuple = ()
+    slot_patterns = {"torch": (r"(weight|bias)_(ih|hh)_l\d+(_reverse)?",)}
     # torch gate block k is Keras gate block torch_gate_order[k]; None: same order
     torch_gate_order = None
     # activations torch computes with, whatever the module says (Keras vocabulary)

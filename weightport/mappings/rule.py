@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import UsageError
-from ..layouts import NAMES as LAYOUTS
 from .introspect import has_class
 from .transforms import IDENTITY, Transform
 
@@ -94,6 +93,9 @@ class Rule:
     # hp keys saying which way round a layer stores its weights: a class no rule names stores them one way in
     # all its instances, so instances whose shapes cannot say (square ones) take the others' answer
     layout_keys: tuple = ()
+    # layout -> regular expressions a whole slot name matches, for layout detection of bare checkpoints where
+    # slot names depend on hyperparameters (``weight_ih_l3``); without it, the slots are read from the links
+    slot_patterns: dict = {}
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:

@@ -1,0 +1,104 @@
+"""What makes two layer nodes a pair: a rule both sides have, a rule one side adopts, or a loose tensor read as
+the ``parameter`` rule; with the shapes each side has under it, and how a node is described in messages."""
+from __future__ import annotations
+
+from ..errors import WeightportError
+from ..mappings.transforms import IDENTITY
+from . import naming
+from .plan import Pair
+
+
+def common_rule(a, b):
+    """The most specific rule that handles both nodes, with each side's hyperparameters."""
+    for rule, hp_a in a.candidates:
+        for rule_b, hp_b in b.candidates:
+            if rule is rule_b:
+                return (rule,) + rule.share(hp_a, hp_b)
+    return None
+
+
+def adopted_rule(a, b):
+    """``b``'s rule and hyperparameters for ``a``, a checkpoint group whose rule was only guessed from shapes.
+
+    Shapes cannot tell a depthwise from a grouped convolution, or a GroupNorm
+    from a LayerNorm; the live layer it is paired with can. Taken only when the
+    group's tensors are exactly that rule's slots and their shapes match.
+    """
+    if not getattr(a, "inferred", False):
+        return None
+    for rule, hp in b.candidates:
+        if a.layout not in rule.layouts():
+            continue
+        try:
+            slots = set(rule.native_slots(a.layout, hp))
+        except (KeyError, ValueError, TypeError):
+            continue
+        if set(a.names) <= slots and a.canonical_shapes(rule, hp) == b.canonical_shapes(rule, hp):
+            return rule, hp, hp
+    return None
+
+
+def parameter_view(node):
+    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's stored as it is
+    (under the first of its readings that stores it so: a file's (N, H) ``weight`` may be an Embedding)."""
+    if getattr(node, "loose", False):
+        return node.candidates[0][1]
+    for rule, hp in node.candidates:
+        try:
+            links = rule.links(node.layout, hp)
+        except WeightportError:
+            continue
+        if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
+                or links[0].transform is not IDENTITY:
+            continue
+        shapes = shapes_or_none(node, rule, hp)
+        if shapes:
+            return {"slot": links[0].native[0], "shape": tuple(shapes[0])}
+    return None
+
+
+def as_parameters(a, b):
+    """The ``parameter`` rule for a loose tensor and its counterpart: another loose tensor, or a single-tensor
+    layer whose name agrees (HF ViT's ``position_embeddings`` and keras-hub's ``position_embedding`` table)."""
+    loose = getattr(a, "loose", False), getattr(b, "loose", False)
+    if not any(loose) or (not all(loose) and not words(a) & words(b)) or naming.clash(words(a), words(b)):
+        return None
+    ha, hb = parameter_view(a), parameter_view(b)
+    if ha is None or hb is None:
+        return None
+    from ..mappings.rule import registry
+
+    return registry.get("parameter"), ha, hb
+
+
+def pair(a, b, evidence: str = "shape") -> Pair | None:
+    found = common_rule(a, b) or adopted_rule(a, b) or as_parameters(a, b)
+    if found is None:
+        return None
+    rule, hp_a, hp_b = found
+    return Pair(a, b, rule, hp_a, hp_b, a.canonical_shapes(rule, hp_a), b.canonical_shapes(rule, hp_b), evidence)
+
+
+def describe(node) -> str:
+    rule, hp = node.candidates[0]
+    shapes = node.canonical_shapes(rule, hp)
+    return f"{node.label} ({rule.name}, {fmt_shapes(shapes)})"
+
+
+def fmt_shapes(shapes) -> str:
+    if shapes is None:
+        return "weights not in the expected layout"
+    return ", ".join("x".join(map(str, s)) or "scalar" for s in shapes) or "no weights"
+
+
+def shapes_or_none(node, rule, hp):
+    """Canonical shapes, or None where they need what only the paired layer knows (MHA heads from a file)."""
+    try:
+        return node.canonical_shapes(rule, hp)
+    except WeightportError:
+        return None
+
+
+def words(node) -> frozenset:
+    obj = getattr(node, "obj", None)
+    return naming.words(node.path, type(obj).__name__ if obj is not None else "")
