@@ -336,14 +336,19 @@ def test_einsum_dense_negative_control(monkeypatch):
 
 
 @pytest.mark.parametrize("equation, bias_axes, expected", [
-    ("abc,cde->abde", "de", 1), ("ab,bc->ac", None, 1), ("abcd,cde->abe", "e", 2), ("...b,bc->...c", "c", 1),
+    ("abc,cde->abde", "de", ((0, 1, 2), 1)), ("ab,bc->ac", None, ((0, 1), 1)), ("abcd,cde->abe", "e", ((0, 1, 2), 2)),
+    ("...b,bc->...c", "c", ((0, 1), 1)), ("abc,ce->abe", None, ((0, 1), 1)),
+    ("btd,ndh->btnh", "nh", ((1, 0, 2), 1)),  # keras-hub Gemma's query: the contracted axis in the middle
+    ("abc,ced->abde", None, ((0, 2, 1), 1)),  # produced axes in another order than the output's
+    ("abcd,dce->abe", None, ((1, 0, 2), 2)),  # contracted axes in another order than the input's
     ("abc,cde->abde", "e", None),  # a bias over one output axis is not a Linear bias
-    ("abc,dce->abde", None, None), ("abc,ce->abe", None, 1), ("ab,bc->ca", None, None), ("ab...,bc->ac...", None, None),
+    ("ab,bc->ca", None, None), ("ab...,bc->ac...", None, None), ("abc,bcd->ad", None, ((0, 1, 2), 2)),
+    ("abc,acd->abd", None, None),  # a kernel axis shared with the batch is not a Linear
 ])
 def test_einsum_equations(equation, bias_axes, expected):
-    from weightport.mappings.einsum_dense import contracted_axes
+    from weightport.mappings.einsum_dense import linear_form
 
-    assert contracted_axes(equation, bias_axes) == expected
+    assert linear_form(equation, bias_axes) == expected
 
 
 # -- a transformer block: attention, LayerNorm, feed-forward, residuals --------------------------------------

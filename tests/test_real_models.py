@@ -430,3 +430,64 @@ def test_an_epsilon_held_by_a_class_no_rule_names_is_still_compared():
         num_key_value_heads=2, intermediate_size=MLP, max_position_embeddings=SEQ_MAX, rms_norm_eps=0.5)), 19)
     with pytest.warns(wp.WeightportWarning, match=r"input_layernorm .*epsilon: source has 0.5, target has 1e-06"):
         wp.port(hf, keras_llama())
+
+
+def gemma_config():
+    return transformers.GemmaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                    num_attention_heads=HEADS, num_key_value_heads=1, head_dim=HIDDEN // HEADS - 2,
+                                    intermediate_size=MLP, max_position_embeddings=SEQ_MAX, rms_norm_eps=1e-6,
+                                    hidden_activation="gelu_pytorch_tanh")
+
+
+def keras_gemma():
+    return keras_hub.models.GemmaBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS,
+                                          num_key_value_heads=1, hidden_dim=HIDDEN, intermediate_dim=2 * MLP,
+                                          head_dim=HIDDEN // HEADS - 2, layer_norm_epsilon=1e-6, dtype="float32")
+
+
+# keras-hub's Gemma runs gelu(gating_ffw(x)) * gating_ffw_2(x), HF gelu(gate_proj(x)) * up_proj(x): the two
+# projections read and feed the same layers, and their names do not say which is which
+GEMMA_HINTS = {f"layers.{i}.mlp.{a}": f"transformer_layers/{i}/{b}" for i in range(LAYERS)
+               for a, b in (("gate_proj", "gating_ffw"), ("up_proj", "gating_ffw_2"))}
+
+
+def test_gemma_einsum_projections_with_their_axes_permuted_both_ways_and_from_the_file(tmp_path):
+    """keras-hub Gemma's q/k/v kernels are (heads, hidden, head_dim) ("btd,ndh->btnh"): a Linear whose kernel
+    axes are permuted first. The look-alike gate/up pair is refused with a hint, which then ports."""
+    hf, kh = randomized(transformers.GemmaModel(gemma_config()), 15), keras_gemma()
+    with pytest.raises(wp.AmbiguityError, match="gating_ffw"):
+        wp.port(hf, kh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(hf, kh, hints=GEMMA_HINTS)
+        np.testing.assert_allclose(*llama_outputs(hf, kh), atol=2e-4, rtol=1e-4)
+        hf2 = randomized(transformers.GemmaModel(gemma_config()), 16)
+        wp.port(kh, hf2, hints={v: k for k, v in GEMMA_HINTS.items()})
+        np.testing.assert_allclose(*llama_outputs(hf2, kh), atol=2e-4, rtol=1e-4)
+        causal = transformers.GemmaForCausalLM(gemma_config())  # the file keras-hub reads: its lm_head is tied
+        causal.model.load_state_dict(hf.state_dict())
+        causal.save_pretrained(tmp_path)
+        fresh, hints = keras_gemma(), {f"model.{k}": v for k, v in GEMMA_HINTS.items()}
+        # HF names the pre-FFW norm post_attention_layernorm: names alone refuse it, the file's own model settles
+        with pytest.raises(wp.AmbiguityError, match="model="):
+            wp.port(tmp_path / "model.safetensors", fresh, hints=hints)
+        wp.port(tmp_path / "model.safetensors", fresh, hints=hints, model=transformers.GemmaForCausalLM(gemma_config()))
+    reference = keras_hub.models.GemmaBackbone.from_preset(str(tmp_path))
+    assert_bitwise_equal(fresh, reference)
+
+
+def test_gemma_negative_control_the_kernel_axes_unpermuted_differ(monkeypatch):
+    from weightport.mappings import einsum_dense
+
+    real = einsum_dense.linear_form
+    monkeypatch.setattr(einsum_dense, "linear_form", lambda eq, bias: (
+        None if real(eq, bias) is None else (tuple(range(len(real(eq, bias)[0]))), real(eq, bias)[1])))
+    hf, kh = randomized(transformers.GemmaModel(gemma_config()), 15), keras_gemma()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        try:
+            wp.port(hf, kh, hints=GEMMA_HINTS)
+        except wp.WeightportError:
+            return  # refused: the shapes no longer fit, which is as good as differing
+    a, b = llama_outputs(hf, kh)
+    assert np.abs(a - b).max() > 1e-2

@@ -2,23 +2,21 @@
 
 Either side of a port may be a live model (Keras, torch...), a checkpoint
 path, a loaded ``Checkpoint`` or a plain name -> array mapping (a state dict).
-Each function resolves what it was given (``converter.sides``), pairs layers
-(``converter.matcher``) or plans without a target (``converter.planning``),
-and runs the plan (``converter.engine``); nothing else lives here.
+Ports run in ``converter.porting``, which resolves what it was given
+(``converter.sides``), pairs layers (``converter.matcher``) or plans without
+a target (``converter.planning``), and runs the plan (``converter.engine``);
+nothing else lives here.
 """
 from __future__ import annotations
 
 import warnings
 
-from .converter import checking, engine, matcher, planning, sides, tracing
+from .converter import checking, engine, matcher, porting, sides, tracing
 from .converter.checkpoint import Checkpoint
 from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
 from .converter.verify import VerifyResult
-from .errors import ShapeMismatchError, UsageError, WeightportError, WeightportWarning
-from .layouts import separator
-
-KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
+from .errors import ShapeMismatchError, WeightportWarning
 
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
@@ -27,108 +25,58 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
          strict_config: bool = False, output=None) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
-    Layers are paired by kind and shape, and among look-alikes by the
-    evidence the matcher finds (hints, paths, dataflow, names); configuration
-    that weights cannot carry (epsilon, momentum...) is compared, and
-    differences are warned about and listed in ``report.warnings``. A value
-    that would overflow the target's dtype (float32 1e6 into float16) is
-    refused; a cast that rounds marks its step "function-preserving, not
-    bitwise"; NaN/Inf in the source are warned about. A refused port leaves
-    the target as it was.
+    Layers are paired by kind and shape, and among look-alikes by evidence (hints, paths, dataflow, names);
+    configuration weights cannot carry (epsilon, momentum...) is compared and differences are warned about
+    (``report.warnings``). A value that would overflow the target's dtype is refused; a rounding cast marks
+    its step "function-preserving, not bitwise"; NaN/Inf in the source are warned about. A refused port
+    leaves the target as it was.
 
     Args:
-        source: a live model (Keras, torch, Flax NNX or Linen variables,
-            Equinox), a checkpoint path, a loaded ``Checkpoint`` or a
-            name -> array mapping (a state dict).
-        target: a live model to fill, or a path: then a new file is written
-            (see ``convert``).
+        source: a live model (Keras, torch, Flax NNX or Linen variables, Equinox), a checkpoint path, a
+            loaded ``Checkpoint`` or a name -> array mapping (a state dict).
+        target: a live model to fill, or a path: then a new file is written (see ``convert``).
         hints: ``{source_path: target_path}`` pairs that override the pairing.
-        strict: True (the default) leaves the target untouched unless every
-            target weight pairs unambiguously; source layers the target does
-            not ask for (a head) are reported and warned about. ``"both"``
-            refuses those too. False copies what pairs and reports the rest
-            (``report.unmatched_source``, ``report.unmatched_target``).
-        model: a checkpoint's own live model, giving its structure where names
-            alone cannot.
+        strict: True (the default) leaves the target untouched unless every target weight pairs
+            unambiguously; source layers the target does not ask for (a head) are reported and warned
+            about, and ``"both"`` refuses those too. False copies what pairs and reports the rest.
+        model: a checkpoint's own live model, giving its structure where names alone cannot.
         overwrite: with a path as ``target``, replace an existing file.
-        dtype: with a path as ``target``, cast floating tensors ("float16",
-            "bfloat16", "float8_e4m3fn"...; see ``convert``).
-        trust_pickle: let a torch file run pickled code beyond plain tensors
-            (only for files you trust).
+        dtype: with a path as ``target``, cast floating tensors ("float16", "bfloat16"...; see ``convert``).
+        trust_pickle: let a torch file run pickled code beyond plain tensors (only for files you trust).
         quiet: no progress bar (one shows on a terminal for ports and files over 64 MB).
-        check: inputs to run both models on after the port (a pair
-            ``(inputs_source, inputs_target)`` where their layouts differ); if
-            the outputs differ, the target is restored and VerificationError
-            names the first paired layer whose outputs part.
+        check: inputs to run both models on after the port (a pair ``(inputs_source, inputs_target)``
+            where their layouts differ); if the outputs differ, the target is restored and
+            VerificationError names the first paired layer whose outputs part.
         atol: absolute tolerance of ``check``.
         rtol: relative tolerance of ``check`` (see ``verify``).
-        output: which output ``check`` compares where a model returns several (an HF model's
-            ``last_hidden_state`` beside a pooled one): as in ``verify``.
-        allow_overflow: write values that overflow the target's dtype as inf
-            instead of refusing.
-        strict_config: refuse (ConfigMismatchError) where configuration that
-            weights cannot carry differs, even where it is only warned about
-            by default (epsilon, padding, activation...).
+        allow_overflow: write values that overflow the target's dtype as inf instead of refusing.
+        strict_config: refuse (ConfigMismatchError) where configuration weights cannot carry differs, even
+            where it is only warned about by default (epsilon, padding, activation...).
+        output: which output ``check`` compares where a model returns several, as in ``verify``.
 
     Returns:
-        Report: the plan that ran (printed, a table of source -> target, rule,
-        transform and shapes); ``report.target`` is the ported target: the
-        object given, or a new one where the framework's objects cannot change
-        (Flax Linen variables, Equinox modules).
+        Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);
+        ``report.target`` is the ported target: the object given, or a new one where the framework's
+        objects cannot change (Flax Linen variables, Equinox modules).
 
     Raises:
-        MatchError: layers could not be paired; an AmbiguityError where several
-            pairings fit and ``hints`` or ``model`` must say which.
+        MatchError: layers could not be paired (AmbiguityError: ``hints`` or ``model`` must say which).
         ShapeMismatchError: a paired tensor has another shape than its slot.
-        ConfigMismatchError: paired layers differ in configuration that changes
-            what they compute (groups, use_bias...).
-        UnsupportedLayerError: a layer holds weights that no rule handles
-            (with ``strict=True``).
+        ConfigMismatchError: paired layers differ in what they compute (groups, use_bias...).
+        UnsupportedLayerError: a layer holds weights that no rule handles (with ``strict=True``).
         CastOverflowError: a value overflows the target's dtype.
         VerificationError: ``check`` found different outputs.
-        FormatError: a checkpoint could not be read (UnsafePickleError: it
-            needs ``trust_pickle``).
-        UsageError: the call itself is wrong: an unsupported object,
-            arguments that do not go together.
+        FormatError: a checkpoint could not be read (UnsafePickleError: it needs ``trust_pickle``).
+        UsageError: the call itself is wrong: an unsupported object, arguments that do not go together.
     """
     if sides.is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
                        dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow)
-    tgt_fw = require_adapter(target, "target")
-    src = sides.resolve(source, trust_pickle)
-    if check is not None and not src.live:
-        raise UsageError("check= runs the source model next to the ported target, but the source is a checkpoint; "
-                         "port it into its own model first and pass that model as the source, or call "
-                         "wp.verify(source_model, target, inputs) yourself")
-    src_nodes = None
-    if model is None and not src.live and src.layout == tgt_fw.layout:
-        # a checkpoint into a model of its own framework: where the names agree, they say what each tensor is
-        src_nodes, src_notes = sides.source_nodes(src, model=target, strict=False)
-        if any(note.endswith(("missing", "not in the model")) for note in src_notes):
-            src_nodes = None  # names differ: pair by kind, order and shape instead
-    if src_nodes is None:
-        src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
-    _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
-    # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
-    traced = src.obj if src.live else model if model is not None and \
-        require_adapter(model, "model").layout == src.layout else None
-    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
-                                flows=tracing.flows(traced, target, check), strict_config=strict_config)
-    plan.unmatched_source += src_notes
-    plan.unmatched_target += tgt_notes
-    saved = checking.snapshot(pairs) if check is not None else None
-    engine.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
-    ported = tgt_fw.finish(target)
-    if check is not None:
-        try:
-            checking.check_port(src.obj, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol, output)
-        except WeightportError:
-            checking.restore(saved)
-            tgt_fw.finish(target)
-            raise
-    _warn(plan)
-    return Report(plan, ported)
-
+    report = porting.into_live(source, target, hints=hints, strict=strict, model=model, trust_pickle=trust_pickle,
+                               quiet=quiet, check=check, atol=atol, rtol=rtol, allow_overflow=allow_overflow,
+                               strict_config=strict_config, output=output)
+    _warn(report.plan)
+    return report
 
 def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Checkpoint:
     """Open a checkpoint lazily: a name -> array mapping with ``.format``, ``.layout``, ``.metadata``.
@@ -209,105 +157,53 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
             allow_overflow: bool = False, replace_input: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
-    Peak memory tracks the largest layer, not the model. The output is
-    written under a temporary name and renamed into place: it appears whole
-    or not at all. A cast that would turn finite values into inf is refused;
-    one that rounds marks its step "function-preserving, not bitwise";
-    NaN/Inf in the source are warned about.
+    Peak memory tracks the largest layer, not the model. The output is written under a temporary name and
+    renamed into place: it appears whole or not at all. A cast that would turn finite values into inf is
+    refused; one that rounds marks its step "function-preserving, not bitwise"; NaN/Inf are warned about.
 
     Args:
-        source: a checkpoint path, a loaded ``Checkpoint``, a name -> array
-            mapping or a live model.
+        source: a checkpoint path, a loaded ``Checkpoint``, a name -> array mapping or a live model.
         destination: the output file; its suffix picks the format.
-        model: a live model giving the structure names cannot: if it is in the
-            source's layout it describes the source, otherwise it is the target
-            (as ``like``).
-        to: the target layout ("torch", "keras", "flax", "equinox"); by default
-            the model's, keras for Keras files, else the source's own.
-        like: a live model of the target framework whose names (and, for a
-            ``.weights.h5``, variable paths) the output takes.
+        model: a live model giving the structure names cannot: if it is in the source's layout it
+            describes the source, otherwise it is the target (as ``like``).
+        to: the target layout ("torch", "keras", "flax", "equinox"); by default the model's, keras for
+            Keras files, else the source's own.
+        like: a live model of the target framework whose names (and, for a ``.weights.h5``, variable
+            paths) the output takes.
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: False converts what pairs and reports the rest.
         overwrite: replace an existing output (otherwise refused).
-        dtype: cast floating tensors: "float32", "float16", "bfloat16", or
-            "float8_e4m3fn"/"float8_e5m2" where the format holds them
-            (safetensors, ``.npz``, ``.msgpack``); integer tensors keep theirs.
-        shard_size: split a safetensors output into shards of at most this
-            many bytes, with an ``.index.json``.
-        trust_pickle: let a torch source run pickled code beyond plain tensors
-            (only for files you trust).
+        dtype: cast floating tensors: "float32", "float16", "bfloat16", or "float8_e4m3fn"/"float8_e5m2"
+            where the format holds them (safetensors, ``.npz``, ``.msgpack``); integers keep theirs.
+        shard_size: split a safetensors output into shards of at most this many bytes, with an index.
+        trust_pickle: let a torch source run pickled code beyond plain tensors (only for files you trust).
         quiet: no progress bar.
-        plan: a Plan, or the path of one saved as JSON (``report.to_json()``),
-            to run again with no model at hand; every name and shape is
-            checked against the source first.
-        dry_run: plan without writing; ``report.to_json()`` can be reviewed,
-            saved, and given back as ``plan``.
-        allow_overflow: write values that overflow ``dtype`` as inf instead of
-            refusing.
+        plan: a Plan, or the path of one saved as JSON (``report.to_json()``), to run again with no model
+            at hand; every name and shape is checked against the source first.
+        dry_run: plan without writing; ``report.to_json()`` can be reviewed, saved and given as ``plan``.
+        allow_overflow: write values that overflow ``dtype`` as inf instead of refusing.
         replace_input: let the output replace the source file itself.
 
     Returns:
-        Report: the plan that ran (printed, a table); ``report.files`` lists the
-        files written (none for a dry run).
+        Report: the plan that ran (printed, a table); ``report.files`` lists the files written (none for
+        a dry run).
 
     Raises:
         OutputExistsError: the destination exists and ``overwrite`` is False.
-        FormatError: the source is unreadable (UnsafePickleError: it needs
-            ``trust_pickle``).
-        AmbiguityError: the source's tensors fit several rules and no model
-            says which.
-        UsageError: no layout can be told, a ``.weights.h5`` without the Keras
-            model, a suffix that names no format, an unreadable plan, an output
-            that cannot be written (OutputError).
-        MatchError: the source does not pair with ``like``/``model`` (also
-            ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError);
-            nothing was written.
+        FormatError: the source is unreadable (UnsafePickleError: it needs ``trust_pickle``).
+        AmbiguityError: the source's tensors fit several rules and no model says which.
+        UsageError: no layout can be told, a ``.weights.h5`` without the Keras model, a suffix that names
+            no format, an unreadable plan, an output that cannot be written (OutputError).
+        MatchError: the source does not pair with ``like``/``model`` (also ShapeMismatchError,
+            ConfigMismatchError, UnsupportedLayerError); nothing was written.
         CastOverflowError: a value overflows ``dtype``.
     """
-    src = sides.resolve(source, trust_pickle)
     written = dict(overwrite=overwrite, dtype=dtype, shard_size=shard_size, quiet=quiet, dry_run=dry_run,
                    allow_overflow=allow_overflow, replace_input=replace_input)
-    if plan is not None:
-        plan = planning.read_plan(plan)
-        pairs, names_of = planning.replay(plan, src.checkpoint or sides.checkpoint(src.obj, trust_pickle))
-        layout = plan.steps[0].target_layout if plan.steps else to
-        return _warned(engine.write_file(pairs, names_of, plan, destination, layout, **written))
-    to_keras_file = str(destination).endswith(KERAS_SUFFIXES)
-    model_fw = require_adapter(model, "model") if model is not None else None
-    source_model = model if model_fw is not None and model_fw.layout == src.layout and not src.live else None
-    if model is not None and source_model is None and like is None:
-        like = model
-    if like is None and to_keras_file and src.layout == "keras" and src.live:
-        like = src.obj  # a Keras model saved as Keras weights: it says where each variable goes
-    like_fw = require_adapter(like, "like") if like is not None else None
-    layout = to or (like_fw.layout if like_fw else None) or ("keras" if to_keras_file else src.layout)
-    if layout is None:
-        raise UsageError(f"cannot tell which layout to write {destination}: pass to='torch' or to='keras'")
-    if like_fw is not None and like_fw.layout != layout:
-        raise UsageError(f"like= is a {like_fw.layout} model but the target layout is {layout!r}")
-    src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
-    if like is not None:
-        _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
-        flows = tracing.flows(src.obj if src.live else source_model, like)
-        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
-        plan.unmatched_target += tgt_notes
-        names = sides.names_for(like, like_fw, destination)
-        names_of = lambda p, slot: names(p.target, slot)  # noqa: E731
-    else:
-        if to_keras_file:
-            raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
-                             "each variable lands where keras' load_weights looks for it")
-        plan, pairs = planning.as_it_is(src_nodes, layout)
-        sep = separator(layout)
-        names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
-    plan.unmatched_source += src_notes
-    return _warned(engine.write_file(pairs, names_of, plan, destination, layout, **written))
-
-
-def _warned(report: Report) -> Report:
+    report = porting.into_file(source, destination, model, to=to, like=like, hints=hints, strict=strict,
+                               trust_pickle=trust_pickle, plan=plan, written=written)
     _warn(report.plan)
     return report
-
 
 def _warn(plan) -> None:
     for issue in plan.issues:

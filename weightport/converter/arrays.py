@@ -241,3 +241,18 @@ def cast_checked(a, dtype, name: str, *, allow_overflow: bool = False) -> tuple:
                 "allow_overflow=True to let those values become inf")
         return out, "overflows"
     return out, "rounds" if rounds else ""
+
+
+def is_array(x) -> bool:
+    """A numpy or jax array (the leaves of Flax and Equinox trees)."""
+    return isinstance(x, np.ndarray) or is_jax_array(x)
+
+
+def placed_like(array, old):
+    """``array`` with ``old``'s dtype, on ``old``'s device(s) when ``old`` is a jax array."""
+    value = cast(np.asarray(array), np.dtype(old.dtype))
+    if is_jax_array(old):
+        import jax
+
+        return jax.device_put(np.array(value, copy=True), old.sharding)  # never share the source's memory
+    return np.array(value, copy=True)

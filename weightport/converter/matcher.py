@@ -83,29 +83,11 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
-    tied_s = [n for n in src if getattr(n, "tied_to", None)]
-    tied_t = [n for n in tgt if getattr(n, "tied_to", None)]
+    # a layer holding another's very tensors (a tied head) is filled through it, never paired itself
+    tied_s, tied_t = [n for n in src if getattr(n, "tied_to", None)], [n for n in tgt if getattr(n, "tied_to", None)]
     tied = {id(n) for n in tied_s + tied_t}
     src, tgt = [n for n in src if id(n) not in tied], [n for n in tgt if id(n) not in tied]
-    pairs = []
-    for s_path, t_path in (hints or {}).items():
-        mine, theirs = _find(src, s_path, "source"), _find(tgt, t_path, "target")
-        if len(mine) == len(theirs) == 1:
-            p = pair(mine[0], theirs[0], "hint")
-            if p is None:
-                raise MatchError(f"hint pairs {describe(mine[0])} with {describe(theirs[0])}, but no rule handles both")
-            found = [p]
-        else:  # two blocks: pair inside them by the usual evidence
-            block = Pairing(mine, theirs, flows)
-            left = block.run()
-            if left:
-                raise _ambiguity_error(left, block.flows() is not None)
-            found = block.pairs
-        pairs += found
-        for p in found:
-            src.remove(p.source)
-            tgt.remove(p.target)
-
+    pairs = _hinted(src, tgt, hints or {}, flows)
     plan = Plan()
     same = _by_path(src, tgt)
     if same is not None:
@@ -134,6 +116,30 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         plan.unmatched_target += [describe(b) for b in left_t]
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict, strict_config)
+
+
+def _hinted(src, tgt, hints: dict, flows) -> list:
+    """The pairs ``hints`` make (a hint naming two blocks pairs inside them by the usual evidence); the nodes
+    they pair are taken out of ``src`` and ``tgt``."""
+    pairs = []
+    for s_path, t_path in hints.items():
+        mine, theirs = _find(src, s_path, "source"), _find(tgt, t_path, "target")
+        if len(mine) == len(theirs) == 1:
+            p = pair(mine[0], theirs[0], "hint")
+            if p is None:
+                raise MatchError(f"hint pairs {describe(mine[0])} with {describe(theirs[0])}, but no rule handles both")
+            found = [p]
+        else:
+            block = Pairing(mine, theirs, flows)
+            left = block.run()
+            if left:
+                raise _ambiguity_error(left, block.flows() is not None)
+            found = block.pairs
+        pairs += found
+        for p in found:
+            src.remove(p.source)
+            tgt.remove(p.target)
+    return pairs
 
 
 def _untied(tied, pairs, side: str) -> list:

@@ -187,16 +187,23 @@ def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
 
     visit("", names, nodes)
     if loose:
-        from .arrays import is_floating
-
-        parameter = registry.get("parameter")
-        for name in [n for n in leftovers if is_floating(checkpoint.dtype(n))]:
-            leftovers.remove(name)
-            slot = name.rpartition(sep)[2]
-            hp = {"slot": slot, "shape": tuple(checkpoint.shape(name))}
-            nodes.append(FileNode(name, layout, [(parameter, hp)], checkpoint, {slot: name}, loose=True,
-                                  unordered=alphabetical))
+        nodes += _loose_nodes(checkpoint, layout, leftovers, alphabetical)
     return nodes, leftovers
+
+
+def _loose_nodes(checkpoint, layout: str, leftovers: list, alphabetical: bool) -> list:
+    """A ``parameter`` node for each floating tensor in ``leftovers`` (taken out of it): paired by name and
+    shape. Integer ones stay: bookkeeping (position ids, counters), not weights."""
+    from .arrays import is_floating
+
+    parameter, sep, nodes = registry.get("parameter"), separator(layout), []
+    for name in [n for n in leftovers if is_floating(checkpoint.dtype(n))]:
+        leftovers.remove(name)
+        slot = name.rpartition(sep)[2]
+        hp = {"slot": slot, "shape": tuple(checkpoint.shape(name))}
+        nodes.append(FileNode(name, layout, [(parameter, hp)], checkpoint, {slot: name}, loose=True,
+                              unordered=alphabetical))
+    return nodes
 
 
 def model_nodes(checkpoint, live_nodes, names_of) -> tuple:
@@ -216,7 +223,8 @@ def model_nodes(checkpoint, live_nodes, names_of) -> tuple:
                 names[slot] = name
             elif not tied_to and any(slot in lk.native and lk.canonical for lk in rule.links(ln.layout, hp)):
                 missing.append(f"{ln.label}: {name}")
-        nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names, tied_to=tied_to))
+        parts = model_nodes(checkpoint, ln.parts, names_of)[0] if getattr(ln, "parts", None) else []
+        nodes.append(FileNode(ln.path, ln.layout, ln.candidates, checkpoint, names, parts=parts, tied_to=tied_to))
     return nodes, missing
 
 

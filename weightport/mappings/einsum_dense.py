@@ -1,4 +1,4 @@
-"""Keras EinsumDense <-> torch Linear, when the einsum kernel is a reshaped (in, out) matrix."""
+"""Keras EinsumDense <-> torch Linear, when the einsum kernel is a reshaped (in, out) matrix, axes in any order."""
 from __future__ import annotations
 
 import math
@@ -13,16 +13,18 @@ class EinsumDenseRule(Rule):
     """Keras EinsumDense <-> torch Linear, when the einsum kernel is a reshaped (in, out) matrix.
 
     E.g. "abc,cde->abde" with kernel (in, heads, head_dim) is a Linear to
-    heads*head_dim features, and "abcd,cde->abe" with kernel (heads, head_dim,
-    out) a Linear from heads*head_dim. A torch Linear alone stays a Dense
-    (lower priority); the kernel shape only the Keras side knows is shared.
+    heads*head_dim features, "abcd,cde->abe" with kernel (heads, head_dim,
+    out) a Linear from heads*head_dim, and keras-hub Gemma's "btd,ndh->btnh"
+    with kernel (heads, in, head_dim) one whose kernel axes are permuted
+    first. A torch Linear alone stays a Dense (lower priority); the kernel
+    shape and axis order only the Keras side knows are shared.
     """
 
     name = "einsum_dense"
     classes = {"keras": ("EinsumDense",), "torch": ("Linear",)}
     priority = -1
     checks = {"use_bias": "error"}
-    shared = ("kernel_shape", "inputs")
+    shared = ("kernel_shape", "inputs", "permutation")
 
     def matches(self, layout, layer):
         if not super().matches(layout, layer):
@@ -30,14 +32,16 @@ class EinsumDenseRule(Rule):
         if layout != "keras":
             return True
         plain = not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
-        return plain and contracted_axes(layer.equation, layer.bias_axes) is not None
+        return plain and linear_form(layer.equation, layer.bias_axes) is not None
 
     def config_keras(self, layer):
-        hp = {"use_bias": layer.bias_axes is not None, "inputs": contracted_axes(layer.equation, layer.bias_axes),
-              "equation": layer.equation}
+        permutation, inputs = linear_form(layer.equation, layer.bias_axes)
+        hp = {"use_bias": layer.bias_axes is not None, "inputs": inputs, "equation": layer.equation}
+        if permutation != tuple(range(len(permutation))):
+            hp["permutation"] = permutation
         if layer.built:
             hp["kernel_shape"] = tuple(layer.kernel.shape)
-            hp["units"] = math.prod(hp["kernel_shape"][hp["inputs"]:])
+            hp["units"] = math.prod(hp["kernel_shape"][i] for i in permutation[inputs:])
         return hp
 
     def config_torch(self, module):
@@ -50,24 +54,33 @@ class EinsumDenseRule(Rule):
         e, h, d = sizes(rng, 3)
         return [({"use_bias": True, "inputs": 1, "kernel_shape": (e, h, d)}, weights(rng, (e, h, d), (h, d))),
                 ({"use_bias": True, "inputs": 2, "kernel_shape": (h, d, e)}, weights(rng, (h, d, e), (e,))),
+                ({"use_bias": True, "inputs": 1, "kernel_shape": (h, e, d), "permutation": (1, 0, 2)},
+                 weights(rng, (h, e, d), (h, d))),
                 ({"use_bias": False}, weights(rng, (e, d)))]
 
     def links_torch(self, hp):
         shape, n = hp.get("kernel_shape"), hp.get("inputs", 1)
         if not shape:
             return [link("kernel", "weight", Transpose(1, 0)), link("bias", "bias")]
-        shape = tuple(shape)
+        order = tuple(hp.get("permutation") or range(len(shape)))
+        shape = tuple(shape[i] for i in order)  # (input axes..., output axes...) as the einsum reads them
         fan_in, fan_out = math.prod(shape[:n]), math.prod(shape[n:])
-        return [link("kernel", "weight", Chain(Reshape(shape, (fan_in, fan_out)), Transpose(1, 0))),
-                link("bias", "bias", Reshape(shape[n:], (fan_out,)))]
+        steps = [Reshape(shape, (fan_in, fan_out)), Transpose(1, 0)]
+        if order != tuple(range(len(order))):
+            steps.insert(0, Transpose(*order))
+        return [link("kernel", "weight", Chain(*steps)), link("bias", "bias", Reshape(shape[n:], (fan_out,)))]
 
 
-def contracted_axes(equation: str, bias_axes) -> int | None:
-    """How many leading kernel axes an EinsumDense contracts, when it is a Linear in disguise; else None.
+def linear_form(equation: str, bias_axes):
+    """(kernel axis order, how many input axes) when an EinsumDense is a Linear in disguise; else None.
 
-    That is: the input's last n axes are the kernel's first n, the output is
-    the input's other axes followed by the kernel's rest, and the bias (if
-    any) covers exactly those output axes.
+    That is: every kernel axis is either contracted (in the input, not the
+    output) or produced (in the output, not the input); the contracted ones
+    are the input's last axes; the output is the input's other axes followed
+    by the produced ones; the bias (if any) covers exactly the produced axes.
+    The order puts the kernel's axes as the input holds the contracted ones,
+    then as the output holds the produced ones: flattened, the Linear's
+    (in, out) matrix.
     """
     try:
         lhs, out = equation.replace(" ", "").split("->")
@@ -75,12 +88,16 @@ def contracted_axes(equation: str, bias_axes) -> int | None:
     except (AttributeError, ValueError):
         return None
     inp, out = inp.removeprefix("..."), out.removeprefix("...")
-    if "." in inp + ker + out or len(set(ker)) != len(ker):
+    if "." in inp + ker + out or len(set(ker)) != len(ker) or len(set(inp)) != len(inp):
         return None
-    for n in range(1, len(ker)):
-        contracted, produced = ker[:n], ker[n:]
-        batch = inp[:len(inp) - n]
-        if (inp.endswith(contracted) and out == batch + produced and not set(batch) & set(ker)
-                and (bias_axes is None or set(bias_axes) == set(produced))):
-            return n
-    return None
+    contracted = [a for a in ker if a in inp and a not in out]
+    produced = [a for a in ker if a in out and a not in inp]
+    n = len(contracted)
+    if not n or not produced or n + len(produced) != len(ker) or sorted(inp[len(inp) - n:]) != sorted(contracted):
+        return None
+    batch, outputs = inp[:len(inp) - n], out[len(inp) - n:]
+    if out[:len(batch)] != batch or sorted(outputs) != sorted(produced):
+        return None
+    if bias_axes is not None and set(bias_axes) != set(produced):
+        return None
+    return tuple(ker.index(a) for a in inp[len(inp) - n:] + outputs), n

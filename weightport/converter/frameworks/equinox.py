@@ -26,9 +26,8 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 
-from ..arrays import to_numpy
+from ..arrays import is_array, placed_like, to_numpy
 from . import ArrayFields
-from .flax import _is_array, _like
 
 
 def _eqx():
@@ -75,6 +74,7 @@ def _submodules(value, name):
 
 class EquinoxFramework(ArrayFields):
     layout = "equinox"
+    package = "equinox"
     sep = "."
 
     def __init__(self):
@@ -88,18 +88,18 @@ class EquinoxFramework(ArrayFields):
         return [pair for name, value in _fields(layer) for pair in _submodules(value, name)]
 
     def own_weights(self, layer) -> list:
-        return [name for name, value in _fields(layer) if _is_array(value)]
+        return [name for name, value in _fields(layer) if is_array(value)]
 
     # -- tensors --------------------------------------------------------------------
     def _arrays(self, layer, slots) -> dict:
         found = {s: _get(layer, s) for s in slots}
-        return {s: a for s, a in found.items() if _is_array(a)}
+        return {s: a for s, a in found.items() if is_array(a)}
 
     def write(self, layer, arrays: dict) -> None:
         """Record the new arrays; ``finish`` builds the new module (the layer itself is immutable)."""
         old = self._arrays(layer, list(arrays))
         _, pending = self._pending.setdefault(id(layer), (layer, {}))
-        pending.update({s: _like(v, old[s]) for s, v in arrays.items() if s in old})
+        pending.update({s: placed_like(v, old[s]) for s, v in arrays.items() if s in old})
 
     def finish(self, model):
         """A new module with every recorded array in place; ``model`` itself is left as it was."""

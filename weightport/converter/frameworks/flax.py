@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ...errors import UsageError
-from ..arrays import cast, is_jax_array, to_numpy
+from ..arrays import is_array, placed_like, to_numpy
 from . import ArrayFields, LayerRef, Unmapped
 
 
@@ -38,10 +38,6 @@ def _nnx():
 def is_nnx_module(obj) -> bool:
     nnx = _nnx()
     return nnx is not None and isinstance(obj, nnx.Module)
-
-
-def _is_array(x) -> bool:
-    return isinstance(x, np.ndarray) or is_jax_array(x)
 
 
 def _flatten(tree, prefix: str = ""):
@@ -59,7 +55,7 @@ def _is_variables(obj) -> bool:
     if not isinstance(obj, Mapping) or not any(isinstance(v, Mapping) for v in obj.values()):
         return False
     leaves = [leaf for _, leaf in _flatten(obj)]
-    return bool(leaves) and all(_is_array(leaf) for leaf in leaves)
+    return bool(leaves) and all(is_array(leaf) for leaf in leaves)
 
 
 def linen_parts(obj):
@@ -69,16 +65,6 @@ def linen_parts(obj):
             and isinstance(obj[1], Mapping)):
         return obj
     return (None, obj) if _is_variables(obj) else None
-
-
-def _like(array, old):
-    """``array`` with ``old``'s dtype, on ``old``'s device(s) when ``old`` is a jax array."""
-    value = cast(np.asarray(array), np.dtype(old.dtype))
-    if is_jax_array(old):
-        import jax
-
-        return jax.device_put(np.array(value, copy=True), old.sharding)  # never share the source's memory
-    return np.array(value, copy=True)
 
 
 class _Tree:
@@ -158,6 +144,7 @@ def _variable(layer, slot):
 
 class FlaxFramework(ArrayFields):
     layout = "flax"
+    package = "flax"
     sep = "/"
 
     def __init__(self):
@@ -217,13 +204,13 @@ class FlaxFramework(ArrayFields):
             tree = layer.tree
             for slot, value in arrays.items():
                 if slot in layer.names:
-                    tree.written[layer.names[slot]] = _like(value, layer.leaf(slot))
+                    tree.written[layer.names[slot]] = placed_like(value, layer.leaf(slot))
             self._written[id(tree.model)] = tree
             return
         for slot, value in arrays.items():
             var = _variable(layer, slot)
             if var is not None:
-                _set(var, _like(value, _get(var)))
+                _set(var, placed_like(value, _get(var)))
 
     def file_names(self, model, path: str):
         return self.tensor_name

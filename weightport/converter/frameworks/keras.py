@@ -17,6 +17,7 @@ def _keras():
 
 class KerasFramework(Framework):
     layout = "keras"
+    package = "keras"
     sep = "/"
 
     def owns(self, obj) -> bool:
@@ -148,70 +149,84 @@ class KerasFramework(Framework):
     def trace(self, model, refs, inputs, capture: bool = False):
         """Flow of one run on ``inputs``, seen at every layer and operation call (and every torch operation).
 
-        ``Layer.__call__`` and ``Operation.__call__`` are wrapped for the run's
-        duration. Under the torch backend every operation inside a layer is
-        followed too; under others an operation written inside a layer's
-        ``call`` is not seen, and what it makes counts as of unknown origin.
+        Under the torch backend every operation inside a layer is followed;
+        under jax the flow is read from the jaxpr of a traced call instead
+        (``jaxpr_flow``), where every operation is seen, and the eager run only
+        keeps each layer's output (``capture``); under others an operation
+        written inside a layer's ``call`` is not seen, and what it makes counts
+        as of unknown origin.
         """
-        import contextlib
-
-        from keras.src.ops.operation import Operation
-
-        from ..flow import UNKNOWN, Provenance, torch_operations
-
         keras = _keras()
-        on_torch = keras.backend.backend() == "torch"
-        prov = Provenance(lambda x: keras.ops.is_tensor(x) and not isinstance(x, keras.KerasTensor),
-                          sees_all_operations=on_torch,
-                          capture=(lambda t: to_numpy(keras.ops.convert_to_numpy(t))) if capture else None)
-        parts: dict = {}
-        for ref in refs:
-            parts.setdefault(id(ref.obj), []).append(ref.path)
-        layer_call, operation_call = keras.Layer.__call__, Operation.__call__
-
-        def traced_layer(layer, *args, **kwargs):
-            paths = parts.get(id(layer))
-            if paths:
-                prov.enter(paths, (args, kwargs))
-            activation = getattr(layer, "activation", None) if paths and capture else None
-            if activation is not None and getattr(activation, "__name__", "") != "linear":
-                # kept before the activation a layer applies itself, as torch's Linear/Conv output is
-                layer.activation = keras.activations.linear
-                try:
-                    out = layer_call(layer, *args, **kwargs)
-                finally:
-                    layer.activation = activation
-                prov.leave(paths, out)
-                out = activation(out)
-                prov.mark(out, {paths[-1]})
-                return out
-            out = layer_call(layer, *args, **kwargs)
-            if paths:
-                prov.leave(paths, out)
-            elif getattr(layer, "_layers", None):  # a container: its output came from the layers inside
-                prov.mark(out, {UNKNOWN}, how="unseen")
-            else:
-                prov.propagate((args, kwargs), out)
-            return out
-
-        def traced_operation(op, *args, **kwargs):
-            out = operation_call(op, *args, **kwargs)
-            if not isinstance(op, keras.Layer):
-                prov.propagate((args, kwargs), out)
-            return out
-
         floats = lambda x: (keras.ops.convert_to_tensor(x, "float32")  # noqa: E731
                             if np.issubdtype(np.asarray(x).dtype, np.floating) else keras.ops.convert_to_tensor(x))
         inputs = keras.tree.map_structure(floats, inputs)
-        prov.mark(inputs, set())
-        keras.Layer.__call__, Operation.__call__ = traced_layer, traced_operation
-        try:
-            with torch_operations(prov) if on_torch else contextlib.nullcontext():
-                model(inputs, training=False)
-        finally:
-            keras.Layer.__call__, Operation.__call__ = layer_call, operation_call
-        return prov.flow
+        if keras.backend.backend() != "jax":
+            return _eager_flow(keras, model, refs, inputs, capture)
+        from . import jaxpr_flow
 
+        static = jaxpr_flow.trace(model, refs, inputs)
+        if capture:
+            static.outputs = _eager_flow(keras, model, refs, inputs, capture).outputs
+        return static
+
+
+def _eager_flow(keras, model, refs, inputs, capture: bool):
+    """The Flow of an eager run, with ``Layer.__call__`` and ``Operation.__call__`` wrapped for its duration
+    (and torch's function mode under the torch backend); each layer's output kept with ``capture``."""
+    import contextlib
+
+    from keras.src.ops.operation import Operation
+
+    from ..flow import UNKNOWN, Provenance, torch_operations
+
+    on_torch = keras.backend.backend() == "torch"
+    prov = Provenance(lambda x: keras.ops.is_tensor(x) and not isinstance(x, keras.KerasTensor),
+                      sees_all_operations=on_torch,
+                      capture=(lambda t: to_numpy(keras.ops.convert_to_numpy(t))) if capture else None)
+    parts: dict = {}
+    for ref in refs:
+        parts.setdefault(id(ref.obj), []).append(ref.path)
+    layer_call, operation_call = keras.Layer.__call__, Operation.__call__
+
+    def traced_layer(layer, *args, **kwargs):
+        paths = parts.get(id(layer))
+        if paths:
+            prov.enter(paths, (args, kwargs))
+        activation = getattr(layer, "activation", None) if paths and capture else None
+        if activation is not None and getattr(activation, "__name__", "") != "linear":
+            # kept before the activation a layer applies itself, as torch's Linear/Conv output is
+            layer.activation = keras.activations.linear
+            try:
+                out = layer_call(layer, *args, **kwargs)
+            finally:
+                layer.activation = activation
+            prov.leave(paths, out)
+            out = activation(out)
+            prov.mark(out, {paths[-1]})
+            return out
+        out = layer_call(layer, *args, **kwargs)
+        if paths:
+            prov.leave(paths, out)
+        elif getattr(layer, "_layers", None):  # a container: its output came from the layers inside
+            prov.mark(out, {UNKNOWN}, how="unseen")
+        else:
+            prov.propagate((args, kwargs), out)
+        return out
+
+    def traced_operation(op, *args, **kwargs):
+        out = operation_call(op, *args, **kwargs)
+        if not isinstance(op, keras.Layer):
+            prov.propagate((args, kwargs), out)
+        return out
+
+    prov.mark(inputs, set())
+    keras.Layer.__call__, Operation.__call__ = traced_layer, traced_operation
+    try:
+        with torch_operations(prov) if on_torch else contextlib.nullcontext():
+            model(inputs, training=False)
+    finally:
+        keras.Layer.__call__, Operation.__call__ = layer_call, operation_call
+    return prov.flow
 
 ADAPTER = KerasFramework()
 

@@ -11,6 +11,7 @@ from . import Framework
 
 class TorchFramework(Framework):
     layout = "torch"
+    package = "torch"
     sep = "."
 
     def owns(self, obj) -> bool:

@@ -1,0 +1,54 @@
+"""Under the jax backend the dataflow is read from a jaxpr: operations written inside a layer's call are seen."""
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the jaxpr trace is the jax backend's")
+
+from weightport.converter.flow import UNKNOWN  # noqa: E402
+from weightport.converter.frameworks import adapter_for, walk  # noqa: E402
+
+
+class GatedBlock(keras.layers.Layer):
+    """gelu(gate(x)) * up(x) + x: the two projections meet in operations no layer wraps."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.gate, self.up = keras.layers.Dense(7, name="gate"), keras.layers.Dense(7, name="up")
+        self.down = keras.layers.Dense(5, name="down")
+
+    def call(self, x):
+        return self.down(keras.ops.gelu(self.gate(x)) * self.up(x)) + x
+
+
+def model():
+    x = keras.Input((5,))
+    norm = keras.layers.LayerNormalization(name="norm")
+    return keras.Model(x, keras.layers.Dense(3, name="head")(GatedBlock(name="block")(norm(x))))
+
+
+def flows():
+    m = model()
+    fw = adapter_for(m)
+    refs, _ = walk(fw, m)
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype("float32")
+    return fw.trace(m, refs, x), {r.obj.name: r.path for r in refs}
+
+
+def test_the_jaxpr_flow_follows_operations_inside_a_layers_call():
+    flow, path = flows()
+    assert flow.complete
+    assert flow.feeds[path["gate"]] == flow.feeds[path["up"]] == {path["norm"]}
+    assert flow.feeds[path["down"]] == {path["gate"], path["up"]}
+    assert flow.feeds[path["head"]] == {path["down"], path["norm"]}  # the residual add reads the norm too
+    assert flow.order.index(path["norm"]) < flow.order.index(path["gate"]) < flow.order.index(path["head"])
+
+
+def test_negative_control_the_eager_run_alone_loses_those_operations():
+    from weightport.converter.frameworks.keras import _eager_flow
+
+    m = model()
+    refs, _ = walk(adapter_for(m), m)
+    flow = _eager_flow(keras, m, refs, keras.ops.ones((2, 5)), capture=True)  # kept for each layer's output
+    down = next(r.path for r in refs if r.obj.name == "down")
+    assert UNKNOWN in flow.feeds[down] and not flow.complete

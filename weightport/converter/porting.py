@@ -1,0 +1,95 @@
+"""The two kinds of port behind the public API: into a live model, and into a new file.
+
+Each resolves its sides once (``sides``), pairs the layers (``matcher``) or
+plans without a target (``planning``), and runs the plan (``engine``); the
+report is returned, and warning about it is left to the caller.
+"""
+from __future__ import annotations
+
+from ..errors import UsageError, WeightportError
+from ..layouts import separator
+from . import checking, engine, matcher, planning, sides, tracing
+from .frameworks import require_adapter
+from .plan import Report
+
+KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
+
+
+def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, check, atol, rtol, allow_overflow,
+              strict_config, output) -> Report:
+    """``wp.port`` into a live ``target``."""
+    tgt_fw = require_adapter(target, "target")
+    src = sides.resolve(source, trust_pickle)
+    if check is not None and not src.live:
+        raise UsageError("check= runs the source model next to the ported target, but the source is a checkpoint; "
+                         "port it into its own model first and pass that model as the source, or call "
+                         "wp.verify(source_model, target, inputs) yourself")
+    src_nodes = None
+    if model is None and not src.live and src.layout == tgt_fw.layout:
+        # a checkpoint into a model of its own framework: where the names agree, they say what each tensor is
+        src_nodes, src_notes = sides.source_nodes(src, model=target, strict=False)
+        if any(note.endswith(("missing", "not in the model")) for note in src_notes):
+            src_nodes = None  # names differ: pair by kind, order and shape instead
+    if src_nodes is None:
+        src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
+    _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
+    # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
+    traced = src.obj if src.live else model if model is not None and \
+        require_adapter(model, "model").layout == src.layout else None
+    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
+                                flows=tracing.flows(traced, target, check), strict_config=strict_config)
+    plan.unmatched_source += src_notes
+    plan.unmatched_target += tgt_notes
+    saved = checking.snapshot(pairs) if check is not None else None
+    engine.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
+    ported = tgt_fw.finish(target)
+    if check is not None:
+        try:
+            checking.check_port(src.obj, ported, src_nodes, tgt_nodes, pairs, check, atol, rtol, output)
+        except WeightportError:
+            checking.restore(saved)
+            tgt_fw.finish(target)
+            raise
+    return Report(plan, ported)
+
+
+
+def into_file(source, destination, model, *, to, like, hints, strict, trust_pickle, plan, written: dict) -> Report:
+    """``wp.convert``: ``source`` written to ``destination``; ``written`` holds the file options."""
+    src = sides.resolve(source, trust_pickle)
+    if plan is not None:
+        plan = planning.read_plan(plan)
+        pairs, names_of = planning.replay(plan, src.checkpoint or sides.checkpoint(src.obj, trust_pickle))
+        layout = plan.steps[0].target_layout if plan.steps else to
+        return engine.write_file(pairs, names_of, plan, destination, layout, **written)
+    to_keras_file = str(destination).endswith(KERAS_SUFFIXES)
+    model_fw = require_adapter(model, "model") if model is not None else None
+    source_model = model if model_fw is not None and model_fw.layout == src.layout and not src.live else None
+    if model is not None and source_model is None and like is None:
+        like = model
+    if like is None and to_keras_file and src.layout == "keras" and src.live:
+        like = src.obj  # a Keras model saved as Keras weights: it says where each variable goes
+    like_fw = require_adapter(like, "like") if like is not None else None
+    layout = to or (like_fw.layout if like_fw else None) or ("keras" if to_keras_file else src.layout)
+    if layout is None:
+        raise UsageError(f"cannot tell which layout to write {destination}: pass to='torch' or to='keras'")
+    if like_fw is not None and like_fw.layout != layout:
+        raise UsageError(f"like= is a {like_fw.layout} model but the target layout is {layout!r}")
+    src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
+    if like is not None:
+        _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
+        flows = tracing.flows(src.obj if src.live else source_model, like)
+        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
+        plan.unmatched_target += tgt_notes
+        names = sides.names_for(like, like_fw, destination)
+        names_of = lambda p, slot: names(p.target, slot)  # noqa: E731
+    else:
+        if to_keras_file:
+            raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
+                             "each variable lands where keras' load_weights looks for it")
+        plan, pairs = planning.as_it_is(src_nodes, layout)
+        sep = separator(layout)
+        names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
+    plan.unmatched_source += src_notes
+    return engine.write_file(pairs, names_of, plan, destination, layout, **written)
+
