@@ -213,7 +213,7 @@ def add_convert(command) -> None:
     p = command("convert", help="convert a checkpoint to another format and/or layout, tensor by tensor")
     p.add_argument("source", help="input checkpoint")
     p.add_argument("destination", help="output file (its suffix picks the format)")
-    p.add_argument("--to", choices=layouts.WRITABLE,
+    p.add_argument("--to", choices=layouts.writable(),
                    help="target layout (default: the model's, keras for Keras files, else the source's)")
     p.add_argument("--model", help="MODULE:NAME or FILE.py:NAME of a model (or a function building one) giving the "
                                    "structure: the source's if in its layout, else the target's")

@@ -1,8 +1,9 @@
 """The layouts, in one table that rules, checkpoint naming, file metadata and the CLI all read.
 
 A layout is a framework's conventions for tensors (names and axis orders),
-never a container: see DESIGN.md. Adding a layout is adding a row here and
-``links_<layout>`` methods to the rules that support it.
+never a container: see DESIGN.md. Adding a layout is adding a row here (or
+``register``-ing one from a plugin) and ``links_<layout>`` methods to the
+rules that support it.
 """
 from __future__ import annotations
 
@@ -25,8 +26,25 @@ LAYOUTS = {lay.name: lay for lay in (
     Layout("onnx", ".", "onnx", writable=False),
 )}
 
-NAMES = tuple(LAYOUTS)
-WRITABLE = tuple(name for name, lay in LAYOUTS.items() if lay.writable)
+
+
+def names() -> tuple:
+    return tuple(LAYOUTS)
+
+
+def writable() -> tuple:
+    """The layouts a bare file can be converted to (``to=``, ``--to``)."""
+    return tuple(name for name, lay in LAYOUTS.items() if lay.writable)
+
+
+def register(layout: Layout) -> Layout:
+    """Add a layout (a plugin's framework); a name already taken is refused."""
+    from .errors import UsageError
+
+    if layout.name in LAYOUTS:
+        raise UsageError(f"layout {layout.name!r} is already registered: {LAYOUTS[layout.name]}")
+    LAYOUTS[layout.name] = layout
+    return layout
 
 
 def separator(layout) -> str:

@@ -10,7 +10,7 @@ Nothing moves axes here: a loose tensor that is really a transposed kernel
 cannot be told from one that is not, which is why the matcher accepts square
 ones on names alone and says so.
 """
-from ..layouts import NAMES as LAYOUTS
+from ..layouts import names as layout_names
 from .rule import Rule, link, register
 from .samples import sizes, weights
 from .transforms import Reshape
@@ -30,7 +30,7 @@ class ParameterRule(Rule):
     classes = {}  # never recognised by class: the matcher and the walkers create these nodes
 
     def layouts(self):
-        return LAYOUTS
+        return layout_names()
 
     def examples(self, layout, rng):
         n, d = sizes(rng, 2)
