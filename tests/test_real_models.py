@@ -4,6 +4,7 @@ Small configs, random weights, no downloads. keras-hub's own converter
 (``from_preset`` on a folder ``save_pretrained`` wrote) is the reference for
 what each file weight means: weightport must load exactly the same numbers.
 """
+import json
 import warnings
 
 import numpy as np
@@ -491,3 +492,66 @@ def test_gemma_negative_control_the_kernel_axes_unpermuted_differ(monkeypatch):
             return  # refused: the shapes no longer fit, which is as good as differing
     a, b = llama_outputs(hf, kh)
     assert np.abs(a - b).max() > 1e-2
+
+
+def bart_config():
+    return transformers.BartConfig(vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                                   encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+                                   encoder_ffn_dim=MLP, decoder_ffn_dim=MLP, max_position_embeddings=SEQ_MAX,
+                                   dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+def keras_bart():
+    return keras_hub.models.BartBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN,
+                                         intermediate_dim=MLP, max_sequence_length=SEQ_MAX, dropout=0.0)
+
+
+def bart_outputs(hf, kh):
+    dec = IDS[:, ::-1].copy()
+    with torch.no_grad():
+        out = hf(input_ids=torch.from_numpy(IDS), decoder_input_ids=torch.from_numpy(dec))
+    ours = kh({"encoder_token_ids": IDS, "encoder_padding_mask": np.ones_like(IDS),
+               "decoder_token_ids": dec, "decoder_padding_mask": np.ones_like(dec)})
+    return ([out.encoder_last_hidden_state.numpy(), out.last_hidden_state.numpy()],
+            [keras.ops.convert_to_numpy(ours["encoder_sequence_output"]),
+             keras.ops.convert_to_numpy(ours["decoder_sequence_output"])])
+
+
+def test_bart_position_tables_with_reserved_rows_both_ways_and_from_the_file(tmp_path):
+    """HF BART looks position i up at row i + 2 (its embedding declares offset=2); keras-hub keeps the rows in
+    use only. Encoder and decoder, self- and cross-attention, the tied token table shared three ways."""
+    hf, kh = randomized(transformers.BartModel(bart_config()), 17), keras_bart()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(hf, kh)
+        for a, b in zip(*bart_outputs(hf, kh)):
+            np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+        assert any("reserved rows" in s.transform and not s.exact for s in report.steps)
+        hf2 = randomized(transformers.BartModel(bart_config()), 18)
+        wp.port(kh, hf2)
+        for a, b in zip(*bart_outputs(hf2, kh)):
+            np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+        hf.save_pretrained(tmp_path)
+        fresh = keras_bart()
+        wp.port(tmp_path / "model.safetensors", fresh, model=transformers.BartModel(bart_config()))
+    config = json.loads((tmp_path / "config.json").read_text())  # keras-hub reads a key transformers 5 omits
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": LAYERS}))
+    reference = keras_hub.models.BartBackbone.from_preset(str(tmp_path))
+    assert_bitwise_equal(fresh, reference)
+
+
+def test_bart_negative_control_rows_read_from_the_top_differ(monkeypatch):
+    from weightport.mappings import embedding
+    from weightport.mappings.transforms import ReservedRows
+
+    class TopRows(ReservedRows):  # the first rows, as if there were no offset: shapes fit, numbers do not
+        def inv(self, a):
+            return np.ascontiguousarray(a[:len(a) - self.count])
+
+    monkeypatch.setattr(embedding, "ReservedRows", TopRows)
+    hf, kh = randomized(transformers.BartModel(bart_config()), 17), keras_bart()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(hf, kh)
+    a, b = bart_outputs(hf, kh)
+    assert np.abs(a[0] - b[0]).max() > 1e-2

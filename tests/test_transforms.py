@@ -53,6 +53,7 @@ CASES = [
     (T.Reshape((-1, 3), (-1,)), [(5, 3)], None, None),
     (T.ReorderBlocks(1, (2, 0, 1)), [(5, 21)], None, None),
     (T.Flip(0, 2), [(3, 5, 7)], None, None),
+    (T.ReservedRows(2), [(5, 3)], None, None),
     (T.Split(1, (2, 5)), [(3, 7)], None, None),
     (T.Concat(0, (2, 5)), [(2, 3), (5, 3)], None, None),
     (T.Unstack(3), [(3, 5, 7)], None, None),

@@ -6,11 +6,14 @@ the ported table computes the same function (Keras ``mask_zero`` is likewise
 a mask, not a weight). torch ``max_norm`` renormalises looked-up rows, in
 place, at every forward pass, which Keras never does: it is warned about.
 Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` as ``weight``.
+HF's learned position tables (BART, OPT) declare an ``offset``: position i is
+row i + offset, the rows before it unused; only the rows in use are the table.
 """
 import numpy as np
 
 from .rule import Declined, Rule, link, register
 from .samples import sizes, weights
+from .transforms import IDENTITY, ReservedRows
 
 
 @register
@@ -29,8 +32,12 @@ class EmbeddingRule(Rule):
         return {"input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim), "max_norm": None}
 
     def config_torch(self, module):
-        return {"input_dim": int(module.num_embeddings), "output_dim": int(module.embedding_dim),
-                "max_norm": module.max_norm, "padding_idx": module.padding_idx}
+        hp = {"input_dim": int(module.num_embeddings), "output_dim": int(module.embedding_dim),
+              "max_norm": module.max_norm, "padding_idx": module.padding_idx}
+        offset = getattr(module, "offset", None)  # HF's learned positions (BART, OPT): row i + offset for i
+        if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < hp["input_dim"]:
+            hp["offset"] = offset
+        return hp
 
     def infer_torch(self, shapes):
         # also what a bias-free Linear looks like: the matcher settles it against a target, or reports it
@@ -53,7 +60,10 @@ class EmbeddingRule(Rule):
 
     def examples(self, layout, rng):
         vocab, dim = sizes(rng, 2)
-        return [({"input_dim": vocab, "output_dim": dim}, weights(rng, (vocab, dim)))]
+        found = [({"input_dim": vocab, "output_dim": dim}, weights(rng, (vocab, dim)))]
+        if layout == "torch":  # a learned position table with reserved rows first (HF BART, OPT)
+            found.append(({"input_dim": vocab + 2, "output_dim": dim, "offset": 2}, weights(rng, (vocab, dim))))
+        return found
 
     def canonical(self, hp):
         return ["embeddings"]
@@ -63,7 +73,7 @@ class EmbeddingRule(Rule):
         return [(np.arange(8, dtype="int64") % vocab).reshape(1, 8)]
 
     def links_torch(self, hp):
-        return [link("embeddings", "weight")]
+        return [link("embeddings", "weight", ReservedRows(hp["offset"]) if hp.get("offset") else IDENTITY)]
 
     def links_flax(self, hp):
         return [link("embeddings", "embedding")]

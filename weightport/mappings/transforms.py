@@ -13,13 +13,13 @@ base class and composition; ``transforms_axes``: one array, axes moved;
 ``transforms_recurrent``: recurrent biases); this module gathers them.
 """
 from .fast_transpose import fill_transposed, transpose_copy, transposed_rows
-from .transforms_axes import Flip, ReorderBlocks, Reshape, Shape, Transpose
+from .transforms_axes import Flip, ReorderBlocks, ReservedRows, Reshape, Shape, Transpose
 from .transforms_core import IDENTITY, Chain, Each, Identity, Transform, Unary
 from .transforms_recurrent import FoldRecurrentBias, PackGates
 from .transforms_slots import Concat, Constant, Split, SumSplit, Unstack, ZeroBias
 
 __all__ = [
     "IDENTITY", "Chain", "Concat", "Constant", "Each", "Flip", "FoldRecurrentBias", "Identity", "PackGates",
-    "ReorderBlocks", "Reshape", "Shape", "Split", "SumSplit", "Transform", "Transpose", "Unary", "Unstack",
+    "ReorderBlocks", "ReservedRows", "Reshape", "Shape", "Split", "SumSplit", "Transform", "Transpose", "Unary", "Unstack",
     "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
 ]

@@ -139,3 +139,34 @@ class Flip(Unary):
         return "flip" + str(self.axes).replace(" ", "")
 
     describe_inverse = describe
+
+
+class ReservedRows(Unary):
+    """Rows before the first one used, on the layout's side: HF's BART and OPT look position ``i`` up at row
+    ``i + offset``. Written as zeros; read, they are dropped (so a layout's own values there are lost)."""
+
+    keeps_layout = False
+
+    def __init__(self, count: int):
+        self.count = int(count)
+
+    def fwd(self, a):
+        return np.concatenate([np.zeros((self.count,) + a.shape[1:], a.dtype), a])
+
+    def inv(self, a):
+        return np.ascontiguousarray(a[self.count:])
+
+    def fwd_shape(self, s):
+        return (s[0] + self.count,) + tuple(s[1:])
+
+    def inv_shape(self, s):
+        if s[0] < self.count:
+            raise ValueError(f"{s[0]} rows, fewer than the {self.count} reserved")
+        return (s[0] - self.count,) + tuple(s[1:])
+
+    def describe(self):
+        return f"{self.count} reserved rows first"
+
+    def describe_inverse(self):
+        return f"drop the {self.count} reserved rows"
+
