@@ -52,3 +52,10 @@ def test_negative_control_the_eager_run_alone_loses_those_operations():
     flow = _eager_flow(keras, m, refs, keras.ops.ones((2, 5)), capture=True)  # kept for each layer's output
     down = next(r.path for r in refs if r.obj.name == "down")
     assert UNKNOWN in flow.feeds[down] and not flow.complete
+
+
+def test_the_jaxpr_flow_marks_the_edges_that_pass_an_activation():
+    flow, path = flows()
+    assert flow.sees_activations
+    assert flow.activated_readers[path["gate"]] == {path["down"]}  # gelu(gate(x)) * up(x)
+    assert flow.activated_readers[path["up"]] == set() == flow.activated_readers[path["norm"]]

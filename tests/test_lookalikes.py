@@ -186,3 +186,51 @@ def test_look_alikes_paired_by_unlike_numbers_are_warned_about(tmp_path):
     report = wp.port(t, k)  # live, both run: the dataflow says it, no warning needed
     assert [s.evidence for s in report.steps][1:] == ["structure", "structure"]
     assert not [w for w in report.warnings if "numeric order" in w]
+
+
+class GatedMLP(torch.nn.Module):
+    """down(gelu(gate(x)) * up(x)): gate and up read and feed the same layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up, self.down = torch.nn.Linear(5, 7), torch.nn.Linear(5, 7), torch.nn.Linear(7, 5)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def test_a_torch_trace_marks_the_edges_that_pass_an_activation():
+    from weightport.converter.frameworks import adapter_for, walk
+
+    m = GatedMLP()
+    fw = adapter_for(m)
+    refs, _ = walk(fw, m)
+    flow = fw.trace(m, refs, np.ones((2, 5), "float32"))
+    assert flow.sees_activations and flow.feeds["down"] == {"gate", "up"}
+    assert flow.activated_readers["gate"] == {"down"} and flow.activated_readers["up"] == set()
+
+
+def test_gated_branches_pair_by_their_activation_both_ways():
+    """Named alike (one side numbers them, the other calls them a and b), declared in opposite orders."""
+    class Keras(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.proj_2, self.proj = keras.layers.Dense(7), keras.layers.Dense(7)  # declared: up first
+            self.out = keras.layers.Dense(5)
+
+        def call(self, x):
+            return self.out(self.proj_2(x) * keras.ops.gelu(self.proj(x), approximate=False))
+
+    t = GatedMLP()
+    randomize_torch(t, 3)
+    k = keras.Sequential([keras.Input((5,)), Keras()])
+    x = np.random.default_rng(2).standard_normal((3, 5)).astype("float32")
+    report = wp.port(t, k)
+    assert {s.source: s.evidence for s in report.steps}["gate"] in ("activation", "structure")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(k(x)), t(torch.from_numpy(x)).detach().numpy(),
+                               atol=1e-5, rtol=1e-4)
+    randomize_keras(k, 4)
+    wp.port(k, t)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(k(x)), t(torch.from_numpy(x)).detach().numpy(),
+                               atol=1e-5, rtol=1e-4)

@@ -446,35 +446,41 @@ def keras_gemma():
                                           head_dim=HIDDEN // HEADS - 2, layer_norm_epsilon=1e-6, dtype="float32")
 
 
-# keras-hub's Gemma runs gelu(gating_ffw(x)) * gating_ffw_2(x), HF gelu(gate_proj(x)) * up_proj(x): the two
-# projections read and feed the same layers, and their names do not say which is which
-GEMMA_HINTS = {f"layers.{i}.mlp.{a}": f"transformer_layers/{i}/{b}" for i in range(LAYERS)
-               for a, b in (("gate_proj", "gating_ffw"), ("up_proj", "gating_ffw_2"))}
-
-
 def test_gemma_einsum_projections_with_their_axes_permuted_both_ways_and_from_the_file(tmp_path):
     """keras-hub Gemma's q/k/v kernels are (heads, hidden, head_dim) ("btd,ndh->btnh"): a Linear whose kernel
-    axes are permuted first. The look-alike gate/up pair is refused with a hint, which then ports."""
+    axes are permuted first. keras-hub runs gelu(gating_ffw(x)) * gating_ffw_2(x), HF gelu(gate_proj(x)) *
+    up_proj(x): the two projections read and feed the same layers, and only the activation on one branch
+    tells them apart."""
     hf, kh = randomized(transformers.GemmaModel(gemma_config()), 15), keras_gemma()
-    with pytest.raises(wp.AmbiguityError, match="gating_ffw"):
-        wp.port(hf, kh)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
-        wp.port(hf, kh, hints=GEMMA_HINTS)
+        report = wp.port(hf, kh)
         np.testing.assert_allclose(*llama_outputs(hf, kh), atol=2e-4, rtol=1e-4)
+        steps = {s.source: (s.target, s.evidence) for s in report.steps}
+        assert steps["layers.1.mlp.gate_proj"] == ("transformer_layers/1/gating_ffw", "activation")
         hf2 = randomized(transformers.GemmaModel(gemma_config()), 16)
-        wp.port(kh, hf2, hints={v: k for k, v in GEMMA_HINTS.items()})
+        wp.port(kh, hf2)
         np.testing.assert_allclose(*llama_outputs(hf2, kh), atol=2e-4, rtol=1e-4)
         causal = transformers.GemmaForCausalLM(gemma_config())  # the file keras-hub reads: its lm_head is tied
         causal.model.load_state_dict(hf.state_dict())
         causal.save_pretrained(tmp_path)
-        fresh, hints = keras_gemma(), {f"model.{k}": v for k, v in GEMMA_HINTS.items()}
+        fresh = keras_gemma()
         # HF names the pre-FFW norm post_attention_layernorm: names alone refuse it, the file's own model settles
         with pytest.raises(wp.AmbiguityError, match="model="):
-            wp.port(tmp_path / "model.safetensors", fresh, hints=hints)
-        wp.port(tmp_path / "model.safetensors", fresh, hints=hints, model=transformers.GemmaForCausalLM(gemma_config()))
+            wp.port(tmp_path / "model.safetensors", fresh)
+        wp.port(tmp_path / "model.safetensors", fresh, model=transformers.GemmaForCausalLM(gemma_config()))
     reference = keras_hub.models.GemmaBackbone.from_preset(str(tmp_path))
     assert_bitwise_equal(fresh, reference)
+
+
+def test_gemma_negative_control_without_seeing_activations_the_branches_are_refused(monkeypatch):
+    from weightport.converter import flow
+
+    monkeypatch.setattr(flow, "ACTIVATIONS", frozenset())
+    monkeypatch.setattr("weightport.converter.frameworks.jaxpr_flow.ACTIVATIONS", frozenset())
+    monkeypatch.setattr("weightport.converter.frameworks.keras.applies_activation", lambda layer: False)
+    with pytest.raises(wp.AmbiguityError, match="gating_ffw"):
+        wp.port(randomized(transformers.GemmaModel(gemma_config()), 15), keras_gemma())
 
 
 def test_gemma_negative_control_the_kernel_axes_unpermuted_differ(monkeypatch):
@@ -487,7 +493,7 @@ def test_gemma_negative_control_the_kernel_axes_unpermuted_differ(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", wp.WeightportWarning)
         try:
-            wp.port(hf, kh, hints=GEMMA_HINTS)
+            wp.port(hf, kh)
         except wp.WeightportError:
             return  # refused: the shapes no longer fit, which is as good as differing
     a, b = llama_outputs(hf, kh)

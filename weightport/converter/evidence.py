@@ -100,7 +100,8 @@ class Pairing:
             if len(cls.src) == 1 and len(cls.tgt) == 1:
                 self.take(cls, cls.src[0], cls.tgt[0], "shape")
         while any(c.open for c in self.classes):
-            if not (self.by_flow() or self.by_names() or self.by_position() or self.by_ordinal()):
+            if not (self.by_flow() or self.by_names() or self.by_position() or self.by_ordinal()
+                    or self.by_activation()):
                 break
 
     def regroup_by_shared(self) -> None:
@@ -164,6 +165,29 @@ class Pairing:
                 for key, members in mine.items():
                     if len(members) == 1 and len(theirs.get(key, [])) == 1:
                         progress |= self.take(cls, members[0], theirs[key][0], "structure")
+        return progress
+
+    def by_activation(self) -> bool:
+        """Last of all: look-alikes that read and feed the same layers, told apart by whose output passes an
+        activation on its way to a reader (``down(gelu(gate(x)) * up(x))``: gate's does, up's does not).
+
+        Only where both runs were followed completely, activations included;
+        a member whose activated readers are not all paired says nothing.
+        """
+        flows = self.flows()
+        if flows is None or not all(f.complete and f.sees_activations for f in flows):
+            return False
+        paired = self.paths()
+        targets = {t: t for t in paired.values()}
+        progress = False
+        for cls in self.classes:
+            if not cls.open:
+                continue
+            mine = _group(cls.src, lambda a: _neighbours(flows[0].activated_readers.get(a.path), paired))
+            theirs = _group(cls.tgt, lambda b: _neighbours(flows[1].activated_readers.get(b.path), targets))
+            for key, members in mine.items():
+                if len(members) == 1 and len(theirs.get(key, [])) == 1:
+                    progress |= self.take(cls, members[0], theirs[key][0], "activation")
         return progress
 
     def by_names(self) -> bool:

@@ -20,6 +20,11 @@ import functools
 from dataclasses import dataclass, field
 
 UNKNOWN = "<unknown>"
+# elementwise nonlinearities (torch function and jax primitive names): a value that passed one on its way from
+# one layer to another marks that edge "activated", which tells gelu(gate(x)) * up(x)'s two projections apart
+ACTIVATIONS = frozenset({"gelu", "gelu_", "silu", "silu_", "relu", "relu_", "relu6", "sigmoid", "sigmoid_",
+                         "tanh", "tanh_", "softplus", "elu", "selu", "celu", "leaky_relu", "mish", "hardswish",
+                         "hardsigmoid", "hardtanh", "erf", "erfc", "logistic"})
 
 
 @dataclass
@@ -29,11 +34,25 @@ class Flow:
     feeds: dict = field(default_factory=dict)  # path -> set of paths (UNKNOWN where an origin was lost)
     order: list = field(default_factory=list)  # paths, in the order they first ran
     outputs: dict = field(default_factory=dict)  # path -> numpy output of its first call (when captured)
+    # path -> the paths whose output reached it through an activation (see ACTIVATIONS); kept where
+    # ``sees_activations``
+    activated: dict = field(default_factory=dict)
+    sees_activations: bool = False
 
     @property
     def complete(self) -> bool:
         """True when no layer's inputs were lost, so each layer's readers are all known too."""
         return not any(UNKNOWN in f for f in self.feeds.values())
+
+    @functools.cached_property
+    def activated_readers(self) -> dict:
+        """path -> the paths its output reaches through an activation."""
+        out = {p: set() for p in self.feeds}
+        for path, feeds in self.activated.items():
+            for f in feeds:
+                if f in out:
+                    out[f].add(path)
+        return out
 
     @functools.cached_property
     def readers(self) -> dict:
@@ -59,8 +78,9 @@ class Provenance:
         # a buffer); otherwise it may be the result of an unseen operation, whose origin is unknown
         self.sees_all = sees_all_operations
         self.capture = capture  # tensor -> numpy, to keep each layer's output; None to keep nothing
-        self.flow = Flow()
+        self.flow = Flow(sees_activations=sees_all_operations)
         self._of: dict = {}
+        self._through: dict = {}  # id -> the origins whose values reached this tensor through an activation
         self._kept: list = []
 
     def tensors(self, tree):
@@ -82,30 +102,38 @@ class Provenance:
                 found.add(UNKNOWN)
         return found
 
-    def mark(self, tree, origins: set, how: str = "replace") -> None:
-        """Record where the tensors in ``tree`` come from: ``replace``, ``add`` to, or only where ``unseen``."""
+    def mark(self, tree, origins: set, how: str = "replace", through: set = frozenset()) -> None:
+        """Record where the tensors in ``tree`` come from: ``replace``, ``add`` to, or only where ``unseen``;
+        ``through``: those of the origins whose values passed an activation on the way."""
         for t in self.tensors(tree):
             seen = id(t) in self._of
             if how == "replace" or not seen:
-                self._of[id(t)] = set(origins)
+                self._of[id(t)], self._through[id(t)] = set(origins), set(through)
             elif how == "add":
                 self._of[id(t)] = self._of[id(t)] | set(origins)
+                self._through[id(t)] = self._through.get(id(t), set()) | set(through)
             self._kept.append(t)
 
-    def propagate(self, inputs, outputs) -> None:
-        """An operation's outputs come from wherever its inputs came from."""
-        self.mark(outputs, self.of(inputs), how="add")
+    def through(self, tree) -> set:
+        return set().union(*(self._through.get(id(t), ()) for t in self.tensors(tree)))
+
+    def propagate(self, inputs, outputs, activates: bool = False) -> None:
+        """An operation's outputs come from wherever its inputs came from (through an activation, if it is one)."""
+        origins = self.of(inputs)
+        self.mark(outputs, origins, how="add", through=self.through(inputs) | (origins if activates else set()))
 
     def enter(self, paths, inputs) -> None:
         """A rule-bearing layer (standing for ``paths``: a stacked RNN is several) starts reading ``inputs``."""
         origins = self.of(inputs)
+        self.flow.activated.setdefault(paths[0], set()).update(self.through(inputs))
         for i, path in enumerate(paths):
             self.flow.feeds.setdefault(path, set()).update(origins if i == 0 else {paths[i - 1]})
             if path not in self.flow.order:
                 self.flow.order.append(path)
 
-    def leave(self, paths, outputs) -> None:
-        self.mark(outputs, {paths[-1]})
+    def leave(self, paths, outputs, activates: bool = False) -> None:
+        """The layer's outputs come from it (through an activation where it applies one itself)."""
+        self.mark(outputs, {paths[-1]}, through={paths[-1]} if activates else set())
         if self.capture is not None and paths[-1] not in self.flow.outputs:
             first = next(self.tensors(outputs), None)
             if first is not None:
@@ -121,7 +149,7 @@ def torch_operations(prov: Provenance):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            prov.propagate((args, kwargs), out)
+            prov.propagate((args, kwargs), out, getattr(func, "__name__", "") in ACTIVATIONS)
             return out
 
     with Follow():

@@ -16,6 +16,7 @@ EVIDENCE = {
     "name": "name",
     "position": "block position",
     "ordinal": "ordinal and run order",
+    "activation": "dataflow (activation)",
 }
 
 

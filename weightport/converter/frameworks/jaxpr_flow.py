@@ -9,7 +9,7 @@ equations alone, with nothing compiled or run.
 """
 from __future__ import annotations
 
-from ..flow import Flow
+from ..flow import ACTIVATIONS, Flow
 
 _SCOPE = "weightport_node_"
 
@@ -19,11 +19,14 @@ def trace(model, refs, inputs) -> Flow:
     import jax
     import keras
 
+    from .keras import applies_activation
+
     paths_of: dict = {}
     for ref in refs:
-        paths_of.setdefault(id(ref.obj), []).append(ref.path)
-    scopes = {f"{_SCOPE}{i}": paths for i, paths in enumerate(paths_of.values())}
+        paths_of.setdefault(id(ref.obj), (ref.obj, []))[1].append(ref.path)
+    scopes = {f"{_SCOPE}{i}": paths for i, (_, paths) in enumerate(paths_of.values())}
     token_of = {key: f"{_SCOPE}{i}" for i, key in enumerate(paths_of)}
+    activating = {token_of[key] for key, (obj, _) in paths_of.items() if applies_activation(obj)}
     layer_call = keras.Layer.__call__
 
     def scoped(layer, *args, **kwargs):
@@ -38,14 +41,16 @@ def trace(model, refs, inputs) -> Flow:
         closed = jax.make_jaxpr(lambda x: model(x, training=False))(inputs)
     finally:
         keras.Layer.__call__ = layer_call
-    return flow_of(closed.jaxpr, scopes)
+    return flow_of(closed.jaxpr, scopes, activating)
 
 
-def flow_of(jaxpr, scopes: dict) -> Flow:
+def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
     """Follow every value of ``jaxpr`` from the scoped layer that made it (``scopes``: token -> the paths a
-    layer stands for; a stacked layer's paths feed one another in turn)."""
-    flow, seen = Flow(), set()
+    layer stands for; a stacked layer's paths feed one another in turn; ``activating``: the tokens of layers
+    that apply an activation of their own)."""
+    flow, seen = Flow(sees_activations=True), set()
     origin: dict = {}  # var -> the layer paths it comes from; model inputs and constants: none
+    through: dict = {}  # var -> those of its origins whose values passed an activation on the way
     made_in: dict = {}  # var -> the token of the layer whose equations made it
     for eqn in jaxpr.eqns:
         names = str(eqn.source_info.name_stack).split("/")
@@ -53,16 +58,28 @@ def flow_of(jaxpr, scopes: dict) -> Flow:
         variables = [v for v in eqn.invars if type(v).__name__ != "Literal"]
         if token is None:
             made = set().union(*(origin.get(v, ()) for v in variables))
+            passed = set().union(*(through.get(v, ()) for v in variables)) | (made if _activates(eqn) else set())
         else:
             paths = scopes[token]
-            read = set().union(*(origin.get(v, ()) for v in variables if made_in.get(v) != token))
+            outside = [v for v in variables if made_in.get(v) != token]
+            read = set().union(*(origin.get(v, ()) for v in outside))
             flow.feeds.setdefault(paths[0], set()).update(read)
+            flow.activated.setdefault(paths[0], set()).update(*(through.get(v, ()) for v in outside))
             for before, path in zip(paths, paths[1:]):
                 flow.feeds.setdefault(path, set()).add(before)
             if token not in seen:
                 seen.add(token)
                 flow.order += [p for p in paths if p not in flow.order]
             made = {paths[-1]}
+            passed = made if token in activating else set()
         for v in eqn.outvars:
-            origin[v], made_in[v] = made, token
+            origin[v], through[v], made_in[v] = made, passed, token
     return flow
+
+
+def _activates(eqn) -> bool:
+    """Whether an equation is, or calls a jaxpr holding, an elementwise activation (tanh, logistic, erf...)."""
+    if eqn.primitive.name in ACTIVATIONS:
+        return True
+    inner = [getattr(p, "jaxpr", p) for p in eqn.params.values() if hasattr(p, "eqns") or hasattr(p, "jaxpr")]
+    return any(_activates(e) for j in inner if hasattr(j, "eqns") for e in j.eqns)

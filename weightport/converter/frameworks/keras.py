@@ -202,15 +202,15 @@ def _eager_flow(keras, model, refs, inputs, capture: bool):
                 layer.activation = activation
             prov.leave(paths, out)
             out = activation(out)
-            prov.mark(out, {paths[-1]})
+            prov.mark(out, {paths[-1]}, through={paths[-1]})
             return out
         out = layer_call(layer, *args, **kwargs)
         if paths:
-            prov.leave(paths, out)
+            prov.leave(paths, out, activates=applies_activation(layer))
         elif getattr(layer, "_layers", None):  # a container: its output came from the layers inside
             prov.mark(out, {UNKNOWN}, how="unseen")
         else:
-            prov.propagate((args, kwargs), out)
+            prov.propagate((args, kwargs), out, activates=applies_activation(layer))
         return out
 
     def traced_operation(op, *args, **kwargs):
@@ -227,6 +227,12 @@ def _eager_flow(keras, model, refs, inputs, capture: bool):
     finally:
         keras.Layer.__call__, Operation.__call__ = layer_call, operation_call
     return prov.flow
+
+def applies_activation(layer) -> bool:
+    """Whether a Keras layer applies a nonlinear activation of its own (``Dense(activation="gelu")``)."""
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return name not in (None, "linear")
+
 
 ADAPTER = KerasFramework()
 
