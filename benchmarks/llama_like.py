@@ -67,10 +67,13 @@ def keras_structure():
             self.embed_tokens = L.Embedding(VOCAB, HIDDEN, embeddings_initializer="zeros")
             self.blocks = []
             for i in range(LAYERS):
-                block = [L.RMSNormalization(epsilon=1e-6),
-                         L.MultiHeadAttention(HEADS, HIDDEN // HEADS, use_bias=False, kernel_initializer="zeros"),
-                         L.RMSNormalization(epsilon=1e-6)]
-                block += [L.Dense(n, use_bias=False, kernel_initializer="zeros") for n in (INTER, INTER, HIDDEN)]
+                block = [L.RMSNormalization(epsilon=1e-6, name=f"block{i}_input_layernorm"),
+                         L.MultiHeadAttention(HEADS, HIDDEN // HEADS, use_bias=False, kernel_initializer="zeros",
+                                              name=f"block{i}_self_attn"),
+                         L.RMSNormalization(epsilon=1e-6, name=f"block{i}_post_attention_layernorm")]
+                # named as the torch model names them: look-alikes, and no forward pass to trace
+                block += [L.Dense(n, use_bias=False, kernel_initializer="zeros", name=f"block{i}_{role}")
+                          for n, role in ((INTER, "gate_proj"), (INTER, "up_proj"), (HIDDEN, "down_proj"))]
                 self.blocks.append(block)
             self.norm = L.RMSNormalization(epsilon=1e-6)
             self.lm_head = L.Dense(VOCAB, use_bias=False, kernel_initializer="zeros")
