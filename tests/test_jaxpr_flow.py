@@ -59,3 +59,33 @@ def test_the_jaxpr_flow_marks_the_edges_that_pass_an_activation():
     assert flow.sees_activations
     assert flow.activated_readers[path["gate"]] == {path["down"]}  # gelu(gate(x)) * up(x)
     assert flow.activated_readers[path["up"]] == set() == flow.activated_readers[path["norm"]]
+
+
+class BranchesOnValues(keras.layers.Layer):
+    """Python control flow on a tensor's value: jax cannot trace it into a jaxpr."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.a = keras.layers.Dense(5, name="a")
+
+    def call(self, x):
+        y = self.a(x)
+        return y if float(keras.ops.sum(y)) > -1e9 else -y
+
+
+class Branching(keras.Model):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.blk, self.head = BranchesOnValues(name="blk"), keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.blk(x))
+
+
+def test_a_model_jax_cannot_trace_falls_back_to_the_eager_run():
+    m = Branching()
+    m(np.ones((2, 5), "float32"))  # built eagerly: jax could not trace it symbolically either
+    fw = adapter_for(m)
+    refs, _ = walk(fw, m)
+    flow = fw.trace(m, refs, np.ones((2, 5), "float32"))
+    assert flow is not None and flow.order  # the eager flow: incomplete, never wrong

@@ -164,7 +164,10 @@ class KerasFramework(Framework):
             return _eager_flow(keras, model, refs, inputs, capture)
         from . import jaxpr_flow
 
-        static = jaxpr_flow.trace(model, refs, inputs)
+        try:
+            static = jaxpr_flow.trace(model, refs, inputs)
+        except Exception:  # noqa: BLE001 - a model jax cannot trace (Python branching on values): run it eagerly
+            return _eager_flow(keras, model, refs, inputs, capture)
         if capture:
             static.outputs = _eager_flow(keras, model, refs, inputs, capture).outputs
         return static
