@@ -34,8 +34,12 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
     _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
     # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
-    traced = src.obj if src.live else model if model is not None and \
-        require_adapter(model, "model").layout == src.layout else None
+    if src.live:
+        traced = src.obj
+    elif model is not None and require_adapter(model, "model").layout == src.layout:
+        traced = model
+    else:
+        traced = None
     plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
                                 flows=tracing.flows(traced, target, check), strict_config=strict_config)
     plan.unmatched_source += src_notes
@@ -51,7 +55,6 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
             tgt_fw.finish(target)
             raise
     return Report(plan, ported)
-
 
 
 def into_file(source, destination, model, *, to, like, hints, strict, trust_pickle, plan, written: dict) -> Report:
