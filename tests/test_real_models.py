@@ -129,6 +129,14 @@ def keras_bert():
                                          intermediate_dim=MLP, max_sequence_length=SEQ_MAX, num_segments=SEGMENTS)
 
 
+def ported(source, target, **kw):
+    """Both models after ``wp.port(source, target)``, its warnings kept quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(source, target, **kw)
+    return source, target
+
+
 def randomized(model, seed):
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -396,11 +404,7 @@ def test_gpt2_negative_control_a_wrong_split_of_c_attn_differs(monkeypatch):
         swap = {"query/kernel": "key/kernel", "key/kernel": "query/kernel"}
         return [Link(tuple(swap.get(c, c) for c in lk.canonical), lk.native, lk.transform) for lk in links]
     monkeypatch.setattr(PackedAttentionRule, "links_torch", key_first)
-    hf, kh = randomized(transformers.GPT2Model(gpt2_config()), 16), keras_gpt2()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        wp.port(hf, kh)
-    a, b = gpt2_outputs(hf, kh)
+    a, b = gpt2_outputs(*ported(randomized(transformers.GPT2Model(gpt2_config()), 16), keras_gpt2()))
     assert np.abs(a - b).max() > 1e-2
 
 
@@ -555,9 +559,5 @@ def test_bart_negative_control_rows_read_from_the_top_differ(monkeypatch):
             return np.ascontiguousarray(a[:len(a) - self.count])
 
     monkeypatch.setattr(embedding, "ReservedRows", TopRows)
-    hf, kh = randomized(transformers.BartModel(bart_config()), 17), keras_bart()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        wp.port(hf, kh)
-    a, b = bart_outputs(hf, kh)
+    a, b = bart_outputs(*ported(randomized(transformers.BartModel(bart_config()), 17), keras_bart()))
     assert np.abs(a[0] - b[0]).max() > 1e-2

@@ -47,18 +47,17 @@ class Flow:
     @functools.cached_property
     def activated_readers(self) -> dict:
         """path -> the paths its output reaches through an activation."""
-        out = {p: set() for p in self.feeds}
-        for path, feeds in self.activated.items():
-            for f in feeds:
-                if f in out:
-                    out[f].add(path)
-        return out
+        return self._inverted(self.activated)
 
     @functools.cached_property
     def readers(self) -> dict:
         """path -> the paths whose inputs it feeds (asked for once the run is over, so kept)."""
+        return self._inverted(self.feeds)
+
+    def _inverted(self, fed_by: dict) -> dict:
+        """path -> the layers that ``fed_by`` says it feeds."""
         out = {p: set() for p in self.feeds}
-        for path, feeds in self.feeds.items():
+        for path, feeds in fed_by.items():
             for f in feeds:
                 if f in out:
                     out[f].add(path)
