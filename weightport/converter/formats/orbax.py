@@ -171,10 +171,15 @@ def read(path: str, **opts) -> Checkpoint:
     item, step = locate(path)
     ocp = _orbax()
     ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(item)
-    tree = getattr(getattr(meta, "item_metadata", None), "tree", None)
-    if not isinstance(tree, (dict, list, tuple)):
-        raise FormatError(f"{item}: its {ITEM_METADATA} describes no tree of arrays; the checkpoint is damaged")
+    try:
+        meta = ckptr.metadata(item)
+        tree = getattr(getattr(meta, "item_metadata", None), "tree", None)
+        if not isinstance(tree, (dict, list, tuple)):
+            raise FormatError(f"{item}: orbax finds no tree of arrays in it (its {ITEM_METADATA}, or the array "
+                              "store it describes, is missing or damaged); the checkpoint is incomplete: save it again")
+    except BaseException:
+        ckptr.close()
+        raise
     custom = getattr(meta, "custom_metadata", None) or {}
     metadata = {str(k): str(v) for k, v in custom.items() if isinstance(v, str)}
     if item != path:
