@@ -122,9 +122,9 @@ def test_orbax_output_with_the_wrong_structure_or_existing_is_refused(tmp_path):
     from weightport.converter.formats import orbax as orbax_format
 
     with pytest.raises(UsageError, match="no place in the structure"):
-        orbax_format._shaped_like({"params/Conv_0/kernel": np.zeros((3, 2, C, CO), "float32")}, renamed, "out")
+        orbax_format.shaped_like({"params/Conv_0/kernel": np.zeros((3, 2, C, CO), "float32")}, renamed, "out")
     with pytest.raises(UsageError, match=r"\(3, 2, 3, 8\) but like= holds"):
-        orbax_format._shaped_like({"params/Conv_0/kernel": np.zeros((3, 2, C, CO), "float32")},
+        orbax_format.shaped_like({"params/Conv_0/kernel": np.zeros((3, 2, C, CO), "float32")},
                                   {"params": {"Conv_0": {"kernel": np.zeros((2, 3, C, CO))}}}, "out")
     (tmp_path / "taken").mkdir()
     with pytest.raises(wp.errors.OutputExistsError):

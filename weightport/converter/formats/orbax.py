@@ -239,7 +239,7 @@ def _key(k) -> str:
     return str(k)
 
 
-def _shaped_like(arrays: dict, tree, path):
+def shaped_like(arrays: dict, tree, path):
     """``tree`` with each leaf replaced by the array of its name (``a/b`` or, for an NNX variable, ``a/b`` of
     ``a/b/value``); leaves no array fills stay as ``tree`` holds them."""
     import jax
@@ -277,7 +277,7 @@ def write(path: str, sources, metadata, *, staging, progress=None, like=None, **
             progress(s.nbytes)
     structure = like_tree(like) if like is not None else None
     if structure is not None:
-        tree = _shaped_like(arrays, structure, path)
+        tree = shaped_like(arrays, structure, path)
     else:
         tree = jax.tree.map(jax.numpy.asarray, _nested(arrays, path))
     custom = dict(metadata) if metadata.get(LAYOUT_KEY, "flax") != "flax" else {}
