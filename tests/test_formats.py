@@ -341,7 +341,7 @@ def test_keras2_style_h5_weight_names_are_followed(tmp_path):
         assert np.array_equal(ckpt["fc/fc/kernel:0"], kernel)
 
 
-def test_keras_archives_are_not_written(tmp_path):
+def test_keras_archive_without_its_model_is_refused(tmp_path):
     with pytest.raises(UsageError, match="weights.h5"):
         write_checkpoint(tmp_path / "model.keras", sample_tensors())
     assert os.listdir(tmp_path) == []

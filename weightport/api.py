@@ -88,10 +88,12 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
     Args:
         path: a checkpoint: ``.safetensors`` (or a sharded set's
             ``.index.json``), ``.pt``/``.pth``/``.bin``, ``.weights.h5``,
-            ``.keras``, legacy ``.h5``, ``.npz`` or ``.msgpack``.
+            ``.keras``, legacy ``.h5``, ``.npz`` or ``.msgpack``; or an Orbax
+            checkpoint folder (an item, a step, or a CheckpointManager's root,
+            whose latest step is read).
         format: read as this format ("safetensors", "torch", "keras", "npz",
-            "msgpack") instead of detecting it from the file's first bytes and
-            suffix.
+            "msgpack", "orbax") instead of detecting it from the file's first
+            bytes and suffix.
         trust_pickle: let a torch file run pickled code beyond plain tensors
             (only for files you trust: unpickling can run anything).
 
@@ -109,8 +111,8 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
     return sides.read_file(path, format=format, trust_pickle=trust_pickle)
 
 
-def save(model, path, layout: str | None = None, like=None, *, overwrite: bool = False, dtype=None,
-         shard_size: int | None = None, strict: bool = True, quiet: bool = False,
+def save(model, path, layout: str | None = None, like=None, *, format: str | None = None, overwrite: bool = False,
+         dtype=None, shard_size: int | None = None, strict: bool = True, quiet: bool = False,
          allow_overflow: bool = False) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
@@ -119,13 +121,19 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
     Args:
         model: a live model of any supported framework.
         path: the output file; its suffix picks the format (``.safetensors``,
-            ``.pt``, ``.weights.h5``, ``.npz``, ``.msgpack``).
+            ``.pt``, ``.weights.h5``, ``.keras``, ``.npz``, ``.msgpack``), or
+            the output folder of ``format="orbax"``.
         layout: whose conventions the tensors follow: "torch", "keras", "flax"
             or "equinox"; by default ``like``'s, keras for Keras files, else
             the model's own.
         like: a live model of the target framework giving the target names and
             structure: a torch module's state-dict names, or the variable paths
-            Keras' ``load_weights`` expects in a ``.weights.h5``.
+            Keras' ``load_weights`` expects in a ``.weights.h5``; for a
+            ``.keras`` archive, the Keras model whose config it records; for
+            Orbax, the Flax model (or Linen variables) whose state tree it takes.
+        format: the output format by name, as in the formats table
+            ("safetensors", "torch", "keras", "npz", "msgpack", "orbax"),
+            instead of the one the suffix names; needed for an Orbax folder.
         overwrite: replace an existing file (otherwise refused).
         dtype: cast floating tensors (see ``convert``).
         shard_size: split a safetensors output into shards of at most this
@@ -147,12 +155,13 @@ def save(model, path, layout: str | None = None, like=None, *, overwrite: bool =
             ShapeMismatchError, ConfigMismatchError, UnsupportedLayerError).
         CastOverflowError: a value overflows ``dtype``.
     """
-    return convert(model, path, like=like, to=layout, overwrite=overwrite, dtype=dtype, shard_size=shard_size,
-                   strict=strict, quiet=quiet, allow_overflow=allow_overflow)
+    return convert(model, path, like=like, to=layout, format=format, overwrite=overwrite, dtype=dtype,
+                   shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow)
 
 
-def convert(source, destination, model=None, *, to: str | None = None, like=None, hints: dict | None = None,
-            strict: bool = True, overwrite: bool = False, dtype=None, shard_size: int | None = None,
+def convert(source, destination, model=None, *, to: str | None = None, like=None, format: str | None = None,
+            hints: dict | None = None, strict: bool = True, overwrite: bool = False, dtype=None,
+            shard_size: int | None = None,
             trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False,
             allow_overflow: bool = False, replace_input: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
@@ -163,13 +172,17 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
 
     Args:
         source: a checkpoint path, a loaded ``Checkpoint``, a name -> array mapping or a live model.
-        destination: the output file; its suffix picks the format.
+        destination: the output file; its suffix picks the format (or ``format=``). A ``.keras`` archive
+            takes its config from ``like``; an Orbax checkpoint is a folder (``format="orbax"``).
         model: a live model giving the structure names cannot: if it is in the source's layout it
             describes the source, otherwise it is the target (as ``like``).
         to: the target layout ("torch", "keras", "flax", "equinox"); by default the model's, keras for
             Keras files, else the source's own.
         like: a live model of the target framework whose names (and, for a ``.weights.h5``, variable
-            paths) the output takes.
+            paths) the output takes; a ``.keras`` archive also records its config, an Orbax checkpoint
+            its state tree.
+        format: the output format by name, as in the formats table ("safetensors", "torch", "keras",
+            "npz", "msgpack", "orbax"), instead of the one the destination's suffix names.
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: False converts what pairs and reports the rest.
         overwrite: replace an existing output (otherwise refused).
@@ -199,7 +212,7 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         CastOverflowError: a value overflows ``dtype``.
     """
     written = dict(overwrite=overwrite, dtype=dtype, shard_size=shard_size, quiet=quiet, dry_run=dry_run,
-                   allow_overflow=allow_overflow, replace_input=replace_input)
+                   allow_overflow=allow_overflow, replace_input=replace_input, format=format)
     report = porting.into_file(source, destination, model, to=to, like=like, hints=hints, strict=strict,
                                trust_pickle=trust_pickle, plan=plan, written=written)
     _warn(report.plan)

@@ -306,8 +306,11 @@ def transposed_blocks(a, dtype, rows: int = 256):
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
-               quiet=False, dry_run=False, allow_overflow=False, replace_input=False):
-    """Record each step's tensor names in the plan, then (unless a dry run) write the file; the Report."""
+               quiet=False, dry_run=False, allow_overflow=False, replace_input=False, format=None, like=None):
+    """Record each step's tensor names in the plan, then (unless a dry run) write the file; the Report.
+
+    ``format`` names the output's format (else its suffix does); ``like`` is the live target model, for formats
+    that store more than tensors."""
     import json
     import os
 
@@ -333,7 +336,7 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
         metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=jsonable)}
         report.files = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
                                         shard_size=shard_size, progress=progress.update if progress else None,
-                                        replace_input=replace_input)
+                                        replace_input=replace_input, format=format, like=like)
     finally:
         if progress is not None:
             progress.close()

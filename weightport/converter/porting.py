@@ -65,7 +65,8 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         pairs, names_of = planning.replay(plan, src.checkpoint or sides.checkpoint(src.obj, trust_pickle))
         layout = plan.steps[0].target_layout if plan.steps else to
         return engine.write_file(pairs, names_of, plan, destination, layout, **written)
-    to_keras_file = str(destination).endswith(KERAS_SUFFIXES)
+    to_keras_file = written.get("format") == "keras" or (
+        written.get("format") is None and str(destination).endswith(KERAS_SUFFIXES))
     model_fw = require_adapter(model, "model") if model is not None else None
     source_model = model if model_fw is not None and model_fw.layout == src.layout and not src.live else None
     if model is not None and source_model is None and like is None:
@@ -94,5 +95,5 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     plan.unmatched_source += src_notes
-    return engine.write_file(pairs, names_of, plan, destination, layout, **written)
+    return engine.write_file(pairs, names_of, plan, destination, layout, like=like, **written)
 

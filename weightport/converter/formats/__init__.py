@@ -63,12 +63,31 @@ def sniff(path):
     with open(path, "rb") as f:
         head = f.read(_HEAD_BYTES)
     for mod in modules():
-        try:
-            if mod.sniff(str(path), head):
-                return mod
-        except LIBRARY_ERRORS:
-            continue  # too damaged to recognise by its bytes: its name may still say, and its reader explain
+        if not getattr(mod, "FOLDER", False) and _sniffs(mod, path, head):
+            return mod
     return _suffix_match(path)
+
+
+def _folder_format(path, format):
+    """The format that reads the folder ``path`` (one whose module says ``FOLDER = True`` and sniffs it)."""
+    folders = [m for m in modules() if getattr(m, "FOLDER", False)]
+    if format:
+        mod = by_name(format)
+        found = mod if mod in folders else None
+    else:
+        found = next((m for m in folders if _sniffs(m, path, b"")), None)
+    if found is None:
+        kinds = " or ".join(f"{m.NAME} checkpoint" for m in folders)
+        raise FormatError(f"{path} is a folder; give the checkpoint file itself (for sharded safetensors, the "
+                          f"*.safetensors.index.json)" + (f", or a {kinds} folder" if kinds else ""))
+    return found
+
+
+def _sniffs(mod, path, head) -> bool:
+    try:
+        return bool(mod.sniff(str(path), head))
+    except LIBRARY_ERRORS:
+        return False  # too damaged to recognise: its name may still say, and its reader explain
 
 
 def open_checkpoint(path, *, format=None, trust_pickle=False) -> Checkpoint:
@@ -81,11 +100,11 @@ def open_checkpoint(path, *, format=None, trust_pickle=False) -> Checkpoint:
         path += ".index.json"  # written with shard_size=: the shards and their index stand for the name
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file; check the path")
-    if os.path.isdir(path):
-        raise FormatError(f"{path} is a folder; give the checkpoint file itself "
-                          "(for sharded safetensors, the *.safetensors.index.json)")
     try:
-        mod = by_name(format) if format else sniff(path)
+        if os.path.isdir(path):
+            mod = _folder_format(path, format)
+        else:
+            mod = by_name(format) if format else sniff(path)
     except OSError as exc:
         raise FormatError(f"{path}: cannot be read ({exc})") from exc
     if mod is None:
@@ -98,7 +117,7 @@ def open_checkpoint(path, *, format=None, trust_pickle=False) -> Checkpoint:
 
 
 def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=False, shard_size=None,
-                     progress=None, replace_input=False) -> list:
+                     progress=None, replace_input=False, like=None) -> list:
     """Write tensors to ``path`` one at a time; returns the paths written (shards, then any index).
 
     ``sources`` is a Checkpoint, a name -> array mapping, (name, array) pairs or
@@ -108,7 +127,8 @@ def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=Fal
     safetensors output. ``progress(nbytes)`` is called after each tensor.
     Nothing is left behind on failure, and an existing output is refused
     unless ``overwrite=True``; an output that is the file a tensor is read
-    from is refused unless ``replace_input=True``.
+    from is refused unless ``replace_input=True``. ``like`` is the live target model, for formats that
+    store more than the tensors (a ``.keras`` archive's config, an Orbax checkpoint's tree structure).
     """
     path = os.fspath(path)
     mod = by_name(format) if format else format_for(path)
@@ -119,6 +139,8 @@ def write_checkpoint(path, sources, *, format=None, metadata=None, overwrite=Fal
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     sources = as_sources(sources)
     opts = {"progress": progress}
+    if like is not None:
+        opts["like"] = like
     if shard_size is not None:
         if mod.NAME != "safetensors":
             raise UsageError(f"shard_size works for safetensors output only, not {mod.NAME} ({path})")

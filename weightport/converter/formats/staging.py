@@ -84,11 +84,9 @@ def remove_stale(folder) -> list:
     """Remove ``stale_partials(folder)``; the paths removed."""
     removed = []
     for path in stale_partials(folder):
-        try:
-            os.remove(path)
+        _remove(path)
+        if not os.path.lexists(path):
             removed.append(path)
-        except OSError:
-            pass  # gone already, or not ours to remove
     return removed
 
 
@@ -151,6 +149,7 @@ class Staging:
         self._pending: list = []  # (temporary, final)
         self._obsolete: list = []  # removed once the output is committed
         self._cleaned: set = set()
+        self._boxes: list = []  # partial folders and scratch files, removed when the staging ends
         self._previous: dict = {}  # signal -> the handler it had
         self._caught = None
         self._hold = False  # committing or cleaning up: a signal waits until that is done
@@ -179,6 +178,37 @@ class Staging:
             self._cleaned.add(folder)
         temp = partial_name(final)
         self._pending.append((temp, final))
+        return temp
+
+    def folder(self, final) -> str:
+        """A temporary path to write the folder ``final`` to (an Orbax checkpoint): ``final``'s name inside a hidden
+        partial folder beside it, so whatever the writer leaves there is removed with it; refused like ``file``."""
+        final = os.path.abspath(os.fspath(final))
+        parent = os.path.dirname(final)
+        if not os.path.isdir(parent):
+            raise UsageError(f"cannot write {final}: the folder {parent} does not exist")
+        self._refuse_input(final)
+        if os.path.lexists(final) and not self.overwrite:
+            raise OutputExistsError(f"{final} already exists; nothing was written. Pass overwrite=True to replace "
+                                    "it, or choose another name")
+        if any(f == final for _, f in self._pending):
+            raise UsageError(f"{final} would be written twice in one output")
+        self._check_writable(parent, final)
+        if parent not in self._cleaned:
+            remove_stale(parent)
+            self._cleaned.add(parent)
+        box = partial_name(final)
+        os.mkdir(box)
+        self._boxes.append(box)
+        temp = os.path.join(box, os.path.basename(final))
+        self._pending.append((temp, final))
+        return temp
+
+    def scratch(self, final) -> str:
+        """A temporary file beside ``final`` that is never committed (a part assembled into the output), removed
+        when the staging ends, whatever happens."""
+        temp = partial_name(os.path.abspath(os.fspath(final)))
+        self._boxes.append(temp)
         return temp
 
     def obsolete(self, path) -> None:
@@ -224,7 +254,9 @@ class Staging:
         done = []
         try:
             for temp, final in self._pending:
-                if self.overwrite:
+                if os.path.isdir(temp):
+                    _place_folder(temp, final, self.overwrite)
+                elif self.overwrite:
                     os.replace(temp, final)
                 else:
                     _place_new(temp, final)
@@ -237,6 +269,7 @@ class Staging:
         finally:
             self._hold = False
         self._pending = []
+        self._remove_boxes()
         for path in self._obsolete:
             _remove(path)
         self._obsolete = []
@@ -247,6 +280,12 @@ class Staging:
         for temp, _ in self._pending:
             _remove(temp)
         self._pending = []
+        self._remove_boxes()
+
+    def _remove_boxes(self) -> None:
+        for box in self._boxes:
+            _remove(box)
+        self._boxes = []
 
     # -- as a context manager --------------------------------------------------------------------------------
 
@@ -308,8 +347,31 @@ def _place_new(temp: str, final: str) -> None:
     os.remove(temp)
 
 
+def _place_folder(temp: str, final: str, overwrite: bool) -> None:
+    """Rename the folder ``temp`` to ``final``; an existing ``final`` is moved aside first, and removed once the
+    new folder is in place (only with ``overwrite``)."""
+    if not os.path.lexists(final):
+        os.rename(temp, final)
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{final} appeared while this output was being written (another run?); it was "
+                                "kept and nothing was written. Pass overwrite=True to replace it, or choose "
+                                "another name")
+    aside = partial_name(final)
+    os.rename(final, aside)
+    try:
+        os.rename(temp, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    _remove(aside)
+
+
 def _remove(path: str) -> None:
     try:
-        os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     except OSError:
         pass  # gone already; or not removable, which the error that brought us here explains

@@ -9,7 +9,11 @@ needs, so adding a format is adding one file:
   its first bytes (a format with weak magic, like msgpack's, goes last);
 - ``WRITABLE``: whether it has a writer;
 - ``sniff(path, head) -> bool``, ``read(path, **opts) -> Checkpoint`` and,
-  if writable, ``write(path, sources, metadata, *, staging, progress, **opts)``.
+  if writable, ``write(path, sources, metadata, *, staging, progress, **opts)``
+  (``opts["like"]``: the live target model, where one was given);
+- optionally ``FOLDER = True``: the checkpoint is a folder (Orbax); such a
+  module alone is asked to ``sniff`` folders (with ``head=b""``), and files
+  never.
 
 Outside this package, a format module is added by an entry point in the
 ``weightport.formats`` group (naming the module), or by ``register(module)``.

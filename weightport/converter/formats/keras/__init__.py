@@ -4,7 +4,8 @@
   ordered as Keras 2 listed it by ``legacy``;
 - ``archive`` reads a ``.keras`` zip's weights in place, its layers named by
   its config (``paths``);
-- ``writer`` writes ``.weights.h5`` as Keras' ``save_weights`` does;
+- ``writer`` writes ``.weights.h5`` as Keras' ``save_weights`` does, and ``archive_writer`` a ``.keras``
+  archive around one, its config from the live model (``like=``);
 - ``paths.variable_paths`` gives a live model's variables their dataset paths.
 
 h5py is imported when a file is read or written; Keras only by
@@ -24,7 +25,7 @@ __all__ = ["ARCHIVE_WEIGHTS", "H5_MAGIC", "NAME", "SNIFF_ORDER", "SUFFIXES", "WR
 
 SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
 SNIFF_ORDER = 20
-WRITABLE = True  # .weights.h5 and .h5; a .keras archive needs the model's config, so the writer refuses it
+WRITABLE = True  # .weights.h5 and .h5; a .keras archive with the model's config from like=
 
 
 def sniff(path: str, head: bytes) -> bool:
