@@ -15,7 +15,7 @@ from ...mappings.transforms import IDENTITY
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
 # torch.nn.Module, so Keras must be asked first.
-ADAPTER_MODULES = ("keras", "torch", "flax", "equinox")
+ADAPTER_MODULES = ("keras", "torch", "flax", "equinox", "onnx")
 
 
 class Framework:
