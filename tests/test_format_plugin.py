@@ -91,7 +91,7 @@ def test_an_installed_format_plugin_reads_writes_and_shows_in_the_cli(plugin_dir
     assert out.splitlines()[0] == "toy torch ['fc.bias', 'fc.weight']"
     assert "format: toy" in out
     helped = run("from weightport.cli import main; main(['inspect', '--help'])", plugin_dir)
-    assert "{safetensors,keras,npz,torch,toy,msgpack}" in helped.replace("\n", "").replace(" ", "")
+    assert "{safetensors,keras,npz,torch,toy,onnx,msgpack}" in helped.replace("\n", "").replace(" ", "")
     assert ".toyw" in helped
 
 
@@ -116,7 +116,7 @@ def test_a_registered_format_is_read_written_and_offered(toy, tmp_path):
 
 
 def test_the_sniff_order_is_kept_and_a_format_needs_its_fields():
-    assert formats.names() == ("safetensors", "keras", "npz", "torch", "msgpack")  # msgpack's weak magic last
+    assert formats.names() == ("safetensors", "keras", "npz", "torch", "onnx", "msgpack")  # msgpack's weak magic last
     with pytest.raises(UsageError, match="not a format module"):
         formats.register(json)
     with pytest.raises(UsageError, match="exists already"):

@@ -140,7 +140,11 @@ def run_graph(graph, inputs):
         if spec.name in given:
             dtype = _ort_dtype(spec.type)
             feed[spec.name] = np.asarray(to_numpy(given[spec.name]), dtype=dtype)
-    outputs = session.run(None, feed)
+    try:
+        outputs = session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; the message says what is wrong
+        raise UsageError(f"{graph.path}: onnxruntime cannot run the graph on these inputs: "
+                         f"{str(exc).strip()[:400]}") from exc
     return outputs[0] if len(outputs) == 1 else outputs
 
 
