@@ -156,7 +156,8 @@ def test_rules_say_what_a_user_can_give(tmp_path):
     assert out.returncode == 0
     rules = parse_rules(out.stdout)
     assert all(what for layouts in rules.values() for what in layouts.values()), rules
-    assert rules["dense"] == {"keras": "Dense", "torch": "Linear", "flax": "Linear", "equinox": "Linear"}
+    assert rules["dense"] == {"keras": "Dense", "torch": "Linear", "flax": "Linear", "equinox": "Linear",
+                              "onnx": "Gemm, MatMul"}
     separable = rules["separable_conv"]["torch"]
     assert "depthwise" in separable and "pointwise" in separable
     projections = rules["attention_projections"]["torch"]

@@ -92,7 +92,7 @@ def test_an_installed_format_plugin_reads_writes_and_shows_in_the_cli(plugin_dir
     assert "format: toy" in out
     helped = run("from weightport.cli import main; main(['inspect', '--help'])", plugin_dir)
     choices = helped.replace("\n", "").replace(" ", "").split("--format{", 1)[1].split("}", 1)[0].split(",")
-    assert "toy" in choices and {"safetensors", "keras", "npz", "torch", "msgpack"} <= set(choices)
+    assert "toy" in choices and {"safetensors", "keras", "npz", "torch", "onnx", "msgpack"} <= set(choices)
     assert ".toyw" in helped
 
 
@@ -117,7 +117,7 @@ def test_a_registered_format_is_read_written_and_offered(toy, tmp_path):
 
 
 def test_the_sniff_order_is_kept_and_a_format_needs_its_fields():
-    built_in = ("safetensors", "keras", "npz", "torch", "msgpack")
+    built_in = ("safetensors", "keras", "npz", "torch", "onnx", "msgpack")
     assert tuple(n for n in formats.names() if n in built_in) == built_in
     assert formats.names()[-1] == "msgpack"  # msgpack's weak magic last
     with pytest.raises(UsageError, match="not a format module"):

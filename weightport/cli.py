@@ -59,7 +59,10 @@ def cmd_rules(args) -> int:
 
 
 def layer_of(name: str, layers: dict) -> dict:
-    """What the file says of the layer holding tensor ``name``: the deepest group path above it."""
+    """What the file says of the layer holding tensor ``name``: the deepest group path above it, or what it
+    says of the tensor itself (an ONNX initializer: the op and input reading it)."""
+    if name in layers:
+        return layers[name]
     above = [group for group in layers if name.startswith(group + "/")]
     return layers[max(above, key=len)] if above else {}
 

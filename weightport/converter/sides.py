@@ -69,6 +69,9 @@ class Side:
 
 def resolve(obj, trust_pickle: bool) -> Side:
     """``obj`` opened once (see the module docstring)."""
+    fw = adapter_for(obj)
+    if fw is not None:  # a live model, or a file an adapter walks as one (an ONNX graph)
+        return Side(obj, framework=fw)
     if is_path(obj):
         ckpt = checkpoint(obj, trust_pickle)
         if ckpt.metadata.get("keras_file") != "keras" or config_nodes(ckpt) is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UnsupportedLayerError
+from . import onnx_ops
 from .norm import EPSILON_HINT, epsilon_attribute, shape_of
 from .rule import Rule, link, register
 from .samples import sizes, weights
@@ -26,7 +27,7 @@ class BatchNormRule(Rule):
     name_words = frozenset({"norm"})
     classes = {"keras": ("BatchNormalization",),
                "torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "_BatchNorm"),
-               "flax": ("BatchNorm",), "equinox": ("BatchNorm",)}
+               "flax": ("BatchNorm",), "equinox": ("BatchNorm",), "onnx": ("BatchNormalization",)}
     checks = {"track_running_stats": "error", "center": "error", "scale": "error",
               "epsilon": "warning", "momentum": "warning"}
     check_hints = {
@@ -110,3 +111,11 @@ class BatchNormRule(Rule):
     def links_flax(self, hp):
         return [link("gamma", "scale"), link("beta", "bias"), link("moving_mean", "mean"),
                 link("moving_variance", "var")]
+
+    def config_onnx(self, node):
+        return onnx_ops.batch_norm(node)
+
+    def links_onnx(self, hp):
+        """ONNX keeps momentum in Keras' convention (``running = running * momentum + batch * (1 - momentum)``)."""
+        return [link("gamma", "scale"), link("beta", "B"), link("moving_mean", "input_mean"),
+                link("moving_variance", "input_var")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .conv_family import (ConvFamily, equinox_bias, equinox_conv_hp, flax_conv_hp, kernel_transpose, keras_conv_hp,
                           torch_conv_hp, weight_and_bias)
+from . import onnx_ops
 from .rule import link, register
 from .samples import sizes, weights
 
@@ -20,7 +21,7 @@ class ConvRule(ConvFamily):
 
     name = "conv"
     classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d"), "flax": ("Conv",),
-               "equinox": ("Conv",)}
+               "equinox": ("Conv",), "onnx": ("Conv",)}
 
     def config_keras(self, layer):
         return {"filters": layer.filters, "groups": layer.groups, **keras_conv_hp(layer)}
@@ -77,3 +78,11 @@ class ConvRule(ConvFamily):
 
     def links_flax(self, hp):
         return [link("kernel", "kernel"), link("bias", "bias")]
+
+    def config_onnx(self, node):
+        hp = onnx_ops.conv(node)
+        return {"filters": node.slots["W"].shape[0], **hp}
+
+    def links_onnx(self, hp):
+        """ONNX Conv's W is torch's (out, in/groups, *k), its bias B (out,)."""
+        return [link("kernel", "W", kernel_transpose(len(hp["kernel_size"]))), link("bias", "B")]

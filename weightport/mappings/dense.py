@@ -9,11 +9,11 @@ does, so its kernel is Keras' as it is. Equinox's Linear keeps torch's
 """
 import numpy as np
 
-from . import flatten
+from . import flatten, onnx_ops
 from .introspect import keras_activation
 from .rule import ACTIVATION_HINT, ConfigIssue, Rule, link, register
 from .samples import sizes, weights
-from .transforms import Transpose
+from .transforms import IDENTITY, Chain, Transpose
 
 
 @register
@@ -22,7 +22,8 @@ class DenseRule(Rule):
     layout_keys = ("in_out",)  # one class of a model stores all its weights one way round
     name_words = frozenset({"head", "proj", "fc", "dense", "linear", "up", "down", "gate", "query", "key", "value",
                             "output", "classifier", "pooler", "lm", "score"})
-    classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",)}
+    classes = {"keras": ("Dense",), "torch": ("Linear",), "flax": ("Linear",), "equinox": ("Linear",),
+               "onnx": ("Gemm", "MatMul")}
     checks = {"use_bias": "error", "activation": "warning"}
     check_hints = {"activation": ACTIVATION_HINT}
     shared = ("flatten_from",)
@@ -40,7 +41,7 @@ class DenseRule(Rule):
         return hp
 
     def check(self, source_hp, target_hp):
-        issues = super().check(source_hp, target_hp)
+        issues = super().check(source_hp, target_hp) + onnx_ops.flatten_issues(source_hp, target_hp)
         if source_hp.get("graph_unknown") or target_hp.get("graph_unknown"):
             issues.append(ConfigIssue(
                 "flatten", None, None, "warning",
@@ -107,6 +108,11 @@ class DenseRule(Rule):
         i, o, h, w = sizes(rng, 4)
         out = [({"units": o, "use_bias": True}, weights(rng, (i, o), (o,))),
                ({"units": o, "use_bias": False}, weights(rng, (i, o)))]
+        if layout == "onnx":
+            out += [({"units": o, "use_bias": True, "trans_b": True}, weights(rng, (i, o), (o,))),
+                    ({"units": o, "use_bias": True, "trans_b": True, "flatten_from": (h, w, i)},
+                     weights(rng, (h * w * i, o), (o,))),
+                    ({"units": o, "use_bias": False, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o)))]
         if layout == "torch":
             out += [({"units": o, "use_bias": True, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o), (o,))),
                     ({"units": o, "use_bias": True, "in_out": True}, weights(rng, (i, o), (o,)))]
@@ -121,3 +127,17 @@ class DenseRule(Rule):
 
     def links_flax(self, hp):
         return [link("kernel", "kernel"), link("bias", "bias")]
+
+    def config_onnx(self, node):
+        return onnx_ops.dense(node)
+
+    def links_onnx(self, hp):
+        """Gemm's B is (out, in) with transB=1 (torch's), else (in, out); MatMul's is (in, out). Rows read from
+        a channels-first flatten move as torch's do (``flatten_from``, shared by the Keras side)."""
+        feature_map = hp.get("flatten_from")
+        if feature_map:
+            to_torch = flatten.flatten_permutation(feature_map)
+            kernel = to_torch if hp.get("trans_b") else Chain(to_torch, Transpose(1, 0))
+        else:
+            kernel = Transpose(1, 0) if hp.get("trans_b") else IDENTITY
+        return [link("kernel", "B", kernel), link("bias", "C")]

@@ -20,7 +20,8 @@ from .transforms import IDENTITY, ReservedRows
 class EmbeddingRule(Rule):
     name = "embedding"
     name_words = frozenset({"embedding", "tokemb", "posemb", "embed"})
-    classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",), "equinox": ("Embedding",)}
+    classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",), "equinox": ("Embedding",),
+               "onnx": ("Gather",)}
     checks = {"max_norm": "warning"}
     check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "
                                 "Keras does not, so outputs differ wherever a row is longer: build the torch "
@@ -77,6 +78,14 @@ class EmbeddingRule(Rule):
 
     def links_flax(self, hp):
         return [link("embeddings", "embedding")]
+
+    def config_onnx(self, node):
+        from .onnx_ops import gather_table
+
+        return gather_table(node)
+
+    def links_onnx(self, hp):
+        return [link("embeddings", "data")]
 
 
 def _table(shapes, name):

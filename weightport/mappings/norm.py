@@ -106,7 +106,7 @@ class LayerNormRule(Rule):
     config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("LayerNormalization",), "torch": ("LayerNorm",), "flax": ("LayerNorm",),
-               "equinox": ("LayerNorm",)}
+               "equinox": ("LayerNorm",), "onnx": ("LayerNormalization",)}
     checks = {"rms_scaling": "error", "axis": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "epsilon": EPSILON_HINT,
@@ -166,6 +166,14 @@ class LayerNormRule(Rule):
         rms = hp.get("rms_scaling", False)
         return ((["gamma"] if hp.get("scale", True) or rms else [])
                 + (["beta"] if hp.get("center", True) and not rms else []))
+
+    def config_onnx(self, node):
+        from . import onnx_ops
+
+        return onnx_ops.layer_norm(node)
+
+    def links_onnx(self, hp):
+        return [link("gamma", "Scale"), link("beta", "B")]
 
     def links_torch(self, hp):
         return [link("gamma", "weight"), link("beta", "bias")]

@@ -12,7 +12,7 @@ from ...errors import UsageError
 
 # Checked in this order: under KERAS_BACKEND=torch every Keras layer is also a
 # torch.nn.Module, so Keras must be asked first.
-ADAPTER_MODULES = ("keras", "torch", "flax", "equinox")
+ADAPTER_MODULES = ("keras", "torch", "flax", "equinox", "onnx")
 
 
 class Framework:

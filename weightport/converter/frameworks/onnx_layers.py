@@ -1,0 +1,153 @@
+"""Which nodes of an ONNX graph are layers, what feeds each, and running the graph (onnxruntime).
+
+See ``onnx_graph`` for what a layer is. The dataflow between layers is the
+graph's own: a layer is fed by the layers whose outputs reach its data inputs
+through nodes that are not layers.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from ...errors import UsageError
+from .onnx_graph import PASS_THROUGH, attributes, layer_class
+
+PARAMETER_NAME = re.compile(r"^(?!onnx::)(.+)\.[A-Za-z_][A-Za-z_0-9]*$")
+
+
+def find_layers(graph) -> list:
+    """OnnxLayers in graph order: every node reading a floating initializer, a MatMul with its bias Add merged."""
+    merged, found, taken = set(), [], set()
+    for node in graph.model.graph.node:
+        if id(node) in merged or node.op_type == "Constant":
+            continue
+        if node.op_type in PASS_THROUGH and node.output and graph.binding(node.output[0]) is not None:
+            continue  # a step between an initializer and the op that reads it
+        slots = graph.weights(node)
+        if not slots:
+            continue
+        nodes = [node]
+        add = _bias_add(graph, node, slots) if node.op_type == "MatMul" else None
+        if add is not None:
+            merged.add(id(add[0]))
+            nodes.append(add[0])
+            slots["C"] = add[1]
+        path = _unique(_path(nodes, slots, len(found)), taken)
+        for b in slots.values():
+            graph.bound.setdefault(b.name, b)
+        found.append(layer_class(node.op_type)(graph, nodes, slots, attributes(node), path))
+    return found
+
+
+def _bias_add(graph, node, slots):
+    """(Add node, bias Binding) where a MatMul's only reader adds a constant vector as long as its output's
+    last axis, else None."""
+    readers = graph.readers.get(node.output[0], [])
+    if "B" not in slots or len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in graph.outputs:
+        return None
+    add = readers[0]
+    other = [i for i in add.input if i != node.output[0]]
+    bias = graph.binding(other[0]) if len(other) == 1 else None
+    units = slots["B"].shape[-1] if slots["B"].shape else None
+    if bias is None or bias.shape != (units,):
+        return None
+    return add, bias
+
+
+def _path(nodes, slots, index) -> str:
+    """A layer's path: the module its weights' names say (``fc`` for ``fc.weight``), else its node's name
+    (``/fc/Gemm`` gives ``fc``), else the op and its index."""
+    prefixes = {m.group(1) for b in slots.values() if (m := PARAMETER_NAME.match(b.name))}
+    if len(prefixes) == 1:
+        return prefixes.pop()
+    parts = [p for p in (nodes[0].name or "").split("/") if p]
+    if len(parts) > 1 and parts[-1].split("_")[0] == nodes[0].op_type:
+        parts = parts[:-1]
+    return ".".join(parts) or f"{nodes[0].op_type}_{index}"
+
+
+def _unique(path, taken) -> str:
+    out, i = path, 1
+    while out in taken:
+        i += 1
+        out = f"{path}_{i}"
+    taken.add(out)
+    return out
+
+
+def dataflow(graph, refs):
+    """The Flow among ``refs``: which layers' outputs reach each layer's data inputs."""
+    from ..flow import Flow
+
+    made_by: dict = {}  # value name -> layer paths whose last node produces it
+    for ref in refs:
+        for out in ref.obj.nodes[-1].output:
+            made_by.setdefault(out, []).append(ref.path)
+    memo: dict = {}
+
+    def origins(name) -> set:
+        if name in memo:
+            return memo[name]
+        memo[name] = set()
+        if name in made_by:
+            found = {made_by[name][-1]}
+        else:
+            node = graph.producer.get(name)
+            found = set().union(*(origins(i) for i in graph.data_inputs(node))) if node is not None else set()
+        memo[name] = found
+        return found
+
+    flow = Flow()
+    for ref in refs:
+        siblings = made_by[ref.obj.nodes[-1].output[0]]
+        at = siblings.index(ref.path)
+        feeds = {siblings[at - 1]} if at else set().union(*(origins(i) for i in graph.data_inputs(ref.obj.nodes[0])))
+        flow.feeds[ref.path] = feeds
+        flow.order.append(ref.path)
+    return flow
+
+
+def run_graph(graph, inputs):
+    """The graph's outputs on ``inputs`` (one array, a list in input order, or a dict by input name), by
+    onnxruntime, with any values a port wrote into the graph."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UsageError("running an ONNX graph needs onnxruntime: pip install onnxruntime") from exc
+    import onnx
+
+    from ..arrays import to_numpy
+
+    model = onnx.load(graph.path, load_external_data=True) if graph.written else None
+    if model is not None:
+        from onnx import numpy_helper
+
+        for t in model.graph.initializer:
+            if t.name in graph.written:
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(graph.written[t.name]), t.name))
+    session = onnxruntime.InferenceSession(model.SerializeToString() if model is not None else graph.path,
+                                           providers=["CPUExecutionProvider"])
+    specs = session.get_inputs()
+    if isinstance(inputs, Mapping):
+        given = dict(inputs)
+    else:
+        values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        given = {spec.name: v for spec, v in zip(specs, values)}
+    feed = {}
+    for spec in specs:
+        if spec.name in given:
+            dtype = _ort_dtype(spec.type)
+            feed[spec.name] = np.asarray(to_numpy(given[spec.name]), dtype=dtype)
+    try:
+        outputs = session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; the message says what is wrong
+        raise UsageError(f"{graph.path}: onnxruntime cannot run the graph on these inputs: "
+                         f"{str(exc).strip()[:400]}") from exc
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _ort_dtype(spec_type: str):
+    return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}.get(spec_type)
