@@ -561,3 +561,16 @@ def test_bart_negative_control_rows_read_from_the_top_differ(monkeypatch):
     monkeypatch.setattr(embedding, "ReservedRows", TopRows)
     a, b = bart_outputs(*ported(randomized(transformers.BartModel(bart_config()), 17), keras_bart()))
     assert np.abs(a[0] - b[0]).max() > 1e-2
+
+
+@pytest.mark.parametrize("direction", ["hf_to_keras", "keras_to_hf"])
+def test_projections_cut_into_other_head_counts_are_refused_not_ported(direction):
+    """4 query heads of 12 against 2 of 24 (and 2 key/value heads against 1): the same tensor sizes, another
+    function. The head counts the HF module declares are compared with the heads axis of keras-hub's kernels."""
+    hf = randomized(transformers.LlamaModel(llama_config()), 19)
+    kh = keras_hub.models.LlamaBackbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS // 2,
+                                        num_key_value_heads=1, hidden_dim=HIDDEN, intermediate_dim=MLP,
+                                        layer_norm_epsilon=1e-6, tie_word_embeddings=True)
+    source, target = (hf, kh) if direction == "hf_to_keras" else (kh, hf)
+    with pytest.raises(wp.ConfigMismatchError, match="num_heads"):
+        wp.port(source, target)

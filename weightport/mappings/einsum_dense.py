@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .rule import Rule, link, register
+from .rule import ConfigIssue, Rule, link, register
 from .samples import sizes, weights
 from .transforms import Chain, Reshape, Transpose
 
@@ -24,6 +24,8 @@ class EinsumDenseRule(Rule):
     classes = {"keras": ("EinsumDense",), "torch": ("Linear",)}
     priority = -1
     checks = {"use_bias": "error"}
+    check_hints = {"num_heads": "the projection's features are cut into heads differently on the two sides: "
+                                "build both with the same number of (query and key/value) heads"}
     shared = ("kernel_shape", "inputs", "permutation")
 
     def matches(self, layout, layer):
@@ -43,6 +45,18 @@ class EinsumDenseRule(Rule):
             hp["kernel_shape"] = tuple(layer.kernel.shape)
             hp["units"] = math.prod(hp["kernel_shape"][i] for i in permutation[inputs:])
         return hp
+
+    def check(self, source_hp, target_hp):
+        """Besides use_bias: a kernel with a heads axis must have as many heads as the other side's attention
+        module declares (``heads_context``); same-sized projections cut differently compute another function."""
+        issues = super().check(source_hp, target_hp)
+        for mine, theirs in ((source_hp, target_hp), (target_hp, source_hp)):
+            heads = head_count(mine)
+            if heads is not None and theirs.get("heads_context") and heads not in theirs["heads_context"]:
+                issues.append(ConfigIssue("num_heads", *((theirs["heads_context"], heads) if mine is target_hp
+                                                         else (heads, theirs["heads_context"])), "error",
+                                          self.check_hints["num_heads"]))
+        return issues
 
     def config_torch(self, module):
         return {"units": module.out_features, "use_bias": module.bias is not None}
@@ -69,6 +83,16 @@ class EinsumDenseRule(Rule):
         if order != tuple(range(len(order))):
             steps.insert(0, Transpose(*order))
         return [link("kernel", "weight", Chain(*steps)), link("bias", "bias", Reshape(shape[n:], (fan_out,)))]
+
+
+def head_count(hp):
+    """The heads a kernel of (heads, head_dim) output or input axes cuts its features into, else None."""
+    shape, n = hp.get("kernel_shape"), hp.get("inputs", 1)
+    if not shape:
+        return None
+    ordered = [shape[i] for i in (hp.get("permutation") or range(len(shape)))]
+    ins, outs = ordered[:n], ordered[n:]
+    return outs[0] if len(outs) == 2 else ins[0] if len(ins) == 2 else None
 
 
 def linear_form(equation: str, bias_axes):

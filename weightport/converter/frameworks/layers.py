@@ -99,15 +99,19 @@ def walk(fw: Framework, model) -> tuple:
     refs, unmapped, seen, classes, unknown = [], [], set(), set(), []
     owners: dict = {}  # tensor identity -> path of the first rule-bearing layer holding it
 
-    def visit(layer, path):
+    def visit(layer, path, heads=None):
         if id(layer) in seen:
             return  # shared layers are ported once
         seen.add(id(layer))
         classes.add(type(layer).__name__)
+        heads = declared_heads(layer) or heads
         candidates = configured(fw.layout, layer)
         folded = fw.reparametrized(layer) if candidates else None
-        for _, hp in candidates if folded else ():
-            hp["reparametrized"] = folded
+        for _, hp in candidates:
+            if folded:
+                hp["reparametrized"] = folded
+            if heads:
+                hp.setdefault("heads_context", heads)
         if candidates:
             rule, hp = candidates[0]
             parts = rule.expand(fw.layout, hp)
@@ -128,7 +132,7 @@ def walk(fw: Framework, model) -> tuple:
         siblings = fw.children(layer)
         for i, (name, child) in enumerate(siblings):
             before = len(refs)
-            visit(child, join(path, name, fw.sep))
+            visit(child, join(path, name, fw.sep), heads)
             activation = fw.activation_after(siblings, i)
             for ref in refs[before:] if activation and len(refs) == before + 1 and refs[-1].obj is child else ():
                 for rule, hp in ref.candidates:
@@ -216,6 +220,22 @@ def _one_way_round(rule, fits) -> bool:
     return True
 
 
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "num_query_heads")
+KV_HEAD_COUNTS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+
+
+def declared_heads(layer):
+    """The attention head counts a module (or its config) declares, as a sorted tuple, else None: the
+    projections inside it split their features that way, which a layer alone cannot show."""
+    found = set()
+    for owner in (layer, getattr(layer, "config", None)):
+        for name in HEAD_COUNTS + KV_HEAD_COUNTS:
+            value = getattr(owner, name, None) if owner is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                found.add(value)
+    return tuple(sorted(found)) or None
+
+
 def _tied_to(ids: set, owners: dict, path: str):
     """The one earlier layer holding every tensor in ``ids``, or None (recording ``path`` as their owner)."""
     held_by = {owners.get(i) for i in ids}
@@ -233,9 +253,11 @@ def _parts(fw, layer, path, rule, hp) -> list:
     if declared:
         return [LayerRef(join(path, name, fw.sep), layer, fw, [(registry.get(rule_name), part_hp)], runs=i == 0)
                 for i, (name, rule_name, part_hp) in enumerate(declared)]
-    refs = []
+    refs, heads = [], declared_heads(layer)
     for name, child in fw.children(layer):
         found, unmapped = walk(fw, child)
+        for _, part_hp in (c for r in found for c in r.candidates) if heads else ():
+            part_hp.setdefault("heads_context", heads)
         if unmapped or any(getattr(r, "loose", False) or r.parts for r in found):
             return []
         refs += [LayerRef(join(join(path, name, fw.sep), r.path, fw.sep) if r.path else join(path, name, fw.sep),
