@@ -144,14 +144,19 @@ def test_graph_into_keras_and_back(graphs, tmp_path):
                [(t.name, t.data_type, tuple(t.dims)) for t in after.initializer]
 
 
-def test_negative_controls(graphs):
-    """Weights copied without the rule's transform (reshaped to fit) compute something else."""
+def ported_image_model(graphs):
+    """The Keras image model ported from its graph, its channels-last input, and what it computes."""
     model = keras_image()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wp.port(graphs["image"], model, quiet=True)
     x = IMAGE_X.transpose(0, 2, 3, 1)
-    good = run_keras(model, x)
+    return model, x, run_keras(model, x)
+
+
+def test_negative_controls(graphs):
+    """Weights copied without the rule's transform (reshaped to fit) compute something else."""
+    model, x, good = ported_image_model(graphs)
     for index in (0, 4, 7):  # conv kernel, dense after the flatten, head
         layer = model.layers[index]
         weights = layer.get_weights()
@@ -225,12 +230,7 @@ def test_gemm_forms_no_dense_computes_are_refused(tmp_path, form):
 
 def test_flatten_rows_are_permuted(graphs):
     """The Dense after the Flatten, given the graph's weight merely transposed (no row permutation), differs."""
-    model = keras_image()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wp.port(graphs["image"], model, quiet=True)
-    x = IMAGE_X.transpose(0, 2, 3, 1)
-    good = run_keras(model, x)
+    model, x, good = ported_image_model(graphs)
     dense = model.layers[4]
     kernel, bias = dense.get_weights()
     ckpt = wp.load(graphs["image"])
