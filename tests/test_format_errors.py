@@ -215,3 +215,13 @@ def test_source_that_breaks_its_promise_is_refused(tmp_path, filename):
     with pytest.raises(FormatError, match=r"fc\.weight.*\(7, 5\).*\(5, 7\)"):
         write_checkpoint(tmp_path / filename, [liar])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_that_is_neither_zip_nor_pickle_is_not_called_an_unsafe_pickle(tmp_path):
+    """Text with a .pt suffix is not a pickle needing trust: the advice to pass trust_pickle would be wrong."""
+    pytest.importorskip("torch")
+    path = tmp_path / "notes.pt"
+    path.write_text("not a torch file at all")
+    with pytest.raises(FormatError, match="neither a zip archive") as caught:
+        open_checkpoint(str(path))
+    assert not isinstance(caught.value, UnsafePickleError) and "trust" not in str(caught.value)

@@ -109,8 +109,13 @@ def read(path: str, trust_pickle: bool = False, **opts) -> Checkpoint:
 def _check_members(path: str) -> None:
     """A zip torch file's members must lie inside the file (torch memory-maps them; past the end is a crash)."""
     with open(path, "rb") as f:
-        if f.read(4) != ZIP_MAGIC:
-            return  # legacy pickle format: read by torch, not mapped
+        head = f.read(4)
+    if head[:1] == b"\x80" and head != ZIP_MAGIC:
+        return  # legacy pickle format (protocol 2 and up, as torch.save wrote it): read by torch, not mapped
+    if head != ZIP_MAGIC:
+        raise FormatError(f"{path}: not a torch file: it starts with {head!r}, neither a zip archive (what "
+                          "torch.save writes) nor a pickle (its legacy format); it may be another kind of file "
+                          "with a torch suffix")
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
