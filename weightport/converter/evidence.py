@@ -150,21 +150,12 @@ class Pairing:
         if not any(c.open for c in self.classes) or self.flows() is None:
             return False
         src_flow, tgt_flow = self.flows()
-        paired = self.paths()
-        targets = {t: t for t in paired.values()}
         sides = [(src_flow.feeds, tgt_flow.feeds)]
         if src_flow.complete and tgt_flow.complete:  # with no origin lost, every layer's readers are known too
             sides.append((src_flow.readers, tgt_flow.readers))
         progress = False
         for mine_of, theirs_of in sides:
-            for cls in self.classes:
-                if not cls.open:
-                    continue
-                mine = _group(cls.src, lambda a: _neighbours(mine_of.get(a.path), paired))
-                theirs = _group(cls.tgt, lambda b: _neighbours(theirs_of.get(b.path), targets))
-                for key, members in mine.items():
-                    if len(members) == 1 and len(theirs.get(key, [])) == 1:
-                        progress |= self.take(cls, members[0], theirs[key][0], "structure")
+            progress |= self.by_neighbours(mine_of, theirs_of, "structure")
         return progress
 
     def by_activation(self) -> bool:
@@ -177,17 +168,22 @@ class Pairing:
         flows = self.flows()
         if flows is None or not all(f.complete and f.sees_activations for f in flows):
             return False
+        return self.by_neighbours(flows[0].activated_readers, flows[1].activated_readers, "activation")
+
+    def by_neighbours(self, mine_of: dict, theirs_of: dict, evidence: str) -> bool:
+        """Pair each open look-alike whose neighbours (``mine_of``/``theirs_of``: path -> paths), all paired,
+        are the images of exactly one partner's, and no other member's."""
         paired = self.paths()
         targets = {t: t for t in paired.values()}
         progress = False
         for cls in self.classes:
             if not cls.open:
                 continue
-            mine = _group(cls.src, lambda a: _neighbours(flows[0].activated_readers.get(a.path), paired))
-            theirs = _group(cls.tgt, lambda b: _neighbours(flows[1].activated_readers.get(b.path), targets))
+            mine = _group(cls.src, lambda a: _neighbours(mine_of.get(a.path), paired))
+            theirs = _group(cls.tgt, lambda b: _neighbours(theirs_of.get(b.path), targets))
             for key, members in mine.items():
                 if len(members) == 1 and len(theirs.get(key, [])) == 1:
-                    progress |= self.take(cls, members[0], theirs[key][0], "activation")
+                    progress |= self.take(cls, members[0], theirs[key][0], evidence)
         return progress
 
     def by_names(self) -> bool:

@@ -16,6 +16,19 @@ from ..mappings.rule import registry
 
 
 
+
+def kept_canonical_shapes(kept: dict, layout: str, rule, hp, native_shapes):
+    """A node's shapes in canonical form under ``rule`` (None where its tensors do not fit it), from
+    ``native_shapes(slots)``; pairing asks for them thousands of times, so they are ``kept`` per (rule, hp)."""
+    key = (rule.name, repr(sorted(hp.items())))
+    if key not in kept:
+        found = native_shapes(rule.native_slots(layout, hp))
+        try:
+            kept[key] = rule.canonical_shapes(layout, hp, found)
+        except (KeyError, ValueError):
+            kept[key] = None
+    return kept[key]
+
 @dataclass
 class FileNode:
     """One layer's tensors inside a checkpoint (the matcher's node protocol)."""
@@ -38,17 +51,9 @@ class FileNode:
         return self.path or "<root>"
 
     def canonical_shapes(self, rule, hp):
-        """Shapes in canonical form under ``rule``, or None if the tensors do not fit it; asked thousands of
-        times while pairing, so kept per (rule, hp)."""
-        key = (rule.name, repr(sorted(hp.items())))
-        if key not in self._shapes:
-            slots = rule.native_slots(self.layout, hp)
-            found = {s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names}
-            try:
-                self._shapes[key] = rule.canonical_shapes(self.layout, hp, found)
-            except (KeyError, ValueError):
-                self._shapes[key] = None
-        return self._shapes[key]
+        """Shapes in canonical form under ``rule``, or None if the tensors do not fit it."""
+        return kept_canonical_shapes(self._shapes, self.layout, rule, hp, lambda slots: {
+            s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names})
 
     def dtypes(self, rule, hp) -> dict:
         return {s: self.checkpoint.dtype(self.names[s]) for s in rule.native_slots(self.layout, hp) if s in self.names}

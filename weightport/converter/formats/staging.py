@@ -165,6 +165,14 @@ class Staging:
             raise OutputError(f"cannot write {final}: it is a folder; give a file name inside it")
         if not os.path.isdir(folder):
             raise UsageError(f"cannot write {final}: the folder {folder} does not exist")
+        self._claim(final, folder)
+        temp = partial_name(final)
+        self._pending.append((temp, final))
+        return temp
+
+    def _claim(self, final: str, folder: str) -> None:
+        """Refuse ``final`` (a file or a folder) if it is an input, exists (unless overwriting), is claimed
+        already, or ``folder`` is not writable; clear stale partial outputs from ``folder`` once."""
         self._refuse_input(final)
         if os.path.lexists(final) and not self.overwrite:
             what = "is a symbolic link to nothing" if not os.path.exists(final) else "already exists"
@@ -176,9 +184,6 @@ class Staging:
         if folder not in self._cleaned:
             remove_stale(folder)
             self._cleaned.add(folder)
-        temp = partial_name(final)
-        self._pending.append((temp, final))
-        return temp
 
     def folder(self, final) -> str:
         """A temporary path to write the folder ``final`` to (an Orbax checkpoint): ``final``'s name inside a hidden
@@ -187,16 +192,7 @@ class Staging:
         parent = os.path.dirname(final)
         if not os.path.isdir(parent):
             raise UsageError(f"cannot write {final}: the folder {parent} does not exist")
-        self._refuse_input(final)
-        if os.path.lexists(final) and not self.overwrite:
-            raise OutputExistsError(f"{final} already exists; nothing was written. Pass overwrite=True to replace "
-                                    "it, or choose another name")
-        if any(f == final for _, f in self._pending):
-            raise UsageError(f"{final} would be written twice in one output")
-        self._check_writable(parent, final)
-        if parent not in self._cleaned:
-            remove_stale(parent)
-            self._cleaned.add(parent)
+        self._claim(final, parent)
         box = partial_name(final)
         os.mkdir(box)
         self._boxes.append(box)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ...errors import WeightportError
 from ...mappings.rule import Declined, registry, rules_for
 from ...mappings.transforms import IDENTITY
+from ..structure import kept_canonical_shapes
 
 if TYPE_CHECKING:  # for annotations only: the adapters' base class imports this module
     from . import Framework
@@ -46,17 +47,9 @@ class LayerRef:
         return self.path or self.framework.display_name(self.obj)
 
     def canonical_shapes(self, rule, hp) -> list | None:
-        """Shapes of this layer's weights in canonical form under ``rule``, or None if they do not fit it;
-        asked thousands of times while pairing, so kept per (rule, hp)."""
-        key = (rule.name, repr(sorted(hp.items())))
-        if key not in self._shapes:
-            slots = rule.native_slots(self.layout, hp)
-            found = self.framework.shapes(self.obj, slots)
-            try:
-                self._shapes[key] = rule.canonical_shapes(self.layout, hp, found)
-            except (KeyError, ValueError):
-                self._shapes[key] = None
-        return self._shapes[key]
+        """Shapes of this layer's weights in canonical form under ``rule``, or None if they do not fit it."""
+        return kept_canonical_shapes(self._shapes, self.layout, rule, hp,
+                                     lambda slots: self.framework.shapes(self.obj, slots))
 
     def read(self, rule, hp) -> dict:
         return self.framework.read(self.obj, rule.native_slots(self.layout, hp))
