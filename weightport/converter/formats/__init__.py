@@ -77,9 +77,9 @@ def _folder_format(path, format):
     else:
         found = next((m for m in folders if _sniffs(m, path, b"")), None)
     if found is None:
-        kinds = " or ".join(f"{m.NAME} checkpoint" for m in folders)
+        kinds = " or ".join(m.NAME for m in folders)
         raise FormatError(f"{path} is a folder; give the checkpoint file itself (for sharded safetensors, the "
-                          f"*.safetensors.index.json)" + (f", or a {kinds} folder" if kinds else ""))
+                          f"*.safetensors.index.json)" + (f", or a checkpoint folder ({kinds})" if kinds else ""))
     return found
 
 
