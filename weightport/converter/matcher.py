@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
+
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
+from . import naming
 from .evidence import Pairing
 from .pairs import describe, fmt_shapes, pair
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -106,8 +109,14 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         used_t = {id(p.target) for p in pairs}
         left_s = [a for a in src if id(a) not in used_s] + _untied(tied_s, pairs, "source")
         left_t = [b for b in tgt if id(b) not in used_t] + _untied(tied_t, pairs, "target")
+        zeros = [b for b in left_t if _zero_input_table(b)]  # left as they are: nothing the source has is lost
+        left_t = [b for b in left_t if b not in zeros]
+        plan.issues += [f"target layer {describe(b)} has no counterpart in the source; it holds only zeros and "
+                        "was left as it is" for b in zeros]
         if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
             _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
+        if strict:
+            _refuse_dropped_inputs(left_s)
         if left_s:
             listed = ", ".join(a.label for a in left_s[:8]) + (" ..." if len(left_s) > 8 else "")
             plan.issues.append(f"{len(left_s)} source layer(s) have no counterpart in the target and were not "
@@ -160,6 +169,24 @@ def _expanded(nodes, others) -> list:
     return out
 
 
+def _zero_input_table(node) -> bool:
+    """Whether ``node`` reads the model's inputs (an embedding table) and holds only zeros: a table whose rows
+    are added to others' (RoBERTa's token types) then adds nothing, and one the other side lacks loses nothing."""
+    rule, hp = node.candidates[0]
+    return rule.reads_inputs and all(not np.any(np.asarray(w)) for w in node.read(rule, hp).values())
+
+
+def _refuse_dropped_inputs(left_s) -> None:
+    """A source table that feeds the model is no head: the target computes something else without it."""
+    for a in left_s:
+        if a.candidates[0][0].reads_inputs and not _zero_input_table(a):
+            raise MatchError(
+                f"source layer {describe(a)} feeds the model, but the target has no layer it pairs with, and its "
+                "weights are not all zero: the ported target would compute something else. The target was not "
+                "changed. Give the target such a layer, fold the table into one the target has yourself, "
+                "or pass strict=False to port everything else")
+
+
 def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
@@ -180,6 +207,14 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
                     f"expected {fmt_shapes(p.target_shapes)}, found {fmt_shapes(p.source_shapes)}"
                     f"{_config_note(p)}; the target was not changed. Fix the model, pass hints=, "
                     "or strict=False to copy only what fits")
+    tables = [b for b in left_t if b.candidates[0][0].reads_inputs]
+    zero_hint = (f" A target table the source lacks ({', '.join(b.label for b in tables)}) keeps the function "
+                 "where its rows are added to others' (as RoBERTa's token types) if it holds only zeros: zero it, "
+                 "and the port leaves it as it is." if tables and len(tables) == len(left_t) and not left_s else "")
+    if any(not hasattr(n, "obj") for n in left_s + left_t):
+        zero_hint += (" A checkpoint cannot hold what some layers are configured with (position rows reserved "
+                      "before the first in use, head counts): pass model= (a model of the checkpoint's own class, "
+                      "its weights unused) to read that from it.")
     raise MatchError(
         f"the source has {len(all_src)} rule-bearing layer{'s' * (len(all_src) != 1)} and the target "
         f"{len(all_tgt)}; "
@@ -187,7 +222,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
         + "".join(f"  source: {describe(a)}\n" for a in left_s)
         + "".join(f"  target: {describe(b)}\n" for b in left_t)
         + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
-          "to copy only what pairs.")
+          "to copy only what pairs." + zero_hint)
 
 
 def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
@@ -195,7 +230,7 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
     for cls in classes:
         lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n"
                      f"  target: {', '.join(b.label for b in cls.tgt)}")
-        guess.update({a.path: b.path for a, b in zip(cls.src, cls.tgt)})
+        guess.update(_likely_pairs(cls.src, cls.tgt))
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
     how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
@@ -205,8 +240,29 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
         f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
-        + "\nThe target was not changed. If they correspond in the order listed, pass (after checking):\n"
+        + "\nThe target was not changed. The likeliest pairing (by block numbers and names, else in the order "
+          "listed) is a guess; if it is right, pass (after checking):\n"
         + f"  hints={guess!r}")
+
+
+def _likely_pairs(src, tgt) -> dict:
+    """A guess at ``src``'s counterparts among ``tgt``, for a hint to check: the same block numbers and the most
+    words in common first, then, only where the counts agree, what is left in the order listed."""
+    def score(a, b):
+        shared = naming.words(a.path) & naming.words(b.path)
+        return (naming.numbers(a.path) == naming.numbers(b.path), len(shared))
+
+    guess, left_s, left_t = {}, list(src), list(tgt)
+    ranked = sorted(((score(a, b), i, j) for i, a in enumerate(src) for j, b in enumerate(tgt)), reverse=True)
+    for (same_block, shared), i, j in ranked:
+        a, b = src[i], tgt[j]
+        if same_block and a in left_s and b in left_t and not naming.clash(naming.words(a.path), naming.words(b.path)):
+            guess[a.path] = b.path
+            left_s.remove(a)
+            left_t.remove(b)
+    if len(left_s) == len(left_t):
+        guess.update({a.path: b.path for a, b in zip(left_s, left_t)})
+    return guess
 
 
 def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:

@@ -118,7 +118,8 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
         fw, live, _ = live_nodes(model, "model", strict)
         if ckpt.layout not in (None, fw.layout):
             raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
-        nodes, missing = model_nodes(ckpt, live, names_for(model, fw, ckpt.path or ""))
+        nodes, missing = model_nodes(ckpt, live, _stored_once(ckpt, fw.tensor_aliases(model),
+                                                              names_for(model, fw, ckpt.path or "")))
         if missing and strict:
             raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
                                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -144,6 +145,17 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
             + (f" and {len(unexplained) - 5} more" if len(unexplained) > 5 else "")
             + "; nothing was changed. Pass model= to give the structure, or strict=False to skip them")
     return nodes, [f"{n}: no rule recognises it" for n in leftovers]
+
+
+def _stored_once(ckpt, aliases: dict, names_of) -> callable:
+    """``names_of`` where a tensor the model shares under several names (a tied head) is looked up under the
+    one the file stores it by, as ``save_pretrained`` writes such a tensor once."""
+    def named(node, slot):
+        name = names_of(node, slot)
+        if name in ckpt:
+            return name
+        return next((other for other in aliases.get(name, ()) if other in ckpt), name)
+    return named
 
 
 def names_for(model, fw, path) -> callable:

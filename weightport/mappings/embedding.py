@@ -8,6 +8,9 @@ place, at every forward pass, which Keras never does: it is warned about.
 Flax's ``Embed`` keeps the same table as ``embedding``, Equinox's ``Embedding`` as ``weight``.
 HF's learned position tables (BART, OPT) declare an ``offset``: position i is
 row i + offset, the rows before it unused; only the rows in use are the table.
+Others (RoBERTa, XLM-R, ESM) count positions from ``padding_idx + 1`` without
+declaring it: a table with ``padding_idx`` p >= 1 and exactly p + 1 rows more
+than its counterpart has those rows reserved, and is read the same way.
 """
 import numpy as np
 
@@ -23,6 +26,7 @@ class EmbeddingRule(Rule):
     classes = {"keras": ("Embedding",), "torch": ("Embedding",), "flax": ("Embed",), "equinox": ("Embedding",),
                "onnx": ("Gather",)}
     checks = {"max_norm": "warning"}
+    reads_inputs = True
     check_hints = {"max_norm": ("torch rescales looked-up rows to at most max_norm (and writes them back); "
                                 "Keras does not, so outputs differ wherever a row is longer: build the torch "
                                 "Embedding with max_norm=None")}
@@ -39,6 +43,10 @@ class EmbeddingRule(Rule):
         if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < hp["input_dim"]:
             hp["offset"] = offset
         return hp
+
+    def share(self, source_hp, target_hp):
+        a, b = super().share(source_hp, target_hp)
+        return _reserved_by_padding(a, b), _reserved_by_padding(b, a)
 
     def infer_torch(self, shapes):
         # also what a bias-free Linear looks like: the matcher settles it against a target, or reports it
@@ -86,6 +94,17 @@ class EmbeddingRule(Rule):
 
     def links_onnx(self, hp):
         return [link("embeddings", "data")]
+
+
+def _reserved_by_padding(hp, other):
+    """``hp`` with an ``offset`` where its padding row says the rows up to it are reserved: positions counted from
+    ``padding_idx + 1`` (HF RoBERTa's), seen as exactly that many extra rows against the paired table."""
+    pad = hp.get("padding_idx")
+    if hp.get("offset") or not isinstance(pad, int) or pad < 1 or other.get("offset"):
+        return hp
+    if hp.get("input_dim") == other.get("input_dim", -1) + pad + 1:
+        return {**hp, "offset": pad + 1}
+    return hp
 
 
 def _table(shapes, name):

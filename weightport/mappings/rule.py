@@ -96,6 +96,9 @@ class Rule:
     # layout -> regular expressions a whole slot name matches, for layout detection of bare checkpoints where
     # slot names depend on hyperparameters (``weight_ih_l3``); without it, the slots are read from the links
     slot_patterns: dict = {}
+    # a layer of this kind reads the model's inputs (an embedding table), so it is never a head the target may
+    # go without: left unpaired with weights that are not all zero, it refuses a strict port
+    reads_inputs: bool = False
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:

@@ -76,6 +76,12 @@ class Framework:
         share (a tied output head); empty where a framework keeps no shared objects."""
         return set()
 
+    def tensor_aliases(self, model) -> dict:
+        """name -> the other names of the same tensor object in ``model`` (a tied head's weight is the token
+        table): a file that stores a shared tensor once, under one of its names, holds it for all. {} where a
+        framework keeps no shared objects."""
+        return {}
+
     def has_graph(self, layer) -> bool:
         """Whether the model records what feeds this layer (Keras: a symbolic graph; others: n/a)."""
         return True

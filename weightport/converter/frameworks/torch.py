@@ -42,6 +42,12 @@ class TorchFramework(Framework):
     def weight_ids(self, layer) -> set:
         return {id(p) for p in layer.parameters()}
 
+    def tensor_aliases(self, model) -> dict:
+        names: dict = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name)
+        return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1 for n in group}
+
     @staticmethod
     def _tensors(layer) -> dict:
         state = layer.state_dict(keep_vars=True)
