@@ -101,12 +101,19 @@ def numbers(path: str) -> tuple:
     """The numbers in a path, in order: its position among repeated blocks (``layers.3.mlp`` -> (3,)).
 
     An ordinal ending the last component (``ln_1``, ``bn2``) says which of a
-    block's look-alikes it is, not which block: left out.
+    block's look-alikes it is, not which block: left out; so is a Keras
+    ``_N`` suffix repeating the number just before it.
     """
     path = str(path)
     if ordinal(path) is not None:
         path = re.sub(r"_?\d$", "", path)
-    return tuple(int(n) for n in re.findall(r"\d+", path))
+    found = []
+    for part in re.finditer(r"(_?)(\d+)", path):
+        n = int(part.group(2))
+        # Keras numbers a name taken again (``moe_block_1`` in block 1): the block's number, not another level
+        if not (part.group(1) and found and found[-1] == n):
+            found.append(n)
+    return tuple(found)
 
 
 def template(path: str) -> str:

@@ -80,6 +80,9 @@ def shape_of(shapes, name):
     return None if s is None else tuple(s)
 
 
+TF_NAMES = {"gamma": "weight", "beta": "bias"}
+
+
 def _layer_norm_hp(shapes, scale_name):
     """LayerNorm hp for a group of a scale (under ``scale_name``) and an optional ``bias`` of one shape."""
     scale = shape_of(shapes, scale_name)
@@ -130,7 +133,12 @@ class LayerNormRule(Rule):
                 "rms_scaling": False, "axis": tuple(range(-n, 0))}
 
     def infer_torch(self, shapes):
-        return _layer_norm_hp(shapes, "weight")
+        hp = _layer_norm_hp(shapes, "weight")
+        if hp is None and "gamma" in shapes:  # checkpoints converted from TensorFlow (early BERT's gamma/beta)
+            hp = _layer_norm_hp({TF_NAMES.get(k, k): v for k, v in shapes.items()}, "weight")
+            if hp is not None:
+                hp["slot_names"] = {v: k for k, v in TF_NAMES.items() if k in shapes}
+        return hp
 
     def config_flax(self, module):
         hp = {"epsilon": float(module.epsilon), "center": bool(module.use_bias), "scale": bool(module.use_scale),

@@ -1,0 +1,77 @@
+"""Mixture-of-experts blocks: transformers' Mixtral (experts stacked, gate and up packed, torch's (out, in)) against
+keras-hub's (three kernels stacked, Keras' (in, out)). The router feeds transformers' experts but is applied after
+keras-hub's, so the dataflow cannot pair the blocks: the refusal's hint line, pasted, ports them exactly."""
+import ast
+import warnings
+
+import numpy as np
+import pytest
+
+import weightport as wp
+from test_real_models import randomized
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+transformers = pytest.importorskip("transformers")
+keras_hub = pytest.importorskip("keras_hub")
+
+VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, MLP, EXPERTS, TOP_K = 101, 48, 2, 4, 2, 40, 5, 2
+IDS = np.random.default_rng(9).integers(0, VOCAB, (2, 7))
+
+
+def hf_mixtral(seed):
+    config = transformers.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, num_local_experts=EXPERTS,
+        num_experts_per_tok=TOP_K, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    return randomized(transformers.MixtralForCausalLM(config), seed)
+
+
+def keras_mixtral():
+    return keras_hub.models.MixtralBackbone(
+        vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS, num_key_value_heads=KV_HEADS,
+        hidden_dim=HIDDEN, intermediate_dim=MLP, num_experts=EXPERTS, top_k=TOP_K, layer_norm_epsilon=1e-5,
+        rope_max_wavelength=1_000_000, tie_word_embeddings=False)
+
+
+def outputs(hf, kh):
+    with torch.no_grad():
+        a = hf.model(input_ids=torch.from_numpy(IDS)).last_hidden_state.numpy()
+    return a, keras.ops.convert_to_numpy(kh({"token_ids": IDS, "padding_mask": np.ones_like(IDS)}))
+
+
+def port_with_the_suggested_hints(source, target):
+    with pytest.raises(wp.AmbiguityError, match="hints=") as refused:
+        wp.port(source, target)
+    hints = ast.literal_eval(str(refused.value).rsplit("hints=", 1)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        return wp.port(source, target, hints=hints), hints
+
+
+def test_expert_banks_port_both_ways_with_the_hint_line_the_refusal_prints():
+    hf, kh = hf_mixtral(31), keras_mixtral()
+    report, hints = port_with_the_suggested_hints(hf, kh)
+    assert any(s.rule == "expert_bank" for s in report.steps)
+    assert all(k.split(".")[2] in v for k, v in hints.items() if ".layers." in k)  # block i with block i
+    np.testing.assert_allclose(*outputs(hf, kh), atol=1e-4, rtol=1e-4)
+    back = hf_mixtral(32)
+    port_with_the_suggested_hints(kh, back)
+    np.testing.assert_allclose(*outputs(back, kh), atol=1e-4, rtol=1e-4)
+
+
+def test_negative_control_gate_and_up_unpacked_the_other_way_round_differ(monkeypatch):
+    from weightport.mappings import experts
+    from weightport.mappings.transforms import Chain, Concat, Each, ReorderBlocks
+
+    def up_first(self, hp):
+        units = hp["units"]
+        swapped = Chain(Each(2, experts.PER_EXPERT_TRANSPOSE), Concat(1, (units, units)), ReorderBlocks(1, (1, 0)))
+        return [experts.link(("gate", "up"), "gate_up_proj", swapped),
+                experts.link("down", "down_proj", experts.PER_EXPERT_TRANSPOSE)]
+
+    monkeypatch.setattr(experts.ExpertBankRule, "links_torch", up_first)
+    hf, kh = hf_mixtral(31), keras_mixtral()
+    port_with_the_suggested_hints(hf, kh)
+    a, b = outputs(hf, kh)
+    assert np.abs(a - b).max() > 1e-2
