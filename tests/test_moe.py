@@ -75,3 +75,22 @@ def test_negative_control_gate_and_up_unpacked_the_other_way_round_differ(monkey
     port_with_the_suggested_hints(hf, kh)
     a, b = outputs(hf, kh)
     assert np.abs(a - b).max() > 1e-2
+
+
+def test_a_file_keeping_each_expert_apart_loads_what_keras_hubs_own_converter_loads(tmp_path):
+    """transformers writes Mixtral's experts one by one (``experts.3.w1.weight``), as the released checkpoints
+    are; keras-hub's converter reads that form, and so does the bank's rule, with no model."""
+    hf = hf_mixtral(33)
+    hf.save_pretrained(tmp_path)
+    assert any(".experts.0.w1." in n for n in wp.load(tmp_path / "model.safetensors"))
+    kh = keras_mixtral()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        report = wp.port(tmp_path / "model.safetensors", kh)
+    assert any(s.rule == "expert_bank" for s in report.steps)
+    np.testing.assert_allclose(*outputs(hf, kh), atol=1e-4, rtol=1e-4)
+    reference = keras_hub.models.MixtralBackbone.from_preset(str(tmp_path))
+    assert len(kh.weights) == len(reference.weights)
+    for ours, theirs in zip(kh.weights, reference.weights):  # paths carry Keras' global name counters: by order
+        a, b = keras.ops.convert_to_numpy(ours.value), keras.ops.convert_to_numpy(theirs.value)
+        assert a.shape == b.shape and np.array_equal(a, b), theirs.path
