@@ -116,8 +116,19 @@ class OnnxFramework(Framework):
 
             onnx_format.expect(path, graph)
 
+        from ..formats.onnx import shared_alias
+
+        asked: dict = {}  # initializer name -> the (layer, slot)s it was handed to, in order
+
         def names(node, slot):
-            return node.obj.slots[slot].name
+            """The initializer's name; a second slot reading the same initializer (exporters share equal
+            constants) gets an alias the ``onnx`` writer folds back, checking both values agree."""
+            name = node.obj.slots[slot].name
+            owners = asked.setdefault(name, [])
+            key = (node.path, slot)
+            if key not in owners:
+                owners.append(key)
+            return name if owners.index(key) == 0 else shared_alias(name, f"{owners[0][0]} {owners[0][1]} and {node.path} {slot}")
         return names
 
     # -- running ---------------------------------------------------------------------

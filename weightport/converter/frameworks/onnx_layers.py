@@ -13,31 +13,37 @@ import numpy as np
 
 from ...errors import UsageError
 from .onnx_graph import PASS_THROUGH, attributes, layer_class
+from .onnx_patterns import group_norm
 
 PARAMETER_NAME = re.compile(r"^(?!onnx::)(.+)\.[A-Za-z_][A-Za-z_0-9]*$")
 
 
 def find_layers(graph) -> list:
-    """OnnxLayers in graph order: every node reading a floating initializer, a MatMul with its bias Add merged."""
+    """OnnxLayers in graph order: every node reading a floating initializer, a MatMul with its bias Add merged,
+    the nodes torch exporters write for one GroupNorm merged (``onnx_patterns``)."""
     merged, found, taken = set(), [], set()
     for node in graph.model.graph.node:
         if id(node) in merged or node.op_type == "Constant":
             continue
         if node.op_type in PASS_THROUGH and node.output and graph.binding(node.output[0]) is not None:
             continue  # a step between an initializer and the op that reads it
-        slots = graph.weights(node)
+        pattern = group_norm(graph, node) if node.op_type == "InstanceNormalization" else None
+        if pattern is not None:
+            nodes, slots, attrs = pattern
+            op_type = "GroupNormalization"
+        else:
+            nodes, slots, attrs, op_type = [node], graph.weights(node), attributes(node), node.op_type
         if not slots:
             continue
-        nodes = [node]
         add = _bias_add(graph, node, slots) if node.op_type == "MatMul" else None
         if add is not None:
-            merged.add(id(add[0]))
             nodes.append(add[0])
             slots["C"] = add[1]
+        merged.update(id(n) for n in nodes)
         path = _unique(_path(nodes, slots, len(found)), taken)
         for b in slots.values():
             graph.bound.setdefault(b.name, b)
-        found.append(layer_class(node.op_type)(graph, nodes, slots, attributes(node), path))
+        found.append(layer_class(op_type)(graph, nodes, slots, attrs, path))
     return found
 
 
