@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from ...errors import FormatError, ShapeMismatchError, UsageError
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, TensorSource
 from .onnx_data import EXTERNAL, consumers, is_numeric, load_model, tensor_source
 
 NAME = "onnx"
@@ -128,8 +128,12 @@ def _new_values(path, template, model, sources) -> dict:
             again.append((name, m.group(2), s))
         else:
             given[name] = s
-    for name, reader, s in again:
-        first, other = template.stored(name, given[name].load()), template.stored(name, s.load())
+    loaded: dict = {}
+    for name, reader, s in again:  # each source loads once: the first value is kept for the write
+        if name not in loaded:
+            loaded[name] = given[name].load()
+            given[name] = TensorSource.of(name, loaded[name])
+        first, other = template.stored(name, loaded[name]), template.stored(name, s.load())
         if not np.array_equal(first, other):
             diff = float(np.max(np.abs(first.astype(np.float64) - other.astype(np.float64))))
             raise ShapeMismatchError(

@@ -1,0 +1,177 @@
+"""ONNX forms exporters do not write, built with onnx.helper: Gemm alpha/beta, LSTM direction=reverse, GRU
+linear_before_reset=0, the ``layout`` attribute, an initializer two nodes share. onnxruntime is the reference."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+keras = pytest.importorskip("keras")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import weightport as wp  # noqa: E402
+from weightport.errors import ConfigMismatchError, ShapeMismatchError, UnsupportedLayerError  # noqa: E402
+
+RNG = np.random.default_rng(17)
+L = keras.layers
+T, N, IN, U = 6, 2, 7, 5  # time, batch, features, units
+
+
+def save(path, nodes, inits, x_shape, opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return str(path)
+
+
+def ort_run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def run_keras(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def close(a, b):
+    return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def normal(*shape):
+    return RNG.normal(size=shape).astype("float32") * 0.5
+
+
+# -- Gemm alpha / beta -------------------------------------------------------------------------------------
+
+
+def gemm_graph(path, alpha, beta, trans_b):
+    w1 = normal(5, 7) if trans_b else normal(7, 5)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=trans_b, alpha=alpha, beta=beta),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], alpha=beta, beta=alpha)]
+    return save(path, nodes, {"w1": w1, "b1": normal(5), "w2": normal(5, 3), "b2": normal(3)}, (N, 7))
+
+
+@pytest.mark.parametrize("alpha, beta, trans_b", [(0.3, 2.0, 0), (0.5, 1.5, 1)])
+def test_gemm_alpha_beta_are_folded(tmp_path, alpha, beta, trans_b):
+    path = gemm_graph(tmp_path / "g.onnx", alpha, beta, trans_b)
+    x = normal(N, 7)
+    expected = ort_run(path, x)
+    model = keras.Sequential([keras.Input((7,)), L.Dense(5, activation="relu"), L.Dense(3)])
+    wp.port(path, model, quiet=True)
+    assert close(run_keras(model, x), expected)
+    linear = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    wp.port(path, linear, quiet=True)
+    with torch.no_grad():
+        assert close(linear(torch.from_numpy(x)).numpy(), expected)
+    model.layers[1].set_weights([w * 1.5 for w in model.layers[1].get_weights()])
+    wp.convert(model, tmp_path / "tuned.onnx", like=path, quiet=True)
+    assert close(ort_run(tmp_path / "tuned.onnx", x), run_keras(model, x))
+    # negative control: the initializers as they are, without the factors folded in, compute something else
+    ckpt = wp.load(path)
+    raw = keras.Sequential([keras.Input((7,)), L.Dense(5, activation="relu"), L.Dense(3)])
+    w1 = ckpt["w1"].T if trans_b else ckpt["w1"]
+    raw.set_weights([w1, ckpt["b1"], ckpt["w2"], ckpt["b2"]])
+    assert not close(run_keras(raw, x), expected)
+
+
+def test_gemm_zero_factor_is_refused(tmp_path):
+    path = gemm_graph(tmp_path / "g.onnx", 0.0, 1.0, 0)
+    model = keras.Sequential([keras.Input((7,)), L.Dense(5), L.Dense(3)])
+    with pytest.raises(UnsupportedLayerError, match="alpha=0"):
+        wp.port(path, model, quiet=True)
+
+
+# -- recurrent nodes ------------------------------------------------------------------------------------------
+
+
+def recurrent_graph(path, op, gates, layout=0, **attrs):
+    """One ``op`` node reading x (time, batch, features), its Y reshaped to (batch, time, units) by Transposes."""
+    inits = {"W": normal(1, gates * U, IN), "R": normal(1, gates * U, U), "B": normal(1, 2 * gates * U)}
+    x_shape = (T, N, IN) if layout == 0 else (N, T, IN)
+    nodes = [helper.make_node(op, ["x", "W", "R", "B"], ["y4"], f"{op.lower()}_node", hidden_size=U, layout=layout,
+                              **attrs),
+             helper.make_node("Squeeze", ["y4", "axis"], ["y3"]),
+             helper.make_node("Transpose", ["y3"], ["y"], perm=[1, 0, 2])]
+    inits["axis"] = np.array([1], "int64")
+    return save(path, nodes, inits, x_shape, opset=14)
+
+
+def test_lstm_reverse_is_keras_go_backwards(tmp_path):
+    path = recurrent_graph(tmp_path / "lstm.onnx", "LSTM", 4, direction="reverse")
+    x = normal(T, N, IN)
+    expected = ort_run(path, x)  # (batch, time, units), each step where the input step was
+    model = keras.Sequential([keras.Input((T, IN)), L.LSTM(U, return_sequences=True, go_backwards=True)])
+    wp.port(path, model, quiet=True)
+    batch_first = x.transpose(1, 0, 2)
+    assert close(run_keras(model, batch_first)[:, ::-1], expected)  # Keras returns the steps reversed
+    model.layers[0].set_weights([w * 0.75 for w in model.layers[0].get_weights()])
+    wp.convert(model, tmp_path / "tuned.onnx", like=path, quiet=True)
+    assert close(ort_run(tmp_path / "tuned.onnx", x), run_keras(model, batch_first)[:, ::-1])
+    forward = keras.Sequential([keras.Input((T, IN)), L.LSTM(U, return_sequences=True)])
+    with pytest.raises(ConfigMismatchError, match="go_backwards"):
+        wp.port(path, forward, quiet=True)
+    with pytest.raises(ConfigMismatchError, match="go_backwards"):  # torch has no reverse-only LSTM
+        wp.port(path, torch.nn.LSTM(IN, U), quiet=True)
+
+
+def test_gru_linear_before_reset_0(tmp_path):
+    """Keras' GRU(reset_after=False) computes it; torch's GRU cannot, so a port into one is refused."""
+    path = recurrent_graph(tmp_path / "gru.onnx", "GRU", 3, linear_before_reset=0)
+    x = normal(T, N, IN)
+    model = keras.Sequential([keras.Input((T, IN)), L.GRU(U, return_sequences=True, reset_after=False)])
+    wp.port(path, model, quiet=True)
+    assert close(run_keras(model, x.transpose(1, 0, 2)), ort_run(path, x))
+    module = torch.nn.GRU(IN, U)
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ConfigMismatchError, match="'gru_node'.*linear_before_reset=0"):
+        wp.port(path, module, quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    with pytest.raises(ConfigMismatchError, match="linear_before_reset=0"):
+        wp.port(path, keras.Sequential([keras.Input((T, IN)), L.GRU(U, return_sequences=True)]), quiet=True)
+
+
+def test_layout_attribute_moves_no_weight(tmp_path):
+    """layout=1 (batch-first data; onnxruntime cannot run it) reads the same weights as layout=0."""
+    state = RNG.bit_generator.state
+    first = recurrent_graph(tmp_path / "a.onnx", "RNN", 1)
+    RNG.bit_generator.state = state
+    second = recurrent_graph(tmp_path / "b.onnx", "RNN", 1, layout=1)
+    got = []
+    for path in (first, second):
+        model = keras.Sequential([keras.Input((T, IN)), L.SimpleRNN(U, return_sequences=True)])
+        wp.port(path, model, quiet=True)
+        got.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*got))
+
+
+def test_forms_no_layer_computes_are_refused(tmp_path):
+    path = recurrent_graph(tmp_path / "clip.onnx", "LSTM", 4, clip=3.0)
+    with pytest.raises(UnsupportedLayerError, match="clip"):
+        wp.port(path, keras.Sequential([keras.Input((T, IN)), L.LSTM(U)]), quiet=True)
+
+
+# -- an initializer two nodes read ------------------------------------------------------------------------
+
+
+def test_shared_initializer_is_written_once(tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b"], ["h1"], transB=1), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "w2", "c"], ["h2"], transB=1), helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "w3", "b"], ["y"], transB=1)]
+    path = save(tmp_path / "g.onnx", nodes, {"w1": normal(5, 7), "b": normal(5), "w2": normal(3, 5), "c": normal(3),
+                                             "w3": normal(5, 3)}, (N, 7))
+    model = keras.Sequential([keras.Input((7,)), L.Dense(5, activation="relu"), L.Dense(3, activation="relu"),
+                              L.Dense(5)])
+    wp.port(path, model, quiet=True)
+    x = normal(N, 7)
+    assert close(run_keras(model, x), ort_run(path, x))
+    for layer in model.layers:  # kernels tuned, the shared bias kept equal in both layers
+        layer.set_weights([layer.get_weights()[0] * 1.5, layer.get_weights()[1]])
+    wp.convert(model, tmp_path / "tuned.onnx", like=path, quiet=True)
+    assert close(ort_run(tmp_path / "tuned.onnx", x), run_keras(model, x))
+    kernel, bias = model.layers[2].get_weights()
+    model.layers[2].set_weights([kernel, bias + 0.25])  # now the two layers' biases differ: one slot cannot hold both
+    with pytest.raises(ShapeMismatchError, match="'b'.*differ"):
+        wp.convert(model, tmp_path / "differs.onnx", like=path, quiet=True)
+    assert not (tmp_path / "differs.onnx").exists()
