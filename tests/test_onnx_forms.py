@@ -175,3 +175,26 @@ def test_shared_initializer_is_written_once(tmp_path):
     with pytest.raises(ShapeMismatchError, match="'b'.*differ"):
         wp.convert(model, tmp_path / "differs.onnx", like=path, quiet=True)
     assert not (tmp_path / "differs.onnx").exists()
+
+
+# -- plans ----------------------------------------------------------------------------------------------------
+
+
+def test_plan_replay_reads_through_the_graph(tmp_path):
+    """A plan made from a graph runs again on it with no model at hand, giving what the direct conversion gives."""
+    path = gemm_graph(tmp_path / "g.onnx", 0.5, 1.5, 1)
+    wp.convert(path, tmp_path / "direct.safetensors", to="keras", quiet=True)
+    report = wp.convert(path, tmp_path / "planned.safetensors", to="keras", dry_run=True, quiet=True)
+    (tmp_path / "plan.json").write_text(report.to_json())
+    wp.convert(path, tmp_path / "planned.safetensors", plan=tmp_path / "plan.json", quiet=True)
+    direct, planned = wp.load(tmp_path / "direct.safetensors"), wp.load(tmp_path / "planned.safetensors")
+    assert list(direct) == list(planned) and len(direct) == 4
+    assert all(np.array_equal(direct[n], planned[n]) for n in direct)
+    model = onnx.load(path)  # another graph: its layer reads an initializer of another name
+    for t in model.graph.initializer:
+        t.name = t.name.replace("w1", "w9")
+    model.graph.node[0].input[1] = "w9"
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ShapeMismatchError, match="w1"):
+        wp.convert(tmp_path / "other.onnx", tmp_path / "never.safetensors", plan=tmp_path / "plan.json", quiet=True)
+    assert not (tmp_path / "never.safetensors").exists()

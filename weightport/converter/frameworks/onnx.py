@@ -26,6 +26,14 @@ def _is_onnx_path(obj) -> bool:
     return isinstance(obj, (str, os.PathLike)) and os.fspath(obj).lower().endswith(".onnx")
 
 
+class OnnxRef(LayerRef):
+    """A graph's layer; ``names`` (slot -> initializer) are recorded in plans, which a replay checks."""
+
+    @property
+    def names(self) -> dict:
+        return {slot: b.name for slot, b in self.obj.slots.items()}
+
+
 class OnnxFramework(Framework):
     layout = "onnx"
     sep = "."
@@ -79,9 +87,9 @@ class OnnxFramework(Framework):
                 owners.setdefault(n, layer.path)
             parts = rule.expand(self.layout, hp)
             if len(parts) == 1:
-                refs.append(LayerRef(layer.path, layer, self, found, tied_to=tied_to))
+                refs.append(OnnxRef(layer.path, layer, self, found, tied_to=tied_to))
             else:
-                refs.extend(LayerRef(f"{layer.path}[{i}]", layer, self, [(rule, part)]) for i, part in enumerate(parts))
+                refs.extend(OnnxRef(f"{layer.path}[{i}]", layer, self, [(rule, part)]) for i, part in enumerate(parts))
         return refs, unmapped
 
     def children(self, layer) -> list:
