@@ -202,3 +202,15 @@ def test_group_count_that_differs_is_refused(graphs):
                               L.PReLU(shared_axes=[1, 2, 3])])
     with pytest.raises(ConfigMismatchError, match="groups"):
         wp.port(paths["image"], model, quiet=True)
+
+
+def test_locate_names_the_layer_that_diverges_inside_the_graph(graphs):
+    paths, _ = graphs
+    model, x, _ = ported_keras(paths["image"], "image")
+    norm = model.layers[2]
+    assert wp.verify(paths["image"], model, (IMAGE_X, x)).ok
+    gamma, beta = norm.get_weights()
+    norm.set_weights([gamma, beta + 0.5])  # damaged after the port
+    result = wp.verify(paths["image"], model, (IMAGE_X, x), locate=True)
+    assert not result.ok and result.diverging is not None
+    assert result.diverging.target == norm.name and result.diverging.rule == "group_normalization"

@@ -10,7 +10,8 @@ A port from a graph reads its initializers; a port into a graph object
 changes it in memory (``run`` then uses the new values); a file is written
 into a copy of its template graph (``file_names`` tells the ``onnx`` format
 which template an output comes from). Running needs onnxruntime.
-onnx is imported only once an ONNX file is used.
+``verify(locate=True)`` runs the graph with each layer's output added to its outputs. onnx is imported only
+once an ONNX file is used.
 """
 from __future__ import annotations
 
@@ -144,14 +145,17 @@ class OnnxFramework(Framework):
         return [None]  # the dataflow is read from the graph, not from a run
 
     def trace(self, model, refs, inputs, capture: bool = False):
-        if capture:
-            return None  # outputs of inner nodes would need the graph rebuilt with more outputs
         from .onnx_layers import dataflow
 
-        return dataflow(self.graph(model), refs)
+        flow = dataflow(self.graph(model), refs)
+        if capture:  # the graph run with each layer's output added to its outputs
+            from .onnx_run import layer_outputs
+
+            flow.outputs = layer_outputs(self.graph(model), refs, inputs)
+        return flow
 
     def run(self, model, inputs):
-        from .onnx_layers import run_graph
+        from .onnx_run import run_graph
 
         return run_graph(self.graph(model), inputs)
 
