@@ -198,3 +198,27 @@ def test_plan_replay_reads_through_the_graph(tmp_path):
     with pytest.raises(ShapeMismatchError, match="w1"):
         wp.convert(tmp_path / "other.onnx", tmp_path / "never.safetensors", plan=tmp_path / "plan.json", quiet=True)
     assert not (tmp_path / "never.safetensors").exists()
+
+
+# -- the GroupNormalization op --------------------------------------------------------------------------------
+
+
+def group_norm_graph(path, scale_size, opset):
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], "gn_node", num_groups=3, epsilon=1e-5)
+    return save(path, [node], {"s": normal(scale_size), "b": normal(scale_size)}, (N, 6, 5, 3), opset=opset)
+
+
+def test_group_normalization_op(tmp_path):
+    """Opset 21: per-channel scale and bias, ported into torch and Keras; opset 18's per-group ones refused."""
+    path = group_norm_graph(tmp_path / "gn.onnx", 6, 21)
+    x = normal(N, 6, 5, 3)
+    expected = ort_run(path, x)
+    module = torch.nn.GroupNorm(3, 6)
+    wp.port(path, module, quiet=True)
+    with torch.no_grad():
+        assert close(module(torch.from_numpy(x)).numpy(), expected)
+    model = keras.Sequential([keras.Input((5, 3, 6)), L.GroupNormalization(3, epsilon=1e-5)])
+    wp.port(path, model, quiet=True)
+    assert close(run_keras(model, x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), expected)
+    with pytest.raises(UnsupportedLayerError, match="gn_node.*per group"):
+        wp.port(group_norm_graph(tmp_path / "gn18.onnx", 3, 18), torch.nn.GroupNorm(3, 6), quiet=True)

@@ -40,11 +40,16 @@ def group_norm(graph, node):
     add = mul is not None and mul is not False and _only_reader(graph, mul.output[0], "Add")
     if inner_scale is None or inner_bias is None or not add:
         return None
+    target = graph.constant(before.input[1]) if len(before.input) > 1 else None
+    groups = int(np.asarray(inner_scale).size)
+    dims = np.asarray(target).reshape(-1).tolist() if target is not None else []
+    if len(dims) != 3 or dims[1] != groups:
+        return None  # not the channels cut into ``groups`` groups
     scale, bias = _constant_operand(graph, mul), _constant_operand(graph, add)
     if scale is None or bias is None or scale[1] != after.output[0] or bias[1] != mul.output[0]:
         return None
     found = attributes(node)
     identity = bool(np.all(np.asarray(inner_scale) == 1) and np.all(np.asarray(inner_bias) == 0))
-    attrs = {"epsilon": found.get("epsilon", 1e-5), "num_groups": int(np.asarray(inner_scale).size),
+    attrs = {"epsilon": found.get("epsilon", 1e-5), "num_groups": groups,
              "instance_affine": identity}
     return [before, node, after, mul, add], {"scale": scale[0], "bias": bias[0]}, attrs
