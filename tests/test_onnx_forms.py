@@ -11,7 +11,8 @@ keras = pytest.importorskip("keras")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import weightport as wp  # noqa: E402
-from weightport.errors import ConfigMismatchError, ShapeMismatchError, UnsupportedLayerError  # noqa: E402
+from weightport.errors import (ConfigMismatchError, ShapeMismatchError, UnsupportedLayerError,  # noqa: E402
+                               WeightportError)
 
 RNG = np.random.default_rng(17)
 L = keras.layers
@@ -222,3 +223,17 @@ def test_group_normalization_op(tmp_path):
     assert close(run_keras(model, x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), expected)
     with pytest.raises(UnsupportedLayerError, match="gn_node.*per group"):
         wp.port(group_norm_graph(tmp_path / "gn18.onnx", 3, 18), torch.nn.GroupNorm(3, 6), quiet=True)
+
+
+def test_grouped_conv_transpose_into_torch_not_keras(tmp_path):
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], "up_node", group=2, strides=[2, 1],
+                            pads=[1, 0, 1, 0], output_padding=[1, 0])
+    path = save(tmp_path / "ct.onnx", [node], {"w": normal(4, 3, 3, 2), "b": normal(6)}, (N, 4, 5, 3))
+    x = normal(N, 4, 5, 3)
+    module = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
+    wp.port(path, module, quiet=True)
+    with torch.no_grad():
+        assert close(module(torch.from_numpy(x)).numpy(), ort_run(path, x))
+    model = keras.Sequential([keras.Input((5, 3, 4)), L.Conv2DTranspose(6, (3, 2), strides=(2, 1))])
+    with pytest.raises(WeightportError, match="up_node.*groups: source has 2, target has 1"):
+        wp.port(path, model, quiet=True)
