@@ -32,7 +32,9 @@ def ort_run(path, x):
 
 
 def run_keras(model, x):
-    return keras.ops.convert_to_numpy(model(x, training=False))
+    """The model's output; ``predict`` compiles one function per model (under jax an eager call recompiles
+    every recurrent scan), which later calls with new weights reuse."""
+    return np.asarray(model.predict(x, verbose=0))
 
 
 def close(a, b):
@@ -237,3 +239,42 @@ def test_grouped_conv_transpose_into_torch_not_keras(tmp_path):
     model = keras.Sequential([keras.Input((5, 3, 4)), L.Conv2DTranspose(6, (3, 2), strides=(2, 1))])
     with pytest.raises(WeightportError, match="up_node.*groups: source has 2, target has 1"):
         wp.port(path, model, quiet=True)
+
+
+class Stacked(torch.nn.Module):
+    """A two-layer LSTM (two ONNX nodes for one torch module) and an RNN with relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(IN, U, num_layers=2, batch_first=True)
+        self.rnn = torch.nn.RNN(U, 3, batch_first=True, nonlinearity="relu")
+
+    def forward(self, x):
+        return self.rnn(self.lstm(x)[0])[0]
+
+
+def test_stacked_lstm_and_relu_rnn(tmp_path):
+    import contextlib
+    import io
+    import warnings
+
+    x = normal(N, T, IN)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Stacked().eval(), (torch.from_numpy(x),), str(tmp_path / "s.onnx"), dynamo=False,
+                          input_names=["x"])
+    path = str(tmp_path / "s.onnx")
+    module = Stacked().eval()
+    wp.port(path, module, quiet=True)
+    with torch.no_grad():
+        assert close(module(torch.from_numpy(x)).numpy(), ort_run(path, x))
+
+    def keras_model(activation):
+        return keras.Sequential([keras.Input((T, IN)), L.LSTM(U, return_sequences=True),
+                                 L.LSTM(U, return_sequences=True),
+                                 L.SimpleRNN(3, activation=activation, return_sequences=True)])
+    model = keras_model("relu")
+    wp.port(path, model, quiet=True)
+    assert close(run_keras(model, x), ort_run(path, x))
+    with pytest.raises(ConfigMismatchError, match="activation"):
+        wp.port(path, keras_model("tanh"), quiet=True)

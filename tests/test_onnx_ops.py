@@ -105,7 +105,9 @@ def ort_run(path, x):
 
 
 def run_keras(model, x):
-    return keras.ops.convert_to_numpy(model(x, training=False))
+    """The model's output; ``predict`` compiles one function per model (under jax an eager call recompiles
+    every recurrent scan), which later calls with new weights reuse."""
+    return np.asarray(model.predict(x, verbose=0))
 
 
 def close(a, b):
@@ -170,8 +172,11 @@ def _differs(model, x, good, layer, weights):
 
 
 def test_negative_controls(graphs):
-    """Each rule's transform matters: the weights as a converter that skipped it would leave them differ."""
-    paths, _ = graphs
+    """Each rule's transform matters: the weights as a converter that skipped it would leave them differ (the
+    rules are the exporters' same: checked on one exporter's graphs)."""
+    paths, dynamo = graphs
+    if dynamo:
+        pytest.skip("the transforms are checked on the TorchScript exporter's graphs")
     model, x, _ = ported_keras(paths["image"], "image")
     good = run_keras(model, x)
     up, _, norm, act, shared = model.layers
@@ -196,7 +201,7 @@ def test_negative_controls(graphs):
 
 
 def test_group_count_that_differs_is_refused(graphs):
-    paths, _ = graphs
+    paths, dynamo = graphs
     model = keras.Sequential([keras.Input((5, 3, 4)), L.Conv2DTranspose(3, (3, 2), strides=(2, 1)), L.Conv2D(6, 1),
                               L.GroupNormalization(2, epsilon=1e-5), L.PReLU(shared_axes=[1, 2]),
                               L.PReLU(shared_axes=[1, 2, 3])])
@@ -205,7 +210,9 @@ def test_group_count_that_differs_is_refused(graphs):
 
 
 def test_locate_names_the_layer_that_diverges_inside_the_graph(graphs):
-    paths, _ = graphs
+    paths, dynamo = graphs
+    if not dynamo:
+        pytest.skip("checked on the dynamo exporter's graph (node names there are not the module's)")
     model, x, _ = ported_keras(paths["image"], "image")
     norm = model.layers[2]
     assert wp.verify(paths["image"], model, (IMAGE_X, x)).ok
