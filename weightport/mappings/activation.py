@@ -65,8 +65,8 @@ class PReLURule(Rule):
     def examples(self, layout, rng):
         c, = sizes(rng, 1)
         if layout == "onnx":  # (Keras alpha, ONNX slope with its channel axis as -1)
-            return [({"alpha_shape": a, "slope_shape": s}, weights(rng, a))
-                    for a, s in (((1, 1, c), (-1, 1, 1)), ((1, 1, c), (1, -1, 1, 1)), ((c,), (-1,)), ((1, 1, 1), (1, 1, -1)))]
+            forms = (((1, 1, c), (-1, 1, 1)), ((1, 1, c), (1, -1, 1, 1)), ((c,), (-1,)), ((1, 1, 1), (1, 1, -1)))
+            return [({"alpha_shape": a, "slope_shape": s}, weights(rng, a)) for a, s in forms]
         return [({"alpha_shape": shape}, weights(rng, shape)) for shape in ((1, 1, c), (c, 1, 1), (c,))]
 
     def canonical(self, hp):

@@ -144,7 +144,8 @@ def conv_transpose(node) -> dict:
         hp["padding_unknown"] = f"auto_pad={a.get('auto_pad')}"
     if isinstance(hp["padding"], tuple):
         spans = [d * (k - 1) + 1 for k, d in zip(hp["kernel_size"], hp["dilation_rate"])]
-        hp["stretched_pads"] = tuple((e - 1 - lo, e - 1 - hi + o) for e, (lo, hi), o in zip(spans, hp["padding"], extra))
+        hp["stretched_pads"] = tuple((e - 1 - lo, e - 1 - hi + o)
+                                     for e, (lo, hi), o in zip(spans, hp["padding"], extra))
         if any(lo < 0 or hi < 0 for lo, hi in hp["stretched_pads"]):
             hp["padding_unknown"] = f"pads {hp['padding']}, larger than the kernel"
     if "padding_unknown" in hp:  # nothing to compare with the other side's padding

@@ -247,7 +247,6 @@ class RecurrentRule(Rule):
             link(prefix + "bias", (f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"), self.bias_transform()),
         )]
 
-
     def config_onnx(self, node):
         return onnx_recurrent.config(node, self.gates)
 

@@ -22,6 +22,6 @@ from .transforms_values import Scale
 
 __all__ = [
     "IDENTITY", "Chain", "Concat", "Constant", "Each", "Flip", "FoldRecurrentBias", "Identity", "PackGates",
-    "ReorderBlocks", "ReservedRows", "Reshape", "Scale", "Shape", "Split", "Stack", "SumSplit", "Transform", "Transpose", "Unary", "Unstack",
-    "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
+    "ReorderBlocks", "ReservedRows", "Reshape", "Scale", "Shape", "Split", "Stack", "SumSplit", "Transform",
+    "Transpose", "Unary", "Unstack", "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
 ]

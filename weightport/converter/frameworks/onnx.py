@@ -137,7 +137,9 @@ class OnnxFramework(Framework):
             key = (node.path, slot)
             if key not in owners:
                 owners.append(key)
-            return name if owners.index(key) == 0 else shared_alias(name, f"{owners[0][0]} {owners[0][1]} and {node.path} {slot}")
+            if owners.index(key) == 0:
+                return name
+            return shared_alias(name, f"{owners[0][0]} {owners[0][1]} and {node.path} {slot}")
         return names
 
     # -- running ---------------------------------------------------------------------
