@@ -218,9 +218,9 @@ def test_gemm_trans_b0_and_matmul_add(tmp_path):
         assert close(linear(torch.from_numpy(x)).numpy(), ort_run(path, x))
 
 
-@pytest.mark.parametrize("form", [{"trans_a": 1}, {"alpha": 0.3}])
-def test_gemm_forms_no_dense_computes_are_refused(tmp_path, form):
-    path = gemm_matmul_graph(tmp_path / "g.onnx", **form)
+def test_gemm_trans_a_is_refused(tmp_path):
+    """transA=1 multiplies the transposed input, which no Dense computes (alpha/beta: tests/test_onnx_forms.py)."""
+    path = gemm_matmul_graph(tmp_path / "g.onnx", trans_a=1)
     model = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), keras.layers.Dense(3)])
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(UnsupportedLayerError, match="Gemm"):

@@ -31,7 +31,10 @@ def read_plan(plan) -> Plan:
 
 
 def replay(plan: Plan, ckpt) -> tuple:
-    """(pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first."""
+    """(pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first. A file an
+    adapter walks as a model (an ONNX graph, whose layers read initializers through Transposes) is walked
+    again, and each step's layer found by its path, reading the tensors the plan names."""
+    walked = _walked(ckpt)
     pairs = []
     for step in plan.steps:
         rule = registry.get(step.rule)
@@ -42,7 +45,10 @@ def replay(plan: Plan, ckpt) -> tuple:
         if missing:
             raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
                                      "which the checkpoint does not hold; nothing was written")
-        node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
+        if walked is None:
+            node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
+        else:
+            node = _walked_node(walked, step, rule, ckpt)
         shapes = node.canonical_shapes(rule, step.source_hp)
         if shapes != [tuple(s) for s in step.shapes]:
             raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
@@ -51,6 +57,30 @@ def replay(plan: Plan, ckpt) -> tuple:
                           step.target_hp, shapes, shapes))
     names = {id(p): step.target_names for p, step in zip(pairs, plan.steps)}
     return pairs, lambda p, slot: names[id(p)][slot]
+
+
+def _walked(ckpt):
+    """{layer path: node} where an adapter walks the checkpoint's file as a model, else None."""
+    from .frameworks import adapter_for, walk
+
+    fw = adapter_for(ckpt.path) if getattr(ckpt, "path", None) else None
+    if fw is None:
+        return None
+    nodes, _ = walk(fw, ckpt.path)
+    return {node.path: node for node in nodes}
+
+
+def _walked_node(walked, step, rule, ckpt):
+    """The walked layer a plan step names, reading the very tensors the plan recorded, under the step's rule."""
+    from dataclasses import replace
+
+    node = walked.get(step.source)
+    found = dict(getattr(node, "names", {})) if node is not None else None
+    if found is None or any(found.get(slot) != name for slot, name in step.source_names.items()):
+        raise ShapeMismatchError(f"{ckpt.path}: the plan reads {step.source_names} for layer {step.source}, but "
+                                 f"the graph's layer there reads {found}; the file is not the one the plan was "
+                                 "made for. Nothing was written")
+    return replace(node, candidates=[(rule, step.source_hp)], _shapes={})
 
 
 def as_it_is(src_nodes, layout) -> tuple:

@@ -40,7 +40,7 @@ def slopes_layout(alpha_shape) -> tuple:
 @register
 class PReLURule(Rule):
     name = "prelu"
-    classes = {"keras": ("PReLU",), "torch": ("PReLU",)}
+    classes = {"keras": ("PReLU",), "torch": ("PReLU",), "onnx": ("PRelu",)}
     shared = ("alpha_shape",)
 
     def config_keras(self, layer):
@@ -64,6 +64,9 @@ class PReLURule(Rule):
 
     def examples(self, layout, rng):
         c, = sizes(rng, 1)
+        if layout == "onnx":  # (Keras alpha, ONNX slope with its channel axis as -1)
+            forms = (((1, 1, c), (-1, 1, 1)), ((1, 1, c), (1, -1, 1, 1)), ((c,), (-1,)), ((1, 1, 1), (1, 1, -1)))
+            return [({"alpha_shape": a, "slope_shape": s}, weights(rng, a)) for a, s in forms]
         return [({"alpha_shape": shape}, weights(rng, shape)) for shape in ((1, 1, c), (c, 1, 1), (c,))]
 
     def canonical(self, hp):
@@ -74,6 +77,16 @@ class PReLURule(Rule):
         if canonical_shapes and "alpha_shape" not in hp:
             return {**hp, "alpha_shape": tuple(canonical_shapes[0])}
         return hp
+
+    def config_onnx(self, node):
+        from .onnx_ops import slopes
+
+        return slopes(node)
+
+    def links_onnx(self, hp):
+        """ONNX's slope broadcasts against (N, C, ...): (C, 1, 1) or (1, C, 1, 1) as exporters write it."""
+        shape = hp.get("alpha_shape") or hp["alpha_default"]
+        return [link("alpha", "slope", Reshape(slopes_layout(shape), hp["slope_shape"]))]
 
     def links_torch(self, hp):
         shape = hp.get("alpha_shape") or (hp["num_parameters"],)

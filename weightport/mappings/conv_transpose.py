@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .conv_family import (ConvFamily, equinox_bias, equinox_conv_hp, flax_conv_hp, kernel_transpose, keras_conv_hp,
                           torch_conv_hp, weight_and_bias)
+from . import onnx_ops
 from .conv_padding import transpose_pads
 from .rule import link, register
 from .samples import sizes, weights
@@ -27,7 +28,7 @@ class ConvTransposeRule(ConvFamily):
     name = "conv_transpose"
     classes = {"keras": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
                "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"), "flax": ("ConvTranspose",),
-               "equinox": ("ConvTranspose",)}
+               "equinox": ("ConvTranspose",), "onnx": ("ConvTranspose",)}
     pads = staticmethod(transpose_pads)
 
     def config_equinox(self, module):
@@ -94,6 +95,16 @@ class ConvTransposeRule(ConvFamily):
 
     def links_torch(self, hp):
         return [link("kernel", "weight", kernel_transpose(len(hp["kernel_size"]))), link("bias", "bias")]
+
+    def config_onnx(self, node):
+        return onnx_ops.conv_transpose(node)
+
+    def links_onnx(self, hp):
+        """ONNX ConvTranspose's W is torch's (in, out/group, *k), its bias B (out,)."""
+        return [link("kernel", "W", kernel_transpose(len(hp["kernel_size"]))), link("bias", "B")]
+
+    def check(self, source_hp, target_hp):
+        return super().check(source_hp, target_hp) + onnx_ops.padding_unknown_issues(source_hp, target_hp)
 
     def links_flax(self, hp):
         if hp.get("transpose_kernel", False):

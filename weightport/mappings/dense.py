@@ -13,7 +13,7 @@ from . import flatten, onnx_ops
 from .introspect import keras_activation
 from .rule import ACTIVATION_HINT, ConfigIssue, Rule, link, register
 from .samples import sizes, weights
-from .transforms import IDENTITY, Chain, Transpose
+from .transforms import IDENTITY, Chain, Scale, Transpose
 
 
 @register
@@ -112,7 +112,8 @@ class DenseRule(Rule):
             out += [({"units": o, "use_bias": True, "trans_b": True}, weights(rng, (i, o), (o,))),
                     ({"units": o, "use_bias": True, "trans_b": True, "flatten_from": (h, w, i)},
                      weights(rng, (h * w * i, o), (o,))),
-                    ({"units": o, "use_bias": False, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o)))]
+                    ({"units": o, "use_bias": False, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o))),
+                    ({"units": o, "use_bias": True, "alpha": 0.5, "beta": 4.0}, weights(rng, (i, o), (o,)))]
         if layout == "torch":
             out += [({"units": o, "use_bias": True, "flatten_from": (h, w, i)}, weights(rng, (h * w * i, o), (o,))),
                     ({"units": o, "use_bias": True, "in_out": True}, weights(rng, (i, o), (o,)))]
@@ -133,11 +134,14 @@ class DenseRule(Rule):
 
     def links_onnx(self, hp):
         """Gemm's B is (out, in) with transB=1 (torch's), else (in, out); MatMul's is (in, out). Rows read from
-        a channels-first flatten move as torch's do (``flatten_from``, shared by the Keras side)."""
+        a channels-first flatten move as torch's do (``flatten_from``, shared by the Keras side). Gemm's alpha
+        and beta are folded into the kernel and bias."""
         feature_map = hp.get("flatten_from")
         if feature_map:
             to_torch = flatten.flatten_permutation(feature_map)
             kernel = to_torch if hp.get("trans_b") else Chain(to_torch, Transpose(1, 0))
         else:
             kernel = Transpose(1, 0) if hp.get("trans_b") else IDENTITY
-        return [link("kernel", "B", kernel), link("bias", "C")]
+        if "alpha" in hp:
+            kernel = Chain(kernel, Scale(hp["alpha"])) if kernel is not IDENTITY else Scale(hp["alpha"])
+        return [link("kernel", "B", kernel), link("bias", "C", Scale(hp["beta"]) if "beta" in hp else IDENTITY)]

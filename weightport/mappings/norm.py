@@ -32,7 +32,7 @@ import numpy as np
 
 from .rule import Rule, link, register
 from .samples import sizes, weights
-from .transforms import ZeroBias
+from .transforms import IDENTITY, Reshape, ZeroBias
 
 EQUINOX_BIAS_REFUSAL = (
     "an Equinox RMSNorm's bias is non-zero, and Keras RMSNormalization / torch RMSNorm have no slot for it (dropping "
@@ -204,7 +204,7 @@ class GroupNormRule(Rule):
     config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("GroupNormalization",), "torch": ("GroupNorm",), "flax": ("GroupNorm",),
-               "equinox": ("GroupNorm",)}
+               "equinox": ("GroupNorm",), "onnx": ("GroupNormalization",)}
     checks = {"groups": "error", "center": "error", "scale": "error", "epsilon": "warning"}
     check_hints = {
         "groups": "the number of groups changes which channels are normalised together; make them agree",
@@ -234,7 +234,20 @@ class GroupNormRule(Rule):
 
     def examples(self, layout, rng):
         g, c = sizes(rng, 2)
-        return [({"groups": g, "center": True, "scale": True}, weights(rng, (g * c,), (g * c,)))]
+        out = [({"groups": g, "center": True, "scale": True}, weights(rng, (g * c,), (g * c,)))]
+        if layout == "onnx":  # per-channel (C, 1, 1), as torch exporters write the Mul and Add after the norm
+            out.append(({**out[0][0], "onnx_shape": (-1, 1, 1)}, weights(rng, (g * c,), (g * c,))))
+        return out
+
+    def config_onnx(self, node):
+        from .onnx_ops import group_norm
+
+        return group_norm(node)
+
+    def links_onnx(self, hp):
+        shape = tuple(hp.get("onnx_shape", (-1,)))
+        move = Reshape((-1,), shape) if shape != (-1,) else IDENTITY
+        return [link("gamma", "scale", move), link("beta", "bias", move)]
 
     def canonical(self, hp):
         return (["gamma"] if hp.get("scale", True) else []) + (["beta"] if hp.get("center", True) else [])

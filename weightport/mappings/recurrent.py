@@ -51,6 +51,7 @@ Keras: exact. GRU: r, z, n, the recurrent r and z biases folded into
 """
 
 from ..errors import ConfigMismatchError
+from . import onnx_recurrent
 from .recurrent_base import RecurrentRule, flax_form_of
 from .rule import link, register
 from .transforms import Each, FoldRecurrentBias, PackGates, ReorderBlocks, Split, Unstack
@@ -59,7 +60,7 @@ from .transforms import Each, FoldRecurrentBias, PackGates, ReorderBlocks, Split
 @register
 class SimpleRNNRule(RecurrentRule):
     name = "simple_rnn"
-    classes = {"keras": ("SimpleRNN", "Bidirectional"), "torch": ("RNN",), "flax": ("SimpleCell",)}
+    classes = {"keras": ("SimpleRNN", "Bidirectional"), "torch": ("RNN",), "flax": ("SimpleCell",), "onnx": ("RNN",)}
     keras_cells = ("SimpleRNNCell",)
     checks = {**RecurrentRule.checks, "residual": "error"}
     check_hints = {**RecurrentRule.check_hints,
@@ -88,7 +89,8 @@ class LSTMRule(RecurrentRule):
     name = "lstm"
     gates = 4
     classes = {"keras": ("LSTM", "Bidirectional"), "torch": ("LSTM",), "flax": ("LSTMCell", "OptimizedLSTMCell"),
-               "equinox": ("LSTMCell",)}
+               "equinox": ("LSTMCell",), "onnx": ("LSTM",)}
+    onnx_gate_order = (0, 3, 1, 2)  # ONNX i, o, f, c = Keras blocks 0 (i), 3 (o), 1 (f), 2 (c)
     keras_cells = ("LSTMCell",)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
     flax_forms = ("gates", "gates_nnx", "packed")
@@ -110,7 +112,7 @@ class GRURule(RecurrentRule):
     name = "gru"
     gates = 3
     classes = {"keras": ("GRU", "Bidirectional"), "torch": ("GRU",), "flax": ("GRUCell",),
-               "equinox": ("GRUCell",)}
+               "equinox": ("GRUCell",), "onnx": ("GRU",)}
     keras_cells = ("GRUCell",)
     torch_gate_order = (1, 0, 2)  # torch r, z, n = Keras blocks 1 (r), 0 (z), 2 (h)
     torch_activations = {"activation": "tanh", "recurrent_activation": "sigmoid"}
@@ -164,6 +166,8 @@ class GRURule(RecurrentRule):
         a, b = source_hp.get("reset_after", True), target_hp.get("reset_after", True)
         if a != b:
             old = source_hp if not a else target_hp
+            if old.get("onnx_node"):
+                raise ConfigMismatchError(onnx_recurrent.reset_refusal(old.get("name")))
             raise ConfigMismatchError(
                 f"GRU layer {old.get('name', '(unnamed)')!r} has reset_after=False, but the layer it is paired "
                 "with computes reset_after=True (torch's nn.GRU and Flax's GRUCell always do: they apply the reset "

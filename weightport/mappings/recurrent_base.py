@@ -8,6 +8,7 @@ import re
 import numpy as np
 
 from ..errors import UnsupportedLayerError, UsageError
+from . import onnx_recurrent
 from .introspect import fn_name, has_class
 from .rule import Rule, link
 from .samples import sizes, weights
@@ -44,8 +45,10 @@ class RecurrentRule(Rule):
     torch_gate_order = None
     # activations torch computes with, whatever the module says (Keras vocabulary)
     torch_activations: dict = {}
+    # ONNX block k is Keras block onnx_gate_order[k]; None: same order
+    onnx_gate_order = None
     checks = {"activation": "error", "recurrent_activation": "error", "use_bias": "error",
-              "bidirectional": "error", "merge_mode": "warning"}
+              "bidirectional": "error", "merge_mode": "warning", "go_backwards": "error"}
     check_hints = {
         "activation": "torch's LSTM and GRU always use tanh; build the Keras layer with activation='tanh'",
         "recurrent_activation": "torch's LSTM and GRU gates always use sigmoid; build the Keras layer with "
@@ -53,6 +56,8 @@ class RecurrentRule(Rule):
         "bidirectional": "wrap the Keras layer in Bidirectional, or set bidirectional= on the torch module",
         "merge_mode": "torch concatenates both directions; the weights are ported, but the outputs are combined "
                       "differently",
+        "go_backwards": "one layer reads the sequence last to first (Keras go_backwards=True, ONNX "
+                        "direction='reverse'), the other first to last; torch has no such layer: make them agree",
     }
 
     # -- recognising ------------------------------------------------------
@@ -75,7 +80,8 @@ class RecurrentRule(Rule):
     def config_keras(self, layer):
         pair = _directions(layer)
         if not pair:
-            return {**self.cell_config(layer.cell), "bidirectional": False, "name": layer.name}
+            return {**self.cell_config(layer.cell), "bidirectional": False, "name": layer.name,
+                    "go_backwards": bool(getattr(layer, "go_backwards", False))}
         fwd, bwd = (self.cell_config(each.cell) for each in pair)
         # a key the two directions disagree on becomes a pair, so any check on it fails loudly
         hp = {key: fwd[key] if fwd[key] == bwd.get(key) else (fwd[key], bwd.get(key)) for key in fwd}
@@ -95,6 +101,8 @@ class RecurrentRule(Rule):
               "num_layers": num_layers, "layer": 0}
         if bidirectional:
             hp["merge_mode"] = "concat"
+        else:
+            hp["go_backwards"] = False
         return hp
 
     # -- Flax cells -------------------------------------------------------------
@@ -212,6 +220,8 @@ class RecurrentRule(Rule):
             return [({**hp, "flax_form": form}, self.flax_example(form, one())) for form in self.flax_forms]
         if layout == "torch":
             return [(hp, one()), ({**hp, "bidirectional": True, "layer": 1}, one() + one())]
+        if layout == "onnx":
+            return onnx_recurrent.examples(self, hp, rng, i)
         return [(hp, one())]
 
     def canonical(self, hp):
@@ -236,6 +246,12 @@ class RecurrentRule(Rule):
             link(prefix + "recurrent_kernel", f"weight_hh_l{k}{sfx}", self.kernel_transform()),
             link(prefix + "bias", (f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"), self.bias_transform()),
         )]
+
+    def config_onnx(self, node):
+        return onnx_recurrent.config(node, self.gates)
+
+    def links_onnx(self, hp):
+        return onnx_recurrent.links(self, hp)
 
 
 def _directions(layer):

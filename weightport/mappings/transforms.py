@@ -10,16 +10,18 @@ breaks (``keeps_canonical``, ``keeps_layout``); ``exact`` is both.
 Each class lives in the sibling module of its kind (``transforms_core``: the
 base class and composition; ``transforms_axes``: one array, axes moved;
 ``transforms_slots``: arrays split, joined, summed or added;
-``transforms_recurrent``: recurrent biases); this module gathers them.
+``transforms_recurrent``: recurrent biases; ``transforms_values``: factors
+folded into weights); this module gathers them.
 """
 from .fast_transpose import fill_transposed, transpose_copy, transposed_rows
 from .transforms_axes import Flip, ReorderBlocks, ReservedRows, Reshape, Shape, Transpose
 from .transforms_core import IDENTITY, Chain, Each, Identity, Transform, Unary
 from .transforms_recurrent import FoldRecurrentBias, PackGates
-from .transforms_slots import Concat, Constant, Split, SumSplit, Unstack, ZeroBias
+from .transforms_slots import Concat, Constant, Split, Stack, SumSplit, Unstack, ZeroBias
+from .transforms_values import Scale
 
 __all__ = [
     "IDENTITY", "Chain", "Concat", "Constant", "Each", "Flip", "FoldRecurrentBias", "Identity", "PackGates",
-    "ReorderBlocks", "ReservedRows", "Reshape", "Shape", "Split", "SumSplit", "Transform", "Transpose", "Unary", "Unstack",
-    "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
+    "ReorderBlocks", "ReservedRows", "Reshape", "Scale", "Shape", "Split", "Stack", "SumSplit", "Transform",
+    "Transpose", "Unary", "Unstack", "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
 ]

@@ -107,6 +107,40 @@ class Unstack(Transform):
         return f"stack{self.n_out}"
 
 
+class Stack(Transform):
+    """``n`` arrays of one shape stacked on a new leading axis (inverse: taken apart): ONNX's per-direction axis."""
+
+    n_out = 1
+
+    def __init__(self, n: int):
+        self.n_in = n
+
+    def forward(self, arrays):
+        return (np.stack(arrays, axis=0),)
+
+    def inverse(self, arrays):
+        a = arrays[0]
+        if a.shape[0] != self.n_in:
+            raise ValueError(f"unstack needs a leading axis of {self.n_in}, got shape {a.shape}")
+        return tuple(np.ascontiguousarray(a[i]) for i in range(self.n_in))
+
+    def forward_shapes(self, shapes):
+        if len({tuple(s) for s in shapes}) != 1:
+            raise ValueError(f"stacked arrays must have one shape, got {[tuple(s) for s in shapes]}")
+        return ((len(shapes),) + tuple(shapes[0]),)
+
+    def inverse_shapes(self, shapes):
+        if shapes[0][0] != self.n_in:
+            raise ValueError(f"expected a leading axis of {self.n_in}, got shape {tuple(shapes[0])}")
+        return tuple(tuple(shapes[0][1:]) for _ in range(self.n_in))
+
+    def describe(self):
+        return f"stack{self.n_in}"
+
+    def describe_inverse(self):
+        return f"unstack{self.n_in}"
+
+
 class SumSplit(Transform):
     """One array becomes ``n`` whose sum it is: itself, then zeros. Inverse: the sum.
 

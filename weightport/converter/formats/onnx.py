@@ -17,11 +17,12 @@ like the model.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from ...errors import FormatError, ShapeMismatchError, UsageError
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, TensorSource
 from .onnx_data import EXTERNAL, consumers, is_numeric, load_model, tensor_source
 
 NAME = "onnx"
@@ -32,6 +33,15 @@ EXTERNAL_LIMIT = 2 ** 31 - 2 ** 26  # protobuf's 2 GB ceiling, less room for the
 ALIGN = 4096
 _DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data", "raw_data")
 _templates: dict = {}  # absolute output path -> the template graph it is written from
+
+
+SHARED = re.compile(r"^(.*) <also read by (.*)>$")
+
+
+def shared_alias(name: str, reader: str) -> str:
+    """The name another slot reading initializer ``name`` writes it under (exporters share equal constants
+    between nodes); ``write`` stores one value, after checking that every slot's agrees."""
+    return f"{name} <also read by {reader}>"
 
 
 def sniff(path: str, head: bytes) -> bool:
@@ -100,18 +110,37 @@ def _set_external(tensor, location: str, offset: int, length: int) -> None:
 
 
 def _new_values(path, template, model, sources) -> dict:
-    """initializer name -> TensorSource of its new (graph-side) value, every name and shape checked first."""
+    """initializer name -> TensorSource of its new (graph-side) value, every name and shape checked first; a
+    value given again under an alias (a second slot reading a shared initializer) must be the same."""
     tensors = {t.name: t for t in model.graph.initializer}
-    given = {}
+    given, again = {}, []
     for s in sources:
-        if s.name not in tensors:
+        m = SHARED.match(s.name)
+        name = m.group(1) if m and m.group(1) in tensors else s.name
+        if name not in tensors:
             raise UsageError(f"{path}: tensor {s.name!r} is not an initializer of the template {template.path}; "
                              "an ONNX file is written into its template graph, whose initializers keep their names")
-        expected = template.value_shape(s.name)
+        expected = template.value_shape(name)
         if tuple(s.shape) != tuple(expected):
-            raise ShapeMismatchError(f"{path}: initializer {s.name!r} is read by the graph as {tuple(expected)}, "
+            raise ShapeMismatchError(f"{path}: initializer {name!r} is read by the graph as {tuple(expected)}, "
                                      f"the new value is {tuple(s.shape)}; nothing was written")
-        given[s.name] = s
+        if m and name in given:
+            again.append((name, m.group(2), s))
+        else:
+            given[name] = s
+    loaded: dict = {}
+    for name, reader, s in again:  # each source loads once: the first value is kept for the write
+        if name not in loaded:
+            loaded[name] = given[name].load()
+            given[name] = TensorSource.of(name, loaded[name])
+        first, other = template.stored(name, loaded[name]), template.stored(name, s.load())
+        if not np.array_equal(first, other):
+            diff = float(np.max(np.abs(first.astype(np.float64) - other.astype(np.float64))))
+            raise ShapeMismatchError(
+                f"{path}: initializer {name!r} is read by two slots of the graph ({reader}), "
+                f"and their new values differ (max abs difference {diff:g}); the graph holds one value for both, so "
+                "nothing was written. Give both layers the same weights (they were tied in the exported model), or "
+                "un-share the initializer in the template graph")
     return given
 
 

@@ -10,7 +10,8 @@ A port from a graph reads its initializers; a port into a graph object
 changes it in memory (``run`` then uses the new values); a file is written
 into a copy of its template graph (``file_names`` tells the ``onnx`` format
 which template an output comes from). Running needs onnxruntime.
-onnx is imported only once an ONNX file is used.
+``verify(locate=True)`` runs the graph with each layer's output added to its outputs. onnx is imported only
+once an ONNX file is used.
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ from . import Framework, LayerRef, Unmapped, configured
 
 def _is_onnx_path(obj) -> bool:
     return isinstance(obj, (str, os.PathLike)) and os.fspath(obj).lower().endswith(".onnx")
+
+
+class OnnxRef(LayerRef):
+    """A graph's layer; ``names`` (slot -> initializer) are recorded in plans, which a replay checks."""
+
+    @property
+    def names(self) -> dict:
+        return {slot: b.name for slot, b in self.obj.slots.items()}
 
 
 class OnnxFramework(Framework):
@@ -79,9 +88,9 @@ class OnnxFramework(Framework):
                 owners.setdefault(n, layer.path)
             parts = rule.expand(self.layout, hp)
             if len(parts) == 1:
-                refs.append(LayerRef(layer.path, layer, self, found, tied_to=tied_to))
+                refs.append(OnnxRef(layer.path, layer, self, found, tied_to=tied_to))
             else:
-                refs.extend(LayerRef(f"{layer.path}[{i}]", layer, self, [(rule, part)]) for i, part in enumerate(parts))
+                refs.extend(OnnxRef(f"{layer.path}[{i}]", layer, self, [(rule, part)]) for i, part in enumerate(parts))
         return refs, unmapped
 
     def children(self, layer) -> list:
@@ -116,8 +125,21 @@ class OnnxFramework(Framework):
 
             onnx_format.expect(path, graph)
 
+        from ..formats.onnx import shared_alias
+
+        asked: dict = {}  # initializer name -> the (layer, slot)s it was handed to, in order
+
         def names(node, slot):
-            return node.obj.slots[slot].name
+            """The initializer's name; a second slot reading the same initializer (exporters share equal
+            constants) gets an alias the ``onnx`` writer folds back, checking both values agree."""
+            name = node.obj.slots[slot].name
+            owners = asked.setdefault(name, [])
+            key = (node.path, slot)
+            if key not in owners:
+                owners.append(key)
+            if owners.index(key) == 0:
+                return name
+            return shared_alias(name, f"{owners[0][0]} {owners[0][1]} and {node.path} {slot}")
         return names
 
     # -- running ---------------------------------------------------------------------
@@ -125,14 +147,17 @@ class OnnxFramework(Framework):
         return [None]  # the dataflow is read from the graph, not from a run
 
     def trace(self, model, refs, inputs, capture: bool = False):
-        if capture:
-            return None  # outputs of inner nodes would need the graph rebuilt with more outputs
         from .onnx_layers import dataflow
 
-        return dataflow(self.graph(model), refs)
+        flow = dataflow(self.graph(model), refs)
+        if capture:  # the graph run with each layer's output added to its outputs
+            from .onnx_run import layer_outputs
+
+            flow.outputs = layer_outputs(self.graph(model), refs, inputs)
+        return flow
 
     def run(self, model, inputs):
-        from .onnx_layers import run_graph
+        from .onnx_run import run_graph
 
         return run_graph(self.graph(model), inputs)
 

@@ -30,7 +30,7 @@ class OnnxLayer:
 
     def __init__(self, graph, nodes, slots: dict, attrs: dict, path: str):
         self.graph, self.nodes, self.slots, self.attrs, self.path = graph, nodes, slots, attrs, path
-        self.op_type = nodes[0].op_type
+        self.op_type = type(self).__name__ if type(self) is not OnnxLayer else nodes[0].op_type  # a pattern's op
         self.name = nodes[0].name or path
         self.input_shape = graph.shape_of(graph.data_inputs(nodes[0])[0]) if graph.data_inputs(nodes[0]) else None
         self.output_shape = graph.shape_of(nodes[-1].output[0]) if nodes[-1].output else None

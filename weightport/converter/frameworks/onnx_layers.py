@@ -1,4 +1,4 @@
-"""Which nodes of an ONNX graph are layers, what feeds each, and running the graph (onnxruntime).
+"""Which nodes of an ONNX graph are layers, and what feeds each (running the graph: ``onnx_run``).
 
 See ``onnx_graph`` for what a layer is. The dataflow between layers is the
 graph's own: a layer is fed by the layers whose outputs reach its data inputs
@@ -7,37 +7,39 @@ through nodes that are not layers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
-import numpy as np
-
-from ...errors import UsageError
 from .onnx_graph import PASS_THROUGH, attributes, layer_class
+from .onnx_patterns import group_norm
 
 PARAMETER_NAME = re.compile(r"^(?!onnx::)(.+)\.[A-Za-z_][A-Za-z_0-9]*$")
 
 
 def find_layers(graph) -> list:
-    """OnnxLayers in graph order: every node reading a floating initializer, a MatMul with its bias Add merged."""
+    """OnnxLayers in graph order: every node reading a floating initializer, a MatMul with its bias Add merged,
+    the nodes torch exporters write for one GroupNorm merged (``onnx_patterns``)."""
     merged, found, taken = set(), [], set()
     for node in graph.model.graph.node:
         if id(node) in merged or node.op_type == "Constant":
             continue
         if node.op_type in PASS_THROUGH and node.output and graph.binding(node.output[0]) is not None:
             continue  # a step between an initializer and the op that reads it
-        slots = graph.weights(node)
+        pattern = group_norm(graph, node) if node.op_type == "InstanceNormalization" else None
+        if pattern is not None:
+            nodes, slots, attrs = pattern
+            op_type = "GroupNormalization"
+        else:
+            nodes, slots, attrs, op_type = [node], graph.weights(node), attributes(node), node.op_type
         if not slots:
             continue
-        nodes = [node]
         add = _bias_add(graph, node, slots) if node.op_type == "MatMul" else None
         if add is not None:
-            merged.add(id(add[0]))
             nodes.append(add[0])
             slots["C"] = add[1]
+        merged.update(id(n) for n in nodes)
         path = _unique(_path(nodes, slots, len(found)), taken)
         for b in slots.values():
             graph.bound.setdefault(b.name, b)
-        found.append(layer_class(node.op_type)(graph, nodes, slots, attributes(node), path))
+        found.append(layer_class(op_type)(graph, nodes, slots, attrs, path))
     return found
 
 
@@ -107,47 +109,3 @@ def dataflow(graph, refs):
         flow.feeds[ref.path] = feeds
         flow.order.append(ref.path)
     return flow
-
-
-def run_graph(graph, inputs):
-    """The graph's outputs on ``inputs`` (one array, a list in input order, or a dict by input name), by
-    onnxruntime, with any values a port wrote into the graph."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise UsageError("running an ONNX graph needs onnxruntime: pip install onnxruntime") from exc
-    import onnx
-
-    from ..arrays import to_numpy
-
-    model = onnx.load(graph.path, load_external_data=True) if graph.written else None
-    if model is not None:
-        from onnx import numpy_helper
-
-        for t in model.graph.initializer:
-            if t.name in graph.written:
-                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(graph.written[t.name]), t.name))
-    session = onnxruntime.InferenceSession(model.SerializeToString() if model is not None else graph.path,
-                                           providers=["CPUExecutionProvider"])
-    specs = session.get_inputs()
-    if isinstance(inputs, Mapping):
-        given = dict(inputs)
-    else:
-        values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        given = {spec.name: v for spec, v in zip(specs, values)}
-    feed = {}
-    for spec in specs:
-        if spec.name in given:
-            dtype = _ort_dtype(spec.type)
-            feed[spec.name] = np.asarray(to_numpy(given[spec.name]), dtype=dtype)
-    try:
-        outputs = session.run(None, feed)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; the message says what is wrong
-        raise UsageError(f"{graph.path}: onnxruntime cannot run the graph on these inputs: "
-                         f"{str(exc).strip()[:400]}") from exc
-    return outputs[0] if len(outputs) == 1 else outputs
-
-
-def _ort_dtype(spec_type: str):
-    return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}.get(spec_type)
