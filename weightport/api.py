@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from .converter import checking, engine, matcher, porting, sides, tracing
+from .converter import checking, engine, matcher, porting, shards, sides, tracing
 from .converter.checkpoint import Checkpoint
 from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
@@ -22,7 +22,8 @@ from .errors import ShapeMismatchError, WeightportWarning
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
          check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False,
-         strict_config: bool = False, output=None) -> Report:
+         strict_config: bool = False, output=None, shard_size: int | str | None = None, executor=None,
+         resume: bool = False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by evidence (hints, paths, dataflow, names);
@@ -53,6 +54,10 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         strict_config: refuse (ConfigMismatchError) where configuration weights cannot carry differs, even
             where it is only warned about by default (epsilon, padding, activation...).
         output: which output ``check`` compares where a model returns several, as in ``verify``.
+        shard_size: with a path as ``target``, split a safetensors output into shards (see ``convert``).
+        executor: with a path as ``target``, the ``concurrent.futures.Executor`` writing the shards (see
+            ``convert``).
+        resume: with a path as ``target``, keep the shards an interrupted run finished (see ``convert``).
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);
@@ -71,7 +76,8 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     """
     if sides.is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
-                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow)
+                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow,
+                       shard_size=shard_size, executor=executor, resume=resume)
     report = porting.into_live(source, target, hints=hints, strict=strict, model=model, trust_pickle=trust_pickle,
                                quiet=quiet, check=check, atol=atol, rtol=rtol, allow_overflow=allow_overflow,
                                strict_config=strict_config, output=output)
@@ -112,8 +118,8 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
 
 
 def save(model, path, layout: str | None = None, like=None, *, format: str | None = None, overwrite: bool = False,
-         dtype=None, shard_size: int | None = None, strict: bool = True, quiet: bool = False,
-         allow_overflow: bool = False) -> Report:
+         dtype=None, shard_size: int | str | None = None, strict: bool = True, quiet: bool = False,
+         allow_overflow: bool = False, executor=None, resume: bool = False) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
     The file appears whole or not at all.
@@ -137,11 +143,14 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
         overwrite: replace an existing file (otherwise refused).
         dtype: cast floating tensors (see ``convert``).
         shard_size: split a safetensors output into shards of at most this
-            many bytes, with an ``.index.json``.
+            many bytes (or "5GB", "500MiB"), with an ``.index.json``.
         strict: False writes what pairs with ``like`` and reports the rest.
         quiet: no progress bar.
         allow_overflow: write values that overflow ``dtype`` as inf instead of
             refusing.
+        executor: see ``convert``; a live model stays in this process, so
+            it is refused here (save once, then ``convert`` the file).
+        resume: see ``convert``.
 
     Returns:
         Report: the plan that ran; ``report.files`` lists the files written.
@@ -156,12 +165,13 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
         CastOverflowError: a value overflows ``dtype``.
     """
     return convert(model, path, like=like, to=layout, format=format, overwrite=overwrite, dtype=dtype,
-                   shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow)
+                   shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow,
+                   executor=executor, resume=resume)
 
 
 def convert(source, destination, model=None, *, to: str | None = None, like=None, format: str | None = None,
             hints: dict | None = None, strict: bool = True, overwrite: bool = False, dtype=None,
-            shard_size: int | None = None,
+            shard_size: int | str | None = None, executor=None, resume: bool = False,
             trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False,
             allow_overflow: bool = False, replace_input: bool = False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
@@ -188,7 +198,14 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         overwrite: replace an existing output (otherwise refused).
         dtype: cast floating tensors: "float32", "float16", "bfloat16", or "float8_e4m3fn"/"float8_e5m2"
             where the format holds them (safetensors, ``.npz``, ``.msgpack``); integers keep theirs.
-        shard_size: split a safetensors output into shards of at most this many bytes, with an index.
+        shard_size: split a safetensors output into shards of at most this many bytes (or "5GB", "500MiB"),
+            with an index; a layer's tensors stay in one shard. From a checkpoint file, each shard is one unit
+            of work, which reads only its layers' tensors.
+        executor: a ``concurrent.futures.Executor`` to write the shards on (``ProcessPoolExecutor(8)``, a Dask
+            ``client.get_executor()``): each worker gets the plan's JSON for its shard and imports no
+            framework; the output is the same bytes as without one. Needs ``shard_size``.
+        resume: keep the shards an interrupted run of this same conversion finished (each checked against
+            the sha256 it recorded) and write the rest; implies replacing what does not match.
         trust_pickle: let a torch source run pickled code beyond plain tensors (only for files you trust).
         quiet: no progress bar.
         plan: a Plan, or the path of one saved as JSON (``report.to_json()``), to run again with no model
@@ -206,13 +223,17 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         FormatError: the source is unreadable (UnsafePickleError: it needs ``trust_pickle``).
         AmbiguityError: the source's tensors fit several rules and no model says which.
         UsageError: no layout can be told, a ``.weights.h5`` without the Keras model, a suffix that names
-            no format, an unreadable plan, an output that cannot be written (OutputError).
+            no format, an unreadable plan, an output that cannot be written (OutputError), ``executor`` or
+            ``resume`` without a sharded safetensors output of a checkpoint file.
+        ShardError: a shard could not be written (its worker died past the retries); run again with
+            ``resume=True``.
         MatchError: the source does not pair with ``like``/``model`` (also ShapeMismatchError,
             ConfigMismatchError, UnsupportedLayerError); nothing was written.
         CastOverflowError: a value overflows ``dtype``.
     """
-    written = dict(overwrite=overwrite, dtype=dtype, shard_size=shard_size, quiet=quiet, dry_run=dry_run,
-                   allow_overflow=allow_overflow, replace_input=replace_input, format=format)
+    written = dict(overwrite=overwrite, dtype=dtype, shard_size=shards.byte_size(shard_size), quiet=quiet,
+                   dry_run=dry_run, allow_overflow=allow_overflow, replace_input=replace_input, format=format,
+                   executor=executor, resume=resume, trust_pickle=trust_pickle)
     report = porting.into_file(source, destination, model, to=to, like=like, hints=hints, strict=strict,
                                trust_pickle=trust_pickle, plan=plan, written=written)
     _warn(report.plan)
