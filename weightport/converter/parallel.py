@@ -48,10 +48,13 @@ def write_sharded(pairs, plan, destination, metadata, *, shard_size, dtype=None,
         try:
             run_units(executor if executor is not None else InlineExecutor(), todo, finished)
         except ShardError as exc:
+            settle(folder, todo)
             raise ShardError(f"{exc}; {len(done)} of {len(units)} shards are in place. Run the same conversion "
                              "again with resume=True to write the rest") from exc.__cause__
-        finally:
-            staging.remove_stale(folder)  # what a worker that died mid-shard left
+        except BaseException:
+            settle(folder, todo)
+            raise
+        staging.remove_stale(folder)  # what a worker that died mid-shard left
     files = [u["path"] for u in units]
     write_index(index_path, units, done, digest, old_index, overwrite=overwrite or resume)
     _remove(journal_path(index_path))
@@ -73,6 +76,29 @@ def refuse_existing(index_path, paths, inputs, *, overwrite, replace_input) -> N
                                     "conversion finished")
     if not os.path.isdir(os.path.dirname(index_path)):
         raise UsageError(f"cannot write {index_path}: the folder {os.path.dirname(index_path)} does not exist")
+
+
+def settle(folder, units, seconds: float = 5.0) -> None:
+    """After a failed run, remove the partial shards of workers that died; wait (a little) for those still dying.
+
+    A dead worker's pipe closes a moment before its process is gone, so its partial file can look alive
+    just when the run learns of its death; a worker still writing will rename its shard (whole) or remove it.
+    """
+    import time
+
+    from .formats import staging
+
+    prefixes = tuple(f".{os.path.basename(u['path'])}.wp-" for u in units)
+    deadline = time.monotonic() + seconds
+    while True:
+        staging.remove_stale(folder)
+        try:
+            left = [n for n in os.listdir(folder) if n.startswith(prefixes) and n.endswith(".partial")]
+        except OSError:
+            return
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 # -- resume --------------------------------------------------------------------------------------------------
@@ -150,15 +176,24 @@ def _remove(path: str) -> None:
 
 
 def run_units(executor, units, finished, retries: int = shards.RETRIES) -> None:
-    """Submit every unit, call ``finished(unit, result)`` as each one ends; retry what failed by chance."""
+    """Submit the units, call ``finished(unit, result)`` as each one ends; retry what failed by chance.
+
+    In this process (``InlineExecutor``) one unit runs at a time, so the first failure stops the run;
+    elsewhere every unit is handed over at once and the executor schedules them.
+    """
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    pending = {submit(executor, u): u for u in units}
-    failures = {}
+    from .executors import InlineExecutor
+
+    window = 1 if isinstance(executor, InlineExecutor) else max(len(units), 1)
+    queue, pending, failures = list(units), {}, {}
     try:
-        while pending:
+        while queue or pending:
+            while queue and len(pending) < window:
+                unit = queue.pop(0)
+                pending[submit(executor, unit)] = unit
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in ready:
+            for future in sorted(ready, key=lambda f: pending[f]["path"]):
                 unit = pending.pop(future)
                 try:
                     result = future.result()
