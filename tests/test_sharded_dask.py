@@ -29,8 +29,13 @@ def serial(tmp_path_factory):
 def test_a_dask_cluster_and_scheduler_write_the_same_bytes(client, serial, tmp_path):
     source, expected = serial
     (tmp_path / "py").mkdir()
-    wp.convert(source, tmp_path / "py" / "model.safetensors", to="keras", shard_size=SHARD,
-               executor=client.get_executor())
+    executor = client.get_executor()
+    wp.convert(source, tmp_path / "py" / "model.safetensors", to="keras", shard_size=SHARD, executor=executor)
+    assert contents(tmp_path / "py") == expected
+    os.remove(tmp_path / "py" / "model-00002-of-00005.safetensors")  # the same units again: written, not cached
+    report = wp.convert(source, tmp_path / "py" / "model.safetensors", to="keras", shard_size=SHARD,
+                        executor=executor, resume=True)
+    assert [os.path.basename(p) for p in report.shards["written"]] == ["model-00002-of-00005.safetensors"]
     assert contents(tmp_path / "py") == expected
     (tmp_path / "cli").mkdir()
     done = cli("convert", source, tmp_path / "cli" / "model.safetensors", "--to", "keras", "--shard-size", "520KB",

@@ -51,6 +51,6 @@ def dask_scheduler(address: str, timeout: float = 30):
         raise UsageError(f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: {exc}); check "
                          "the address and that the scheduler is running") from None
     try:
-        yield client.get_executor(retries=DASK_RETRIES)
+        yield client.get_executor(retries=DASK_RETRIES, pure=False)
     finally:
         client.close()

@@ -214,8 +214,10 @@ def run_units(executor, units, finished, retries: int = shards.RETRIES) -> None:
 
 def submit(executor, unit, previous=None):
     """``executor.submit(write_shard, unit)``; an executor that takes no more work is a ShardError."""
-    try:
-        return executor.submit(shards.write_shard, unit)
+    import uuid
+
+    try:  # each attempt its own task: Dask would otherwise hand back a cached (or failed) result of the same unit
+        return executor.submit(shards.write_shard, {**unit, "attempt": uuid.uuid4().hex})
     except Exception as exc:
         why = f"{type(previous).__name__}: {previous}; " if previous is not None else ""
         raise ShardError(f"shard {unit['path']} was not written: {why}the executor takes no more work "
