@@ -1,7 +1,7 @@
 """Convert a sharded ~4 GB torch-layout checkpoint to Keras layout: serially, in 2 local processes, on a 2-worker Dask
 LocalCluster, at two shard counts; wall time and peak RSS per worker, in one run.
 
-    python benchmarks/convert_sharded.py [--gb 4.2] [--workdir DIR] [--keep]
+    python benchmarks/convert_sharded.py [--gb 4.2] [--workdir DIR] [--outdir DIR] [--keep]
 
 Builds the source (float32 Linear layers with biases, Llama-MLP-like shapes; 9 source shards) in a temporary
 folder, then converts it with ``shard_size`` giving 8 and then 16 output shards. Each conversion runs in a
@@ -15,10 +15,14 @@ child process after a ``sync`` (so no run pays for another's write-back), the so
 
 Target (issue 15): peak per worker <= largest tensor + 300 MiB, at 8 and at 16 shards. Speed-up on a
 2-core machine is bounded by 2 and by the disk: the figures say what this one gives. Every output is
-checked byte for byte against the serial one, and a kernel against the transposed source.
+checked byte for byte against the serial one, and a kernel against the transposed source. The source is built
+in a child process too: Linux hands a parent's resident size to the ru_maxrss of a child it forks, so a parent
+holding the source's buffers would inflate every figure. ``--outdir /dev/shm`` writes the outputs to memory,
+taking the disk out of the picture.
 """
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -101,8 +105,6 @@ def child(mode, src, dst, shard):
     proc = subprocess.run([sys.executable, "-c", DRIVER, mode, src, dst, str(shard)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    import json
-
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -113,6 +115,7 @@ def same_files(a, b) -> bool:
 
 
 def run_all(work, src, total, largest):
+    """Every conversion, outputs under ``work``; the table."""
     budget = largest + 300 * MiB
     results = []
     for count in (8, 16):
@@ -133,12 +136,16 @@ def run_all(work, src, total, largest):
     report(results, total, largest, budget)
 
 
-def check_kernel(src, out):
-    import weightport as wp
+CHECK = r"""
+import sys, numpy as np, weightport as wp
+with wp.load(sys.argv[1]) as a, wp.load(sys.argv[2]) as b:
+    assert np.array_equal(a["blocks.0.mlp.down_proj.weight"].T, b["blocks.0.mlp.down_proj/kernel"]), "kernel is wrong"
+"""
 
-    with wp.load(src) as a, wp.load(out) as b:
-        name = "blocks.0.mlp.down_proj"
-        assert np.array_equal(a[name + ".weight"].T, b[name + "/kernel"]), "kernel is wrong"
+
+def check_kernel(src, out):
+    """A converted kernel against the transposed source (in a child: reading it here would raise later figures)."""
+    subprocess.run([sys.executable, "-c", CHECK, src, out], check=True)
 
 
 def report(results, total, largest, budget):
@@ -162,21 +169,31 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=4.2, help="source size in GB (default 4.2)")
     parser.add_argument("--workdir", default=None, help="where to build it (default: a temporary folder)")
+    parser.add_argument("--outdir", default=None, help="where to write the outputs (default: beside the source)")
     parser.add_argument("--keep", action="store_true", help="keep the source")
+    parser.add_argument("--build", nargs=2, metavar=("FOLDER", "GB"), help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
+    if args.build:
+        print(json.dumps(build_source(args.build[0], float(args.build[1]))))
+        return
     work = tempfile.mkdtemp(prefix="wp-sharded-", dir=args.workdir)
+    out = tempfile.mkdtemp(prefix="wp-sharded-out-", dir=args.outdir) if args.outdir else work
     try:
         print("building the source...", flush=True)
         start = time.perf_counter()
         os.makedirs(os.path.join(work, "source"))
-        src, total, largest = build_source(os.path.join(work, "source"), args.gb)
+        built = subprocess.run([sys.executable, __file__, "--build", os.path.join(work, "source"), str(args.gb)],
+                               check=True, capture_output=True, text=True)
+        src, total, largest = json.loads(built.stdout.strip().splitlines()[-1])
         print(f"built in {time.perf_counter() - start:.1f} s; converting...", flush=True)
-        with open(os.devnull, "wb") as sink:  # warm the source's pages, as a second conversion would find them
-            for name in sorted(os.listdir(os.path.dirname(src))):
-                with open(os.path.join(os.path.dirname(src), name), "rb") as f:
-                    shutil.copyfileobj(f, sink, 64 * MiB)
-        run_all(work, src, total, largest)
+        folder = os.path.dirname(src)  # warm the source's pages, as a second conversion would find them (in a
+        # child: a buffer here would raise this process's size, and with it every later child's ru_maxrss)
+        subprocess.run(["cat", *(os.path.join(folder, n) for n in sorted(os.listdir(folder)))],
+                       stdout=subprocess.DEVNULL, check=True)
+        run_all(out, src, total, largest)
     finally:
+        if out != work:
+            shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -58,8 +58,8 @@ def write_sharded(pairs, plan, destination, metadata, *, shard_size, dtype=None,
     files = [u["path"] for u in units]
     write_index(index_path, units, done, digest, old_index, overwrite=overwrite or resume)
     _remove(journal_path(index_path))
-    return files + [index_path], {"written": [u["path"] for u in todo], "kept": [f for f in files if f not in
-                                                                               {u["path"] for u in todo}]}
+    written = [u["path"] for u in todo]
+    return files + [index_path], {"written": written, "kept": [f for f in files if f not in written]}
 
 
 def refuse_existing(index_path, paths, inputs, *, overwrite, replace_input) -> None:
