@@ -4,7 +4,7 @@ Importing this package imports no framework: each call imports what it needs.
 """
 from .api import convert, get_weights, load, port, save, set_weights, verify
 from .errors import (AmbiguityError, ConfigMismatchError, FormatError, MatchError, OutputExistsError, ShapeMismatchError,
-                     UnsafePickleError, UnsupportedLayerError, UsageError, VerificationError, WeightportError,
+                     ShardError, UnsafePickleError, UnsupportedLayerError, UsageError, VerificationError, WeightportError,
                      WeightportWarning)
 from .mappings.rule import Link, Rule, link, register
 
@@ -14,6 +14,6 @@ __all__ = [
     "port", "convert", "load", "save", "get_weights", "set_weights", "verify",
     "Rule", "Link", "link", "register",
     "WeightportError", "UsageError", "UnsupportedLayerError", "ConfigMismatchError", "ShapeMismatchError",
-    "MatchError", "AmbiguityError", "FormatError", "UnsafePickleError", "OutputExistsError", "VerificationError",
+    "MatchError", "AmbiguityError", "FormatError", "UnsafePickleError", "OutputExistsError", "ShardError", "VerificationError",
     "WeightportWarning",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from .converter import checking, engine, matcher, porting, sides, tracing
+from .converter import checking, engine, matcher, porting, shards, sides, tracing
 from .converter.checkpoint import Checkpoint
 from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
@@ -22,18 +22,17 @@ from .errors import ShapeMismatchError, WeightportWarning
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
          check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False,
-         strict_config: bool = False, output=None) -> Report:
+         strict_config: bool = False, output=None, shard_size=None, executor=None, resume=False) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by evidence (hints, paths, dataflow, names);
     configuration weights cannot carry (epsilon, momentum...) is compared and differences are warned about
-    (``report.warnings``). A value that would overflow the target's dtype is refused; a rounding cast marks
-    its step "function-preserving, not bitwise"; NaN/Inf in the source are warned about. A refused port
-    leaves the target as it was.
+    (``report.warnings``). A value that would overflow the target's dtype is refused; a rounding cast marks its step
+    "function-preserving, not bitwise"; NaN/Inf in the source are warned about. A refused port leaves the target as it
+    was.
 
     Args:
-        source: a live model (Keras, torch, Flax NNX or Linen variables, Equinox), a checkpoint path, a
-            loaded ``Checkpoint`` or a name -> array mapping (a state dict).
+        source: a live model (Keras, torch, Flax NNX or Linen, Equinox), a checkpoint (path, ``Checkpoint``, dict).
         target: a live model to fill, or a path: then a new file is written (see ``convert``).
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: True (the default) leaves the target untouched unless every target weight pairs
@@ -44,15 +43,17 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         dtype: with a path as ``target``, cast floating tensors ("float16", "bfloat16"...; see ``convert``).
         trust_pickle: let a torch file run pickled code beyond plain tensors (only for files you trust).
         quiet: no progress bar (one shows on a terminal for ports and files over 64 MB).
-        check: inputs to run both models on after the port (a pair ``(inputs_source, inputs_target)``
-            where their layouts differ); if the outputs differ, the target is restored and
-            VerificationError names the first paired layer whose outputs part.
+        check: inputs to run both models on after the port (a pair ``(inputs_source, inputs_target)`` where layouts
+            differ); if they differ, the target is restored and VerificationError names the first paired layer whose
+            outputs part.
         atol: absolute tolerance of ``check``.
         rtol: relative tolerance of ``check`` (see ``verify``).
         allow_overflow: write values that overflow the target's dtype as inf instead of refusing.
-        strict_config: refuse (ConfigMismatchError) where configuration weights cannot carry differs, even
-            where it is only warned about by default (epsilon, padding, activation...).
+        strict_config: refuse (ConfigMismatchError) even the differences only warned about by default (epsilon...).
         output: which output ``check`` compares where a model returns several, as in ``verify``.
+        shard_size: with a path as ``target``, split a safetensors output into shards (see ``convert``).
+        executor: with a path as ``target``, the executor writing the shards (see ``convert``).
+        resume: with a path as ``target``, keep the shards an interrupted run finished (see ``convert``).
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);
@@ -71,7 +72,8 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     """
     if sides.is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
-                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow)
+                       dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow,
+                       shard_size=shard_size, executor=executor, resume=resume)
     report = porting.into_live(source, target, hints=hints, strict=strict, model=model, trust_pickle=trust_pickle,
                                quiet=quiet, check=check, atol=atol, rtol=rtol, allow_overflow=allow_overflow,
                                strict_config=strict_config, output=output)
@@ -112,8 +114,8 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
 
 
 def save(model, path, layout: str | None = None, like=None, *, format: str | None = None, overwrite: bool = False,
-         dtype=None, shard_size: int | None = None, strict: bool = True, quiet: bool = False,
-         allow_overflow: bool = False) -> Report:
+         dtype=None, shard_size: int | str | None = None, strict: bool = True, quiet: bool = False,
+         allow_overflow: bool = False, executor=None, resume: bool = False) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
     The file appears whole or not at all.
@@ -137,11 +139,14 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
         overwrite: replace an existing file (otherwise refused).
         dtype: cast floating tensors (see ``convert``).
         shard_size: split a safetensors output into shards of at most this
-            many bytes, with an ``.index.json``.
+            many bytes (or "5GB", "500MiB"), with an ``.index.json``.
         strict: False writes what pairs with ``like`` and reports the rest.
         quiet: no progress bar.
         allow_overflow: write values that overflow ``dtype`` as inf instead of
             refusing.
+        executor: see ``convert``; a live model stays in this process, so
+            it is refused here (save once, then ``convert`` the file).
+        resume: see ``convert``.
 
     Returns:
         Report: the plan that ran; ``report.files`` lists the files written.
@@ -156,14 +161,14 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
         CastOverflowError: a value overflows ``dtype``.
     """
     return convert(model, path, like=like, to=layout, format=format, overwrite=overwrite, dtype=dtype,
-                   shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow)
+                   shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow,
+                   executor=executor, resume=resume)
 
 
 def convert(source, destination, model=None, *, to: str | None = None, like=None, format: str | None = None,
             hints: dict | None = None, strict: bool = True, overwrite: bool = False, dtype=None,
-            shard_size: int | None = None,
-            trust_pickle: bool = False, quiet: bool = False, plan=None, dry_run: bool = False,
-            allow_overflow: bool = False, replace_input: bool = False) -> Report:
+            shard_size: int | str | None = None, executor=None, resume: bool = False, trust_pickle: bool = False,
+            quiet: bool = False, plan=None, dry_run: bool = False, allow_overflow=False, replace_input=False) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
     Peak memory tracks the largest layer, not the model. The output is written under a temporary name and
@@ -174,32 +179,32 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         source: a checkpoint path, a loaded ``Checkpoint``, a name -> array mapping or a live model.
         destination: the output file; its suffix picks the format (or ``format=``). A ``.keras`` archive
             takes its config from ``like``; an Orbax checkpoint is a folder (``format="orbax"``).
-        model: a live model giving the structure names cannot: if it is in the source's layout it
-            describes the source, otherwise it is the target (as ``like``).
-        to: the target layout ("torch", "keras", "flax", "equinox"); by default the model's, keras for
-            Keras files, else the source's own.
-        like: a live model of the target framework whose names (and, for a ``.weights.h5``, variable
-            paths) the output takes; a ``.keras`` archive also records its config, an Orbax checkpoint
-            its state tree.
-        format: the output format by name, as in the formats table ("safetensors", "torch", "keras",
-            "npz", "msgpack", "orbax"), instead of the one the destination's suffix names.
+        model: a live model giving the structure names cannot: the source's if in its layout, else the target's.
+        to: the target layout ("torch", "keras", "flax", "equinox"); by default the model's, keras for Keras files, else
+            the source's.
+        like: a live model of the target framework whose names (and a ``.weights.h5``'s variable paths) the
+            output takes; a ``.keras`` archive also records its config, an Orbax checkpoint its state tree.
+        format: the output format by name ("safetensors", "torch", "keras", "npz", "msgpack", "orbax").
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: False converts what pairs and reports the rest.
         overwrite: replace an existing output (otherwise refused).
-        dtype: cast floating tensors: "float32", "float16", "bfloat16", or "float8_e4m3fn"/"float8_e5m2"
-            where the format holds them (safetensors, ``.npz``, ``.msgpack``); integers keep theirs.
-        shard_size: split a safetensors output into shards of at most this many bytes, with an index.
+        dtype: cast floating tensors ("float16", "bfloat16", "float8_e4m3fn" where the format holds it...).
+        shard_size: split a safetensors output into shards of at most this many bytes ("5GB", "500MiB" too),
+            with an index; a layer's tensors stay in one shard.
+        executor: a ``concurrent.futures.Executor`` writing one shard per unit of work (a process pool, a Dask
+            ``client.get_executor()``) from the plan's JSON; the same bytes as without. Needs ``shard_size``.
+        resume: keep the shards an interrupted run of this same conversion finished (sha256 checked).
         trust_pickle: let a torch source run pickled code beyond plain tensors (only for files you trust).
         quiet: no progress bar.
-        plan: a Plan, or the path of one saved as JSON (``report.to_json()``), to run again with no model
-            at hand; every name and shape is checked against the source first.
+        plan: a Plan, or the path of one saved as JSON (``report.to_json()``), to run again with no model at hand; names
+            and shapes are checked first.
         dry_run: plan without writing; ``report.to_json()`` can be reviewed, saved and given as ``plan``.
         allow_overflow: write values that overflow ``dtype`` as inf instead of refusing.
         replace_input: let the output replace the source file itself.
 
     Returns:
-        Report: the plan that ran (printed, a table); ``report.files`` lists the files written (none for
-        a dry run).
+        Report: the plan that ran (printed, a table); ``report.files`` lists the files written (none in a dry
+        run), ``report.shards`` the shards a sharded run wrote and kept.
 
     Raises:
         OutputExistsError: the destination exists and ``overwrite`` is False.
@@ -207,12 +212,15 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         AmbiguityError: the source's tensors fit several rules and no model says which.
         UsageError: no layout can be told, a ``.weights.h5`` without the Keras model, a suffix that names
             no format, an unreadable plan, an output that cannot be written (OutputError).
+        ShardError: a shard's worker died past the retries; the same call with ``resume=True`` finishes.
         MatchError: the source does not pair with ``like``/``model`` (also ShapeMismatchError,
             ConfigMismatchError, UnsupportedLayerError); nothing was written.
         CastOverflowError: a value overflows ``dtype``.
     """
-    written = dict(overwrite=overwrite, dtype=dtype, shard_size=shard_size, quiet=quiet, dry_run=dry_run,
-                   allow_overflow=allow_overflow, replace_input=replace_input, format=format)
+    written = dict(overwrite=overwrite, dtype=dtype, shard_size=shards.byte_size(shard_size), quiet=quiet,
+                   resume=resume,
+                   dry_run=dry_run, allow_overflow=allow_overflow, replace_input=replace_input, format=format,
+                   executor=executor, trust_pickle=trust_pickle)
     report = porting.into_file(source, destination, model, to=to, like=like, hints=hints, strict=strict,
                                trust_pickle=trust_pickle, plan=plan, written=written)
     _warn(report.plan)

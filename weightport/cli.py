@@ -12,7 +12,8 @@ import sys
 import warnings
 
 from . import exits, layouts
-from .cliargs import VersionAction, check_destination, load_object, parse_dtype, parse_hints, parse_size
+from .cliargs import (VersionAction, check_destination, executor_for, load_object, parse_dtype, parse_hints,
+                      parse_size)
 from .errors import WeightportWarning
 
 
@@ -132,11 +133,13 @@ def cmd_convert(args) -> int:
     show = args.progress if args.progress is not None else (False if args.quiet or args.json else None)
     progress.forced = show
     try:
-        report = convert(source, args.destination, model=model, to=args.to, like=like, hints=parse_hints(args.hint),
-                         strict=not args.partial, overwrite=args.overwrite, dtype=args.dtype,
-                         shard_size=parse_size(args.shard_size), trust_pickle=args.trust_pickle,
-                         quiet=show is False, plan=args.plan, dry_run=args.dry_run,
-                         allow_overflow=args.allow_overflow, replace_input=args.replace_input)
+        with executor_for(args) as executor:
+            report = convert(source, args.destination, model=model, to=args.to, like=like,
+                             hints=parse_hints(args.hint), strict=not args.partial, overwrite=args.overwrite,
+                             dtype=args.dtype, shard_size=parse_size(args.shard_size), trust_pickle=args.trust_pickle,
+                             quiet=show is False, plan=args.plan, dry_run=args.dry_run,
+                             allow_overflow=args.allow_overflow, replace_input=args.replace_input,
+                             executor=executor, resume=args.resume)
     finally:
         progress.forced = None
     if args.save_plan:
@@ -228,6 +231,14 @@ def add_convert(command) -> None:
                    help="cast floating tensors: float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 (float8 "
                         "where the output format holds it)")
     p.add_argument("--shard-size", help="split safetensors output into shards of this size (e.g. 5GB)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="write the shards (--shard-size) in N local processes, one shard per unit of work")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="write the shards on the Dask cluster at ADDRESS (tcp://host:8786; needs weightport[dask])")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the shards an interrupted run of the same conversion finished (digests checked), "
+                        "write the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--replace-input", action="store_true",
                    help="let the output replace the input file itself (refused otherwise, even with --overwrite)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 from . import exits
 from .errors import UsageError
@@ -76,15 +77,24 @@ def is_model(obj) -> bool:
 
 def parse_size(text):
     """Bytes from '123', '500MB', '5GB' (powers of 1000) or '2GiB' (powers of 1024)."""
-    if text is None:
-        return None
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    number = text.rstrip("BbIiKkMmGg")
-    unit = text[len(number):].upper()
-    try:
-        return int(float(number) * units[unit])
-    except (KeyError, ValueError):
-        raise UsageError(f"--shard-size takes a size such as 5GB or 500MiB, got {text!r}") from None
+    from .converter.shards import byte_size
+
+    return byte_size(text)
+
+
+@contextmanager
+def executor_for(args):
+    """The executor ``--workers N`` (local processes) or ``--scheduler ADDRESS`` (Dask) asks for, else None."""
+    from .converter import executors
+
+    if args.workers is not None:
+        with executors.local_processes(args.workers) as pool:
+            yield pool
+    elif args.scheduler:
+        with executors.dask_scheduler(args.scheduler) as executor:
+            yield executor
+    else:
+        yield None
 
 
 def parse_dtype(text: str) -> str:

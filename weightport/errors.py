@@ -57,6 +57,11 @@ class OutputError(UsageError):
     a folder in the way, or the output would replace the input. Nothing was left behind."""
 
 
+class ShardError(OutputError):
+    """A shard of a sharded conversion could not be written (its worker died, or failed past its retries).
+    The shards already in place are kept: the same call with ``resume=True`` writes the rest."""
+
+
 class CastOverflowError(WeightportError):
     """Casting a tensor to a narrower float type would turn finite values into inf."""
 

@@ -53,6 +53,10 @@ CLI_SPELLING = (
     (r"(?<![\w-])(?:to|layout)=(['\"])([\w.-]+)\1", r"--to \2"),
     (r"(?<![\w-])(dtype|format)=(['\"])([\w.-]+)\2", r"--\1 \3"),
     (r"(?<![\w-])shard_size=(?![\w'\"])", "--shard-size"),
+    (r"(?<![\w-])resume=True\b", "--resume"),
+    (r"(?<![\w-])executor=/resume=", "--workers/--scheduler/--resume"),
+    (r"(?<![\w-])executor=(?![\w'\"])", "--workers/--scheduler"),
+    (r"(?<![\w-])(workers|scheduler)=(?![\w'\"])", r"--\1"),
     (r"(?<![\w-])(model|like|format|dtype|plan)=(?![\w'\"{(\[])", r"--\1"),  # a keyword named without a value
 )
 

@@ -306,11 +306,13 @@ def transposed_blocks(a, dtype, rows: int = 256):
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
-               quiet=False, dry_run=False, allow_overflow=False, replace_input=False, format=None, like=None):
+               quiet=False, dry_run=False, allow_overflow=False, replace_input=False, format=None, like=None,
+               executor=None, resume=False, trust_pickle=False):
     """Record each step's tensor names in the plan, then (unless a dry run) write the file; the Report.
 
     ``format`` names the output's format (else its suffix does); ``like`` is the live target model, for formats
-    that store more than tensors."""
+    that store more than tensors. A sharded safetensors output of a checkpoint file is written one unit per
+    shard (``parallel``), on ``executor`` if given."""
     import json
     import os
 
@@ -330,10 +332,18 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     report.files = []
     if dry_run:
         return report
+    from . import parallel, shards
+
+    metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=jsonable)}
+    if shards.wanted(pairs, destination, format=format, shard_size=shard_size, executor=executor, resume=resume):
+        report.files, report.shards = parallel.write_sharded(
+            pairs, plan, destination, metadata, shard_size=shard_size, dtype=dtype, allow_overflow=allow_overflow,
+            overwrite=overwrite, resume=resume, executor=executor, quiet=quiet, trust_pickle=trust_pickle,
+            replace_input=replace_input)
+        return report
     sources = target_sources(pairs, names_of, dtype=dtype, plan=plan, allow_overflow=allow_overflow)
     progress = bar(sum(s.nbytes for s in sources), os.path.basename(str(destination)), quiet)
     try:
-        metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=jsonable)}
         report.files = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
                                         shard_size=shard_size, progress=progress.update if progress else None,
                                         replace_input=replace_input, format=format, like=like)

@@ -273,11 +273,10 @@ def write(path: str, sources, metadata, *, staging, shard_size=None, progress=No
     if shard_size is None and not _is_index(path):
         _write_file(staging.file(path), path, sources, metadata, progress)
         return
-    index_path = path if _is_index(path) else path + ".index.json"
-    stem = os.path.basename(index_path)[: -len(".safetensors.index.json")] or "model"
+    index_path = index_path_of(path)
     folder = os.path.dirname(os.path.abspath(index_path))
     shards = _plan_shards(sources, shard_size or math.inf)
-    names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    names = shard_names(index_path, len(shards))
     temps = [staging.file(os.path.join(folder, n)) for n in names]  # every name claimed before any byte
     index_temp = staging.file(index_path)
     if os.path.exists(index_path):  # overwriting: shards the old index lists and the new one does not go too
@@ -290,3 +289,27 @@ def write(path: str, sources, metadata, *, staging, shard_size=None, progress=No
     index = {"metadata": {**metadata, "total_size": sum(s.nbytes for s in sources)}, "weight_map": weight_map}
     with open(index_temp, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2)
+
+
+# -- for writers that make one shard at a time (converter.shards) ---------------------------------------
+
+
+def index_path_of(path: str) -> str:
+    """The ``*.safetensors.index.json`` a sharded output named ``path`` is listed by."""
+    return path if _is_index(path) else path + ".index.json"
+
+
+def shard_names(index_path: str, count: int) -> list:
+    """Hugging Face's shard names for ``count`` shards: ``model-00001-of-00004.safetensors``..."""
+    stem = os.path.basename(index_path)[: -len(".safetensors.index.json")] or "model"
+    return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def tagged(metadata: dict) -> dict:
+    """``metadata`` as every shard and the index record it (the layout's ``format`` tag added)."""
+    return _with_format_tag(metadata)
+
+
+def write_one(temp: str, final: str, sources, metadata: dict) -> None:
+    """One complete safetensors file at ``temp`` (to be renamed to ``final``), ``metadata`` as given."""
+    _write_file(temp, final, sources, metadata, None)
