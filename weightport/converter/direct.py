@@ -9,7 +9,6 @@ splits, sums, casts, a target torch does not hold) takes the general path.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -104,7 +103,3 @@ def byte_span(a) -> tuple:
     for n, stride in zip(a.shape, a.strides):
         (low, high) = (low + (n - 1) * stride, high) if stride < 0 else (low, high + (n - 1) * stride)
     return low, high + a.itemsize
-
-
-def torch_loaded() -> bool:
-    return "torch" in sys.modules
