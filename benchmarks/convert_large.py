@@ -3,8 +3,9 @@
     python benchmarks/convert_large.py [--workdir DIR] [--keep]
 
 Builds benchmarks/_work/llama_torch.safetensors (float32, ~1.94 GB) once, warms the page cache, then runs
-each contender in its own process (after a `sync`, so no one pays for another's write-back) and prints wall
-time and peak RSS (the child's ru_maxrss), with ratios against `cp` of the same file in the same run:
+each contender in its own process (after a `sync`, so no one pays for another's write-back), all of them in
+turn for `--rounds` rounds, and prints the medians of wall, user and system time and peak RSS (the child's
+ru_maxrss), with the median ratio of each round's wall time against that round's `cp` of the same file:
 
 - cp:         copying the file (the floor for reading and writing every byte);
 - naive:      safetensors.numpy.load_file, numpy `.T` copies, save_file (everything in memory at once);
@@ -19,6 +20,7 @@ Targets (issue 3): weightport <= 2.0x cp wall time; peak RSS <= largest tensor +
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -47,14 +49,14 @@ def build_checkpoint(path):
 
 
 def run(cmd):
-    """(wall seconds, peak RSS bytes) of one child process."""
+    """(wall seconds, peak RSS bytes, user seconds, system seconds) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime
 
 
 NAIVE = """
@@ -75,6 +77,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=os.path.join(HERE, "_work"))
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every contender in turn (alternating with cp); medians are quoted")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     work = lambda name: os.path.join(args.workdir, name)  # noqa: E731
@@ -107,19 +111,24 @@ def main():
         "weightport -> .weights.h5": [cli, "convert", src, work(outputs["weightport -> .weights.h5"]),
                                       "--plan", work("plan_h5.json"), "--quiet"],
     }
-    results = {}
-    for name, cmd in commands.items():
-        if os.path.exists(work(outputs[name])):
-            os.remove(work(outputs[name]))
-        subprocess.run(["sync"], check=True)
-        results[name] = run(cmd)
-    cp_wall = results["cp"][0]
+    rounds = {name: [] for name in commands}
+    for _ in range(args.rounds):  # alternating: a busy moment of the machine hits cp as much as the others
+        for name, cmd in commands.items():
+            if os.path.exists(work(outputs[name])):
+                os.remove(work(outputs[name]))
+            subprocess.run(["sync"], check=True)
+            rounds[name].append(run(cmd))
+    results = {name: [statistics.median(r[i] for r in runs) for i in range(4)] for name, runs in rounds.items()}
+    ratios = {name: statistics.median(r[0] / c[0] for r, c in zip(runs, rounds["cp"])) for name, runs in rounds.items()}
     budget = largest + 300 * MiB
     print(f"checkpoint: {source.nbytes / 1e9:.2f} GB float32, largest tensor {largest / MiB:.0f} MiB; "
-          f"RSS budget (largest + 300 MiB) {budget / MiB:.0f} MiB")
-    print(f"{'':28} {'wall s':>8} {'x cp':>6} {'peak RSS MiB':>13} {'x budget':>9}")
-    for name, (wall, rss) in results.items():
-        print(f"{name:28} {wall:8.2f} {wall / cp_wall:6.2f} {rss / MiB:13.0f} {rss / budget:9.2f}")
+          f"RSS budget (largest + 300 MiB) {budget / MiB:.0f} MiB; medians of {args.rounds} alternating rounds")
+    print(f"{'':28} {'wall s':>8} {'x cp':>6} {'user s':>7} {'sys s':>7} {'peak RSS MiB':>13} {'x budget':>9}  "
+          "walls")
+    for name, (wall, rss, user, system) in results.items():
+        walls = " ".join(f"{r[0]:.2f}" for r in rounds[name])
+        print(f"{name:28} {wall:8.2f} {ratios[name]:6.2f} {user:7.2f} {system:7.2f} {rss / MiB:13.0f} "
+              f"{rss / budget:9.2f}  {walls}")
 
     name = "model.layers.0.mlp.down_proj.weight"
     converted = load(work("keras.safetensors"))

@@ -1,7 +1,5 @@
-"""Run matched pairs: read, translate through the canonical form, then write.
-
-Into a live model, every tensor is translated, shape-checked and cast-checked
-before the first assignment, so a refusal leaves the target as it was.
+"""Run matched pairs: read, translate through the canonical form, then write (files here; live models in
+``assign``, which checks every pair before it assigns any).
 
 Numbers are watched on the way (``Watch``): NaN or Inf in a source tensor is
 reported, a cast that would turn finite values into inf is refused (unless
@@ -85,52 +83,6 @@ def translate(p, watch: Watch | None = None) -> dict:
             f"{p.source.label}: rule {p.rule.name!r} needs the tensor {exc.args[0]!r} "
             f"({p.source.layout} layout), which the layer does not hold; it holds {sorted(native)}") from None
     return p.rule.from_canonical(p.target.layout, p.target_hp, canonical)
-
-
-def run_into_live(pairs, plan=None, *, allow_overflow: bool = False, progress=None) -> None:
-    """Translate every pair, check every shape and cast, then assign (and carry the frozen state).
-
-    With ``plan`` (whose steps match ``pairs``), what the numbers show is said
-    there: NaN/Inf in the source in ``plan.issues``, rounding casts on their step.
-    ``progress(nbytes)`` is told of each layer translated.
-    """
-    watch = Watch(pairs, plan, allow_overflow)
-    prepared = []
-    for p in pairs:
-        arrays = translate(p, watch)
-        expected = p.target.framework.shapes(p.target.obj, list(arrays))
-        for slot, arr in arrays.items():
-            if slot in expected and tuple(arr.shape) != tuple(expected[slot]):
-                raise ShapeMismatchError(
-                    f"{p.source.label} -> {p.target.label}: slot {slot!r} expects shape {tuple(expected[slot])}, "
-                    f"translated source has {tuple(arr.shape)}; the target was not changed")
-        try:
-            dtypes = p.target.framework.dtypes(p.target.obj, list(arrays))
-        except NotImplementedError:
-            dtypes = {}
-        for slot, dt in dtypes.items():
-            if slot in arrays:
-                arrays[slot] = watch.cast(p, f"{p.source.label} -> {p.target.label} slot {slot!r}", arrays[slot], dt)
-        prepared.append((p, arrays))
-        if progress is not None:
-            progress(sum(a.nbytes for a in arrays.values()))
-    for p, arrays in prepared:
-        p.target.framework.write(p.target.obj, arrays)
-        frozen = p.source.framework.is_frozen(p.source.obj) if hasattr(p.source, "framework") else None
-        if frozen is not None:
-            p.target.framework.set_frozen(p.target.obj, frozen)
-
-
-def run_with_progress(pairs, plan, *, allow_overflow: bool = False, quiet: bool = False) -> None:
-    """``run_into_live`` under a progress bar (shown on a terminal for large ports, unless ``quiet``)."""
-    from ..progress import bar
-
-    progress = bar(live_bytes(pairs), "port", quiet)
-    try:
-        run_into_live(pairs, plan, allow_overflow=allow_overflow, progress=progress.update if progress else None)
-    finally:
-        if progress is not None:
-            progress.close()
 
 
 def live_bytes(pairs) -> int:

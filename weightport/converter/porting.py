@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import UsageError, WeightportError
 from ..layouts import separator
-from . import checking, engine, matcher, planning, sides, tracing
+from . import assign, checking, engine, matcher, planning, sides, tracing
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -45,7 +45,7 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None
-    engine.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
+    assign.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
     ported = tgt_fw.finish(target)
     if check is not None:
         try:

@@ -47,6 +47,11 @@ class Framework:
         """Assign slot -> array into ``layer`` in place (shapes already checked)."""
         raise NotImplementedError
 
+    def destinations(self, layer, slots) -> dict:
+        """slot -> the tensor holding that weight (torch, or numpy), where copying into it in place is exactly
+        assigning it; {} where the framework replaces values instead (jax) or computes them (weight_norm)."""
+        return {}
+
     def activation_after(self, siblings, index: int):
         """The activation applied right after ``siblings[index]`` by the next sibling, where this framework
         spells activations as layers of their own (torch's nn.GELU after a Linear); None otherwise."""

@@ -79,6 +79,17 @@ class KerasFramework(Framework):
 
         return {s: dtype_of(v.dtype) for s, v in zip(slots, self._variables(layer, slots))}
 
+    def destinations(self, layer, slots) -> dict:
+        """Under the torch backend, each variable's own torch tensor (what ``assign`` copies into); else {}."""
+        if _keras().backend.backend() != "torch":
+            return {}
+        found = {}
+        for slot, var in zip(slots, self._variables(layer, slots)):
+            value = var.value
+            if value is getattr(var, "_value", None):  # not a stand-in (autocast or a stateless scope)
+                found[slot] = value
+        return found
+
     def write(self, layer, arrays: dict) -> None:
         keras = _keras()
         slots = list(arrays)

@@ -70,6 +70,10 @@ class TorchFramework(Framework):
         state = self._tensors(layer)
         return {s: to_numpy(state[s][:0] if state[s].dim() else state[s]).dtype for s in slots if s in state}
 
+    def destinations(self, layer, slots) -> dict:
+        state, derived = self._tensors(layer), _reparametrized(layer)
+        return {s: state[s] for s in slots if s in state and s not in derived}
+
     def write(self, layer, arrays: dict) -> None:
         import torch
 
