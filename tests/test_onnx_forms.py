@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import weightport as wp  # noqa: E402
+from util import close, ort_run, run_keras  # noqa: E402
 from weightport.errors import (ConfigMismatchError, ShapeMismatchError, UnsupportedLayerError,  # noqa: E402
                                WeightportError)
 
@@ -25,20 +26,6 @@ def save(path, nodes, inits, x_shape, opset=17):
                               [numpy_helper.from_array(a, n) for n, a in inits.items()])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return str(path)
-
-
-def ort_run(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def run_keras(model, x):
-    """The model's output; ``predict`` compiles one function per model (under jax an eager call recompiles
-    every recurrent scan), which later calls with new weights reuse."""
-    return np.asarray(model.predict(x, verbose=0))
-
-
-def close(a, b):
-    return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def normal(*shape):

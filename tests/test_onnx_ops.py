@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 keras = pytest.importorskip("keras")
 
 import weightport as wp  # noqa: E402
+from util import close, ort_run, run_keras  # noqa: E402
 from weightport.errors import ConfigMismatchError, WeightportError  # noqa: E402
 
 RNG = np.random.default_rng(11)
@@ -99,20 +100,6 @@ def export(module, x, path, dynamo):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=dynamo, input_names=["x"])
     return str(path)
-
-
-def ort_run(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def run_keras(model, x):
-    """The model's output; ``predict`` compiles one function per model (under jax an eager call recompiles
-    every recurrent scan), which later calls with new weights reuse."""
-    return np.asarray(model.predict(x, verbose=0))
-
-
-def close(a, b):
-    return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["torchscript", "dynamo"])

@@ -114,3 +114,20 @@ def skip_transforms(monkeypatch, rule_name: str, layout: str = "torch") -> None:
         return out
 
     monkeypatch.setattr(rule, f"links_{layout}", naive_links)
+
+
+def ort_run(path, x):
+    """onnxruntime's output of the graph at ``path`` on input ``x`` (its one input is named ``x``)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def run_keras(model, x):
+    """The model's output; ``predict`` compiles one function per model (under jax an eager call recompiles
+    every recurrent scan), which later calls with new weights reuse."""
+    return np.asarray(model.predict(x, verbose=0))
+
+
+def close(a, b):
+    return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=1e-4)

@@ -34,12 +34,9 @@ class ExpertBankRule(Rule):
     def infer_keras(self, shapes):
         if len(shapes) != 3 or any(len(s) != 3 for s in shapes.values()):
             return None
-        named = {}
-        for kernel, pattern in KERNEL_WORDS.items():
-            found = [n for n in shapes if re.search(pattern, n) and n not in named.values()]
-            if len(found) != 1:
-                return None
-            named[kernel] = found[0]
+        named = _kernels_named(shapes)
+        if named is None:
+            return None
         (e, h, units), up, down = (tuple(shapes[named[k]]) for k in ("gate", "up", "down"))
         if up != (e, h, units) or down != (e, units, h):
             return None
@@ -72,6 +69,17 @@ class ExpertBankRule(Rule):
         return found
 
 
+def _kernels_named(names):
+    """kernel -> the one of ``names`` naming it (gate, up, down), all three, each name used; else None."""
+    named = {}
+    for kernel, pattern in KERNEL_WORDS.items():
+        hits = [n for n in names if re.search(pattern, n) and n not in named.values()]
+        if len(hits) != 1:
+            return None
+        named[kernel] = hits[0]
+    return named if set(names) == set(named.values()) else None
+
+
 def _per_expert(shapes):
     """hp for experts kept apart (``<e>.<name>.weight``, (out, in) each), numbered from 0, else None."""
     found: dict = {}
@@ -80,13 +88,8 @@ def _per_expert(shapes):
         if len(parts) != 3 or not parts[0].isdigit() or parts[2] != "weight" or len(shape) != 2:
             return None
         found.setdefault(parts[1], {})[int(parts[0])] = tuple(shape)
-    named = {}
-    for kernel, pattern in KERNEL_WORDS.items():
-        hits = [n for n in found if re.search(pattern, n) and n not in named.values()]
-        if len(hits) != 1:
-            return None
-        named[kernel] = hits[0]
-    if set(found) != set(named.values()):
+    named = _kernels_named(found)
+    if named is None:
         return None
     count = len(found[named["gate"]])
     if any(set(v) != set(range(count)) or len(set(v.values())) != 1 for v in found.values()):
