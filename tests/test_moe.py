@@ -94,3 +94,46 @@ def test_a_file_keeping_each_expert_apart_loads_what_keras_hubs_own_converter_lo
     for ours, theirs in zip(kh.weights, reference.weights):  # paths carry Keras' global name counters: by order
         a, b = keras.ops.convert_to_numpy(ours.value), keras.ops.convert_to_numpy(theirs.value)
         assert a.shape == b.shape and np.array_equal(a, b), theirs.path
+
+
+def hf_qwen3_moe(seed):
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, moe_intermediate_size=MLP,
+        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=16,
+        num_experts=EXPERTS, num_experts_per_tok=TOP_K, norm_topk_prob=True, max_position_embeddings=64,
+        rms_norm_eps=1e-6, tie_word_embeddings=False)
+    return randomized(transformers.Qwen3MoeForCausalLM(config), seed)
+
+
+def keras_qwen3_moe():
+    return keras_hub.models.Qwen3MoeBackbone(
+        vocabulary_size=VOCAB, num_layers=LAYERS, num_query_heads=HEADS, num_key_value_heads=KV_HEADS,
+        hidden_dim=HIDDEN, intermediate_dim=64, moe_intermediate_dim=MLP, num_experts=EXPERTS, head_dim=16,
+        top_k=TOP_K, norm_top_k_prob=True, rope_max_wavelength=10000)
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["gate_first", "negative_control_up_first"])
+def test_keras_hubs_qwen_moe_packs_gate_and_up_its_own_way_and_loads_from_the_per_expert_file(tmp_path, swap,
+                                                                                             monkeypatch):
+    """keras-hub's Qwen3 MoE keeps gate and up side by side in one (experts, hidden, 2 * units) kernel; the file
+    keeps ``experts.N.gate_proj/up_proj/down_proj``."""
+    from weightport.mappings import experts
+    from weightport.mappings.transforms import Chain, Concat, ReorderBlocks
+
+    if swap:
+        def up_first(self, hp):
+            units = hp["units"]
+            return [experts.link(("gate", "up"), "gate", Chain(Concat(2, (units, units)), ReorderBlocks(2, (1, 0)))),
+                    experts.link("down", "down")]
+        monkeypatch.setattr(experts.ExpertBankRule, "links_keras", up_first)
+    hf = hf_qwen3_moe(34)
+    hf.save_pretrained(tmp_path)
+    kh = keras_qwen3_moe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(tmp_path / "model.safetensors", kh)
+    a, b = outputs(hf, kh)
+    if swap:
+        assert np.abs(a - b).max() > 1e-2
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)

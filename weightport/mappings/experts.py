@@ -9,7 +9,8 @@ hidden)`` (gate first: ``.chunk(2)`` gives gate, up) and ``down_proj
 released checkpoints, keep each expert as three Linear weights of its own
 (``experts.3.w1.weight``: w1 gate, w3 up, w2 down; ``gate_proj``... in
 others). Neither library names a class any other shares, so every form is
-recognised by the names and shapes of what it holds.
+recognised by the names and shapes of what it holds. keras-hub's Qwen MoE
+packs gate and up too, Keras' way: ``(experts, hidden, 2 * units)``.
 """
 import re
 
@@ -32,6 +33,8 @@ class ExpertBankRule(Rule):
         return ["gate", "up", "down"]
 
     def infer_keras(self, shapes):
+        if len(shapes) == 2:
+            return _packed_keras(shapes)
         if len(shapes) != 3 or any(len(s) != 3 for s in shapes.values()):
             return None
         named = _kernels_named(shapes)
@@ -51,6 +54,11 @@ class ExpertBankRule(Rule):
         e, units, h = packed[0], packed[1] // 2, packed[2]
         return {"experts": e, "hidden": h, "units": units} if down == (e, h, units) else None
 
+    def links_keras(self, hp):
+        if hp.get("packed"):  # keras-hub's Qwen MoE: gate and up side by side along the output axis
+            return [link(("gate", "up"), "gate", Concat(2, (hp["units"], hp["units"]))), link("down", "down")]
+        return [link(kernel, kernel) for kernel in self.canonical(hp)]
+
     def links_torch(self, hp):
         units, apart = hp["units"], hp.get("per_expert")
         if apart:  # expert e's (out, in) weights under names of its own
@@ -63,6 +71,8 @@ class ExpertBankRule(Rule):
         e, h, units = sizes(rng, 3)
         found = [({"experts": e, "hidden": h, "units": units},
                   weights(rng, (e, h, units), (e, h, units), (e, units, h)))]
+        if layout == "keras":  # gate and up in one kernel, as keras-hub's Qwen MoE keeps them
+            found.append(({**found[0][0], "packed": True}, weights(rng, (e, h, units), (e, h, units), (e, units, h))))
         if layout == "torch":  # each expert's weights apart, as Mixtral's files keep them
             found.append(({**found[0][0], "per_expert": {"gate": "w1", "up": "w3", "down": "w2"}},
                           weights(rng, (e, h, units), (e, h, units), (e, units, h))))
@@ -78,6 +88,20 @@ def _kernels_named(names):
             return None
         named[kernel] = hits[0]
     return named if set(names) == set(named.values()) else None
+
+
+def _packed_keras(shapes):
+    """hp for gate and up kept in one (experts, hidden, 2 * units) kernel, gate first, and down; else None."""
+    names = {k: n for k, n in zip(("gate", "down"), sorted(shapes, key=lambda n: not re.search("gate", n)))}
+    if not re.search("gate", names["gate"]) or not re.search(KERNEL_WORDS["down"], names["down"]):
+        return None
+    packed, down = tuple(shapes[names["gate"]]), tuple(shapes[names["down"]])
+    if len(packed) != 3 or len(down) != 3 or packed[2] % 2:
+        return None
+    e, h, units = packed[0], packed[1], packed[2] // 2
+    if down != (e, units, h):
+        return None
+    return {"experts": e, "hidden": h, "units": units, "packed": True, "slot_names": names}
 
 
 def _per_expert(shapes):

@@ -179,8 +179,8 @@ class Rule:
         """The links for ``layout``, restricted to slots that exist under ``hp``; a part of a larger layer
         (``parts``) stores its slots under that layer's names, given as ``hp["slot_names"]``."""
         present = set(self.canonical(hp))
-        if layout == "keras":
-            found = [Link((s,), (s,)) for s in self.canonical(hp)]
+        if layout == "keras" and not hasattr(self, "links_keras"):  # the canonical form is Keras' own, as a rule
+            found = [Link((s,), (s,)) for s in self.canonical(hp)]  # keeps it; one whose Keras forms vary says so
         else:
             fn = getattr(self, f"links_{layout}", None)
             if fn is None:
