@@ -169,17 +169,23 @@ def _expanded(nodes, others) -> list:
     return out
 
 
+def _input_table(node) -> bool:
+    """Whether ``node`` can only be a table that reads the model's inputs (an embedding): not a file's 2-D
+    tensor that may as well be a bias-free head."""
+    return all(rule.reads_inputs for rule, _ in node.candidates)
+
+
 def _zero_input_table(node) -> bool:
-    """Whether ``node`` reads the model's inputs (an embedding table) and holds only zeros: a table whose rows
-    are added to others' (RoBERTa's token types) then adds nothing, and one the other side lacks loses nothing."""
+    """Whether ``node`` is an input table holding only zeros: a table whose rows are added to others' (RoBERTa's
+    token types) then adds nothing, and one the other side lacks loses nothing."""
     rule, hp = node.candidates[0]
-    return rule.reads_inputs and all(not np.any(np.asarray(w)) for w in node.read(rule, hp).values())
+    return _input_table(node) and all(not np.any(np.asarray(w)) for w in node.read(rule, hp).values())
 
 
 def _refuse_dropped_inputs(left_s) -> None:
     """A source table that feeds the model is no head: the target computes something else without it."""
     for a in left_s:
-        if a.candidates[0][0].reads_inputs and not _zero_input_table(a):
+        if _input_table(a) and not _zero_input_table(a):
             raise MatchError(
                 f"source layer {describe(a)} feeds the model, but the target has no layer it pairs with, and its "
                 "weights are not all zero: the ported target would compute something else. The target was not "
@@ -207,7 +213,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
                     f"expected {fmt_shapes(p.target_shapes)}, found {fmt_shapes(p.source_shapes)}"
                     f"{_config_note(p)}; the target was not changed. Fix the model, pass hints=, "
                     "or strict=False to copy only what fits")
-    tables = [b for b in left_t if b.candidates[0][0].reads_inputs]
+    tables = [b for b in left_t if _input_table(b)]
     zero_hint = (f" A target table the source lacks ({', '.join(b.label for b in tables)}) keeps the function "
                  "where its rows are added to others' (as RoBERTa's token types) if it holds only zeros: zero it, "
                  "and the port leaves it as it is." if tables and len(tables) == len(left_t) and not left_s else "")
