@@ -113,32 +113,30 @@ class Stack(Transform):
     n_out = 1
 
     def __init__(self, n: int):
+        self._unstack = Unstack(n)
         self.n_in = n
 
     def forward(self, arrays):
-        return (np.stack(arrays, axis=0),)
+        return self._unstack.inverse(arrays)
 
     def inverse(self, arrays):
-        a = arrays[0]
-        if a.shape[0] != self.n_in:
-            raise ValueError(f"unstack needs a leading axis of {self.n_in}, got shape {a.shape}")
-        return tuple(np.ascontiguousarray(a[i]) for i in range(self.n_in))
+        return self._unstack.forward(arrays)
 
     def forward_shapes(self, shapes):
         if len({tuple(s) for s in shapes}) != 1:
             raise ValueError(f"stacked arrays must have one shape, got {[tuple(s) for s in shapes]}")
-        return ((len(shapes),) + tuple(shapes[0]),)
+        return self._unstack.inverse_shapes(shapes)
 
     def inverse_shapes(self, shapes):
         if shapes[0][0] != self.n_in:
             raise ValueError(f"expected a leading axis of {self.n_in}, got shape {tuple(shapes[0])}")
-        return tuple(tuple(shapes[0][1:]) for _ in range(self.n_in))
+        return self._unstack.forward_shapes(shapes)
 
     def describe(self):
-        return f"stack{self.n_in}"
+        return self._unstack.describe_inverse()
 
     def describe_inverse(self):
-        return f"unstack{self.n_in}"
+        return self._unstack.describe()
 
 
 class SumSplit(Transform):
