@@ -96,10 +96,7 @@ def check(p, allow_overflow: bool) -> Route:
             raise ShapeMismatchError(
                 f"{p.source.label} -> {p.target.label}: slot {slot!r} expects shape {tuple(held[slot])}, "
                 f"translated source has {tuple(shape)}; the target was not changed")
-    try:
-        target_dtypes = {s: np.dtype(d) for s, d in fw.dtypes(obj, list(shapes)).items()}
-    except NotImplementedError:
-        target_dtypes = {}
+    target_dtypes = {s: np.dtype(d) for s, d in held_dtypes(p, list(shapes)).items()}
     source_dtypes = {s: np.dtype(d) for s, d in p.source.dtypes(p.rule, p.source_hp).items()}
     if not allow_overflow and _may_overflow(source_dtypes, target_dtypes):
         for slot, array in translate(p).items():  # this one layer, converted and dropped: only checked
@@ -108,6 +105,14 @@ def check(p, allow_overflow: bool) -> Route:
     destinations = fw.destinations(obj, list(shapes))
     slots = direct.routes(p, destinations, source_dtypes, target_dtypes) if destinations else None
     return Route(slots, destinations)
+
+
+def held_dtypes(p, slots) -> dict:
+    """The dtypes of ``p``'s target tensors at ``slots``; {} where its framework cannot say."""
+    try:
+        return p.target.framework.dtypes(p.target.obj, slots)
+    except NotImplementedError:
+        return {}
 
 
 def _may_overflow(source_dtypes: dict, target_dtypes: dict) -> bool:
@@ -173,11 +178,7 @@ def general_arrays(p, watch: Watch) -> dict:
             raise WeightportError(f"{p.source.label} -> {p.target.label}: slot {slot!r} was checked as "
                                   f"{tuple(held[slot])} but translated as {tuple(arr.shape)} (a bug in rule "
                                   f"{p.rule.name!r}'s shapes); the target may be partly changed")
-    try:
-        dtypes = p.target.framework.dtypes(p.target.obj, list(arrays))
-    except NotImplementedError:
-        dtypes = {}
-    for slot, dt in dtypes.items():
+    for slot, dt in held_dtypes(p, list(arrays)).items():
         if slot in arrays:
             arrays[slot] = watch.cast(p, f"{p.source.label} -> {p.target.label} slot {slot!r}", arrays[slot], dt)
     return arrays
