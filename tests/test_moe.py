@@ -137,3 +137,30 @@ def test_keras_hubs_qwen_moe_packs_gate_and_up_its_own_way_and_loads_from_the_pe
         assert np.abs(a - b).max() > 1e-2
     else:
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_negative_control_per_expert_weights_not_transposed_are_refused_or_differ(tmp_path, monkeypatch):
+    """Each expert's (out, in) weights taken as they are (no per-expert transpose): never a silent port."""
+    from weightport.mappings import experts
+    from weightport.mappings.transforms import Chain, Unstack
+
+    def untransposed(self, hp):
+        if not hp.get("per_expert"):
+            return original(self, hp)
+        apart, n = hp["per_expert"], hp["experts"]
+        return [experts.link(k, tuple(f"{e}.{apart[k]}.weight" for e in range(n)), Chain(Unstack(n)))
+                for k in ("gate", "up", "down")]
+
+    original = experts.ExpertBankRule.links_torch
+    monkeypatch.setattr(experts.ExpertBankRule, "links_torch", untransposed)
+    hf = hf_mixtral(35)
+    hf.save_pretrained(tmp_path)
+    kh = keras_mixtral()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", wp.WeightportWarning)
+            wp.port(tmp_path / "model.safetensors", kh)
+    except wp.WeightportError:
+        return  # refused: the shapes no longer fit, as good as differing
+    a, b = outputs(hf, kh)
+    assert np.abs(a - b).max() > 1e-2
