@@ -215,12 +215,14 @@ class Pairing:
             if not cls.open or len(cls.src) != len(cls.tgt):
                 continue
             if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
-                mine = sorted(cls.src, key=lambda n: naming.numbers(n.path))
-                theirs = sorted(cls.tgt, key=lambda n: naming.numbers(n.path))
-                if not all(self.same_degrees([a], [b]) and not naming.clash(words(a), words(b))
-                           for a, b in zip(mine, theirs)):
+                key = _common_numbering(cls.src, cls.tgt)
+                mine, theirs = sorted(cls.src, key=key), sorted(cls.tgt, key=key)
+                numbered_alike = [key(a) for a in mine] == [key(b) for b in theirs]
+                if any(naming.clash(words(a), words(b)) for a, b in zip(mine, theirs)) or not (
+                        all(self.same_degrees([a], [b]) for a, b in zip(mine, theirs))
+                        or numbered_alike and self.differ_alike(mine, theirs)):
                     continue
-                if [naming.numbers(a.path) for a in mine] != [naming.numbers(b.path) for b in theirs]:
+                if not numbered_alike:
                     self.notes.append(  # dense, dense_1 against 0, 2: the order each was made in, nothing more
                         f"{', '.join(f'{a.label} -> {b.label}' for a, b in zip(mine, theirs))}: look-alikes paired in "
                         "the numeric order of their names, which do not number them alike, and the dataflow did not "
@@ -268,14 +270,26 @@ class Pairing:
     def same_degrees(self, mine, theirs) -> bool:
         """Whether two groups could be each other's, as far as a complete dataflow can tell: as many layers
         feeding and reading each member, member for member (names and numbers can mislead; this cannot)."""
-        flows = self.flows() if _UNTRACED not in self._sides else None
-        if not flows or not all(f.complete for f in flows):
+        flows = self.complete_flows()
+        if flows is None:
             return True
-        degrees = []
-        for flow, nodes in zip(flows, (mine, theirs)):
-            readers = flow.readers
-            degrees.append(sorted((len(flow.feeds.get(n.path, ())), len(readers.get(n.path, ()))) for n in nodes))
-        return degrees[0] == degrees[1]
+        return sorted(map(flows[0].degrees, mine)) == sorted(map(flows[1].degrees, theirs))
+
+    def differ_alike(self, mine, theirs) -> bool:
+        """Whether each member of ``mine`` differs from its partner in ``theirs`` (paired in order) by the same
+        number of feeding and reading layers. Then the difference is how the two implementations wire every
+        block (a router read before its experts or applied after them), not a sign of a wrong pairing, which
+        would shift members' counts unevenly."""
+        flows = self.complete_flows()
+        if flows is None:
+            return True
+        offsets = {tuple(x - y for x, y in zip(flows[0].degrees(a), flows[1].degrees(b))) for a, b in zip(mine, theirs)}
+        return len(offsets) == 1
+
+    def complete_flows(self):
+        """Both flows, if both sides were already traced and followed completely; else None."""
+        flows = self.flows() if _UNTRACED not in self._sides else None
+        return flows if flows and all(f.complete for f in flows) else None
 
     def check_against_flow(self) -> None:
         """Where both models were traced, a pair made by name or position must not contradict the dataflow."""
@@ -304,6 +318,23 @@ def _neighbours(paths, image: dict):
     if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
         return None
     return frozenset(image[p] for p in paths)
+
+
+def _common_numbering(src, tgt):
+    """How to number look-alikes in repeated blocks: by all the numbers in their paths, or, where that
+    numbers the two sides unalike, by the path levels alone, if those tell each side's members apart and
+    number both sides alike (a Keras name suffix counts models built before, not blocks)."""
+    def full(n):
+        return naming.numbers(n.path)
+
+    def levels(n):
+        return naming.level_numbers(n.path)
+    if sorted(map(full, src)) == sorted(map(full, tgt)):
+        return full
+    by_level = [sorted(map(levels, side)) for side in (src, tgt)]
+    if by_level[0] == by_level[1] and len(set(by_level[0])) == len(src):
+        return levels
+    return full
 
 
 def _blocks(nodes, rank) -> list:

@@ -54,6 +54,10 @@ class Flow:
         """path -> the paths whose inputs it feeds (asked for once the run is over, so kept)."""
         return self._inverted(self.feeds)
 
+    def degrees(self, node) -> tuple:
+        """(how many layers feed ``node``, how many read it): what a complete run shows of its place."""
+        return len(self.feeds.get(node.path, ())), len(self.readers.get(node.path, ()))
+
     def _inverted(self, fed_by: dict) -> dict:
         """path -> the layers that ``fed_by`` says it feeds."""
         out = {p: set() for p in self.feeds}

@@ -116,6 +116,12 @@ def numbers(path: str) -> tuple:
     return tuple(found)
 
 
+def level_numbers(path: str) -> tuple:
+    """``numbers`` without Keras' ``_N`` name suffixes (``moe_block_6`` in block 0 of a model built after
+    others): only the numbers that are path levels of their own (``layers/0``, ``h.3``)."""
+    return numbers(re.sub(r"_\d+(?=$|[/.])", "", str(path)))
+
+
 def template(path: str) -> str:
     """A path with its numbers blanked, and Keras' ``_1`` suffixes dropped, so repeated blocks share one."""
     path = re.sub(r"_\d+(?=$|[/.])", "", str(path))
