@@ -6,7 +6,7 @@ report is returned, and warning about it is left to the caller.
 """
 from __future__ import annotations
 
-from ..errors import UsageError, WeightportError
+from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
 from . import assign, checking, engine, matcher, planning, sides, tracing
 from .frameworks import require_adapter
@@ -40,8 +40,14 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         traced = model
     else:
         traced = None
-    plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
-                                flows=tracing.flows(traced, target, check), strict_config=strict_config)
+    try:
+        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
+                                    flows=tracing.flows(traced, target, check), strict_config=strict_config)
+    except MatchError as refused:
+        hint = sides.own_model_hint(src) if traced is None and not src.live else ""
+        if not hint:
+            raise
+        raise type(refused)(f"{refused}{hint}") from None
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None

@@ -6,6 +6,7 @@ cannot say what each variable is becomes the Keras model it describes.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -173,3 +174,21 @@ def names_for(model, fw, path) -> callable:
         base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
         return f"{base}{sep}{slot}" if base else slot
     return joined
+
+
+def own_model_hint(side: Side) -> str:
+    """For a refusal: the line that builds a checkpoint's own model, where ``save_pretrained`` left its
+    ``config.json`` (its ``architectures``) beside the file; "" when there is none to name."""
+    path = side.checkpoint.path if side.checkpoint is not None else None
+    if path is None:
+        return ""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            classes = json.load(f).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if len(classes) != 1 or not re.fullmatch(r"[A-Za-z_]\w*", str(classes[0])):
+        return ""
+    return (f"\nThe file's own model, built from the config.json beside it (its weights are not used), is:\n"
+            f"  model=transformers.{classes[0]}(transformers.AutoConfig.from_pretrained({folder!r}))")
