@@ -79,8 +79,25 @@ def test_negative_control_rows_read_from_the_top_differ(monkeypatch):
     assert np.abs(a - b).max() > 1e-2
 
 
-def test_a_token_type_table_that_is_not_zero_is_refused_not_dropped():
-    """Dropping it would change every output: a table that feeds the model is no head."""
+@pytest.mark.parametrize("kind", ["Roberta", "XLMRoberta"])
+def test_a_token_type_table_that_is_not_zero_is_folded_into_the_position_table_and_zeroed_on_the_way_back(kind):
+    """Every token reads the one-row table's row, in the same sum as its position row: added to every position
+    row, it keeps the function (as keras-hub's XLM-R converter does); a target's own such table is then zeroed."""
+    hf, kh = hf_model(23, kind, types_zero=False), keras_model(kind)
+    report = quiet_port(hf, kh)
+    step = next(s for s in report.steps if s.source == "embeddings.position_embeddings")
+    assert not step.exact and any("token_type_embeddings" in i and "added" in i for i in report.plan.issues)
+    np.testing.assert_allclose(*outputs(hf, kh), atol=2e-4, rtol=1e-4)
+    back = hf_model(24, kind, types_zero=False)
+    report = quiet_port(kh, back)
+    assert any(s.evidence == "zeros" for s in report.steps)
+    np.testing.assert_allclose(*outputs(back, kh), atol=2e-4, rtol=1e-4)
+
+
+def test_negative_control_a_table_dropped_unfolded_is_refused_and_its_outputs_differ(monkeypatch):
+    """Without the fold, the table would be lost: a table that feeds the model is no head."""
+    from weightport.converter import folding
+    monkeypatch.setattr(folding, "summed_with", lambda *a: [])
     hf, kh = hf_model(23, types_zero=False), keras_model()
     before = [np.array(keras.ops.convert_to_numpy(w)) for w in kh.weights]
     with pytest.raises(wp.MatchError, match="token_type_embeddings.*feeds the model"):
@@ -88,14 +105,31 @@ def test_a_token_type_table_that_is_not_zero_is_refused_not_dropped():
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(w)) for a, w in zip(before, kh.weights))
     quiet_port(hf, kh, strict=False)  # the user's choice: everything else ported
     assert np.abs(np.subtract(*outputs(hf, kh))).max() > 1e-2  # and the outputs say why it was refused
-
-
-def test_a_target_table_the_source_lacks_is_refused_unless_it_holds_zeros():
-    kh = keras_model()
-    quiet_port(hf_model(24), kh)
-    target = hf_model(25, types_zero=False)
     with pytest.raises(wp.MatchError, match="token_type_embeddings.*zero it"):
-        wp.port(kh, target)
+        wp.port(kh, hf_model(25, types_zero=False))
+
+
+def test_a_folded_xlmr_file_loads_what_keras_hubs_own_converter_loads_and_its_plan_replays(tmp_path):
+    hf_model(27, "XLMRoberta", types_zero=False, cls="ForMaskedLM").save_pretrained(tmp_path)
+    with pytest.raises(wp.MatchError, match="XLMRobertaForMaskedLM"):  # no run, no fold: the model is named
+        wp.port(tmp_path / "model.safetensors", keras_model("XLMRoberta"))
+    own = transformers.XLMRobertaForMaskedLM(config("XLMRoberta"))
+    kh = keras_model("XLMRoberta")
+    quiet_port(tmp_path / "model.safetensors", kh, model=own)
+    assert_bitwise_equal(kh, keras_hub.models.XLMRobertaBackbone.from_preset(str(tmp_path)))
+    plan = tmp_path / "plan.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.convert(tmp_path / "model.safetensors", tmp_path / "a.safetensors", model=own, like=kh)
+        report = wp.convert(tmp_path / "model.safetensors", tmp_path / "dry.safetensors", model=own, like=kh,
+                            dry_run=True)
+        plan.write_text(report.plan.to_json())
+        wp.convert(tmp_path / "model.safetensors", tmp_path / "b.safetensors", plan=str(plan))
+    a, b = wp.load(tmp_path / "a.safetensors"), wp.load(tmp_path / "b.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[n], b[n]) for n in a)
+    folded = next(n for n in a if "position" in n)
+    table = hf_model(27, "XLMRoberta", types_zero=False).embeddings
+    assert not np.array_equal(a[folded], table.position_embeddings.weight.detach().numpy()[2:])
 
 
 def test_the_mlm_file_loads_what_keras_hubs_own_converter_loads(tmp_path):

@@ -215,7 +215,8 @@ class Pairing:
             if not cls.open or len(cls.src) != len(cls.tgt):
                 continue
             if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
-                key = _common_numbering(cls.src, cls.tgt)
+                number = naming.common_numbering([a.path for a in cls.src], [b.path for b in cls.tgt])
+                key = lambda n: number(n.path)  # noqa: E731
                 mine, theirs = sorted(cls.src, key=key), sorted(cls.tgt, key=key)
                 numbered_alike = [key(a) for a in mine] == [key(b) for b in theirs]
                 if any(naming.clash(words(a), words(b)) for a, b in zip(mine, theirs)) or not (
@@ -318,23 +319,6 @@ def _neighbours(paths, image: dict):
     if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
         return None
     return frozenset(image[p] for p in paths)
-
-
-def _common_numbering(src, tgt):
-    """How to number look-alikes in repeated blocks: by all the numbers in their paths, or, where that
-    numbers the two sides unalike, by the path levels alone, if those tell each side's members apart and
-    number both sides alike (a Keras name suffix counts models built before, not blocks)."""
-    def full(n):
-        return naming.numbers(n.path)
-
-    def levels(n):
-        return naming.level_numbers(n.path)
-    if sorted(map(full, src)) == sorted(map(full, tgt)):
-        return full
-    by_level = [sorted(map(levels, side)) for side in (src, tgt)]
-    if by_level[0] == by_level[1] and len(set(by_level[0])) == len(src):
-        return levels
-    return full
 
 
 def _blocks(nodes, rank) -> list:

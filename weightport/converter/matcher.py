@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import difflib
 
-import numpy as np
-
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import naming
+from . import folding, naming
 from .evidence import Pairing
 from .pairs import describe, fmt_shapes, pair
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -107,12 +105,14 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
             plan.issues.append(str(error).split(". The target")[0])
         used_s = {id(p.source) for p in pairs}
         used_t = {id(p.target) for p in pairs}
-        left_s = [a for a in src if id(a) not in used_s] + _untied(tied_s, pairs, "source")
-        left_t = [b for b in tgt if id(b) not in used_t] + _untied(tied_t, pairs, "target")
-        zeros = [b for b in left_t if _zero_input_table(b)]  # left as they are: nothing the source has is lost
-        left_t = [b for b in left_t if b not in zeros]
-        plan.issues += [f"target layer {describe(b)} has no counterpart in the source; it holds only zeros and "
-                        "was left as it is" for b in zeros]
+        left_s = [a for a in src if id(a) not in used_s]
+        left_t = [b for b in tgt if id(b) not in used_t]
+        pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
+                                 left_s, left_t, flows, strict)
+        left_t = _left_alone(left_t, left_s, plan)
+        left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
+        zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
+        pairs += zeroed
         if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
             _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
         if strict:
@@ -124,7 +124,9 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         plan.unmatched_source += [describe(a) for a in left_s]
         plan.unmatched_target += [describe(b) for b in left_t]
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
-    return _checked_plan(plan, sorted(pairs, key=lambda p: order[id(p.source)]), strict, strict_config)
+    # a folded table keeps its place; zeros written into a target table come last
+    key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
+    return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
 
 
 def _hinted(src, tgt, hints: dict, flows) -> list:
@@ -151,6 +153,39 @@ def _hinted(src, tgt, hints: dict, flows) -> list:
     return pairs
 
 
+def _left_alone(left_t, left_s, plan) -> list:
+    """``left_t`` less the target layers nothing is lost by leaving as they are, each noted in ``plan``: input
+    tables of zeros, and weights training does not set (rotary frequencies the model computes), unless a
+    source tensor of that shape went unpaired too (then it may be that weight's value: refused as before)."""
+    zeros = [b for b in left_t if _zero_input_table(b)]
+    unpaired = {repr(a.canonical_shapes(*a.candidates[0])) for a in left_s}
+    untrained = [b for b in left_t if getattr(b, "untrained", False)
+                 and repr(b.canonical_shapes(*b.candidates[0])) not in unpaired]
+    plan.issues += [f"target layer {describe(b)} has no counterpart in the source; it holds only zeros and "
+                    "was left as it is" for b in zeros]
+    plan.issues += [f"target weight {b.label} is not trainable (state the model computes or updates itself) and "
+                    "no source tensor pairs with it: it was left as the target holds it" for b in untrained]
+    return [b for b in left_t if b not in zeros and b not in untrained]
+
+
+def _orphans_paired(orphans_s, orphans_t, left_s, left_t, flows, strict) -> list:
+    """Pairs for tied layers whose owner found no counterpart (an MLM head declared before the token table it
+    ties): each pairs in its own right with what is left on the other side. ``left_s``/``left_t`` lose what
+    pairs and gain the orphans that do not."""
+    found = []
+    for mine, theirs in ((orphans_s, left_t), (left_s, orphans_t)):
+        if mine and theirs:
+            pairing = Pairing(mine, theirs, flows)
+            ambiguous = pairing.run()
+            if ambiguous and strict:
+                raise _ambiguity_error(ambiguous, pairing.flows() is not None)
+            found += pairing.pairs
+    paired = {id(n) for p in found for n in (p.source, p.target)}
+    left_s[:] = [n for n in left_s + orphans_s if id(n) not in paired]
+    left_t[:] = [n for n in left_t + orphans_t if id(n) not in paired]
+    return found
+
+
 def _untied(tied, pairs, side: str) -> list:
     """Tied nodes whose owner (the layer holding the same tensors) went unpaired: they are not filled either."""
     paired = {getattr(p, side).path for p in pairs}
@@ -169,23 +204,16 @@ def _expanded(nodes, others) -> list:
     return out
 
 
-def _input_table(node) -> bool:
-    """Whether ``node`` can only be a table that reads the model's inputs (an embedding): not a file's 2-D
-    tensor that may as well be a bias-free head."""
-    return all(rule.reads_inputs for rule, _ in node.candidates)
-
-
 def _zero_input_table(node) -> bool:
     """Whether ``node`` is an input table holding only zeros: a table whose rows are added to others' (RoBERTa's
     token types) then adds nothing, and one the other side lacks loses nothing."""
-    rule, hp = node.candidates[0]
-    return _input_table(node) and all(not np.any(np.asarray(w)) for w in node.read(rule, hp).values())
+    return folding.is_input_table(node) and folding.holds_zeros(node)
 
 
 def _refuse_dropped_inputs(left_s) -> None:
     """A source table that feeds the model is no head: the target computes something else without it."""
     for a in left_s:
-        if _input_table(a) and not _zero_input_table(a):
+        if folding.is_input_table(a) and not _zero_input_table(a):
             raise MatchError(
                 f"source layer {describe(a)} feeds the model, but the target has no layer it pairs with, and its "
                 "weights are not all zero: the ported target would compute something else. The target was not "
@@ -213,7 +241,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
                     f"expected {fmt_shapes(p.target_shapes)}, found {fmt_shapes(p.source_shapes)}"
                     f"{_config_note(p)}; the target was not changed. Fix the model, pass hints=, "
                     "or strict=False to copy only what fits")
-    tables = [b for b in left_t if _input_table(b)]
+    tables = [b for b in left_t if folding.is_input_table(b)]
     zero_hint = (f" A target table the source lacks ({', '.join(b.label for b in tables)}) keeps the function "
                  "where its rows are added to others' (as RoBERTa's token types) if it holds only zeros: zero it, "
                  "and the port leaves it as it is." if tables and len(tables) == len(left_t) and not left_s else "")
@@ -298,7 +326,8 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
             source_layout=p.source.layout, target_layout=p.target.layout,
             source_hp=p.source_hp, target_hp=p.target_hp, shapes=p.source_shapes,
             transform=transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
-            and p.rule.exact(p.target.layout, p.target_hp) and not p.source_hp.get("reparametrized"),
+            and p.rule.exact(p.target.layout, p.target_hp) and not p.source_hp.get("reparametrized")
+            and not p.source_hp.get("folded"),
             evidence=p.evidence))
     return plan, kept
 

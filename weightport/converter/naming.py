@@ -122,6 +122,18 @@ def level_numbers(path: str) -> tuple:
     return numbers(re.sub(r"_\d+(?=$|[/.])", "", str(path)))
 
 
+def common_numbering(src: list, tgt: list):
+    """How to number two sides' look-alike paths in repeated blocks: by all their numbers, or, where that
+    numbers the sides unalike, by path levels alone, if those tell each side's paths apart and number both
+    sides alike (a Keras name suffix counts models built before, not blocks)."""
+    if sorted(map(numbers, src)) == sorted(map(numbers, tgt)):
+        return numbers
+    by_level = [sorted(map(level_numbers, side)) for side in (src, tgt)]
+    if by_level[0] == by_level[1] and len(set(by_level[0])) == len(src):
+        return level_numbers
+    return numbers
+
+
 def template(path: str) -> str:
     """A path with its numbers blanked, and Keras' ``_1`` suffixes dropped, so repeated blocks share one."""
     path = re.sub(r"_\d+(?=$|[/.])", "", str(path))

@@ -17,6 +17,7 @@ EVIDENCE = {
     "position": "block position",
     "ordinal": "ordinal and run order",
     "activation": "dataflow (activation)",
+    "zeros": "zeros (the source has none)",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import AmbiguityError, ShapeMismatchError, UsageError, WeightportError
 from ..mappings.rule import registry
+from . import folding
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 from .structure import FileNode
 
@@ -49,6 +50,7 @@ def replay(plan: Plan, ckpt) -> tuple:
             node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
         else:
             node = _walked_node(walked, step, rule, ckpt)
+        node = folding.replayed(node, step.source_hp, ckpt)
         shapes = node.canonical_shapes(rule, step.source_hp)
         if shapes != [tuple(s) for s in step.shapes]:
             raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "

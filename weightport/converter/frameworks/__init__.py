@@ -33,6 +33,11 @@ class Framework:
         """Names of weights held directly by ``layer`` (not by its children)."""
         raise NotImplementedError
 
+    def untrained(self, layer) -> set:
+        """Names of ``layer``'s own weights that training does not set (Keras' non-trainable variables): state
+        the model computes itself, such as rotary frequencies."""
+        return set()
+
     def read(self, layer, slots) -> dict:
         """slot -> numpy array, for the given layout slot names."""
         raise NotImplementedError
@@ -111,11 +116,17 @@ class Framework:
         return None
 
     def sample_inputs(self, model, refs) -> list:
-        """Small inputs ``model`` may accept, for tracing, built from what its first layer reads; [] if unknown."""
-        for ref in refs[:1]:
+        """Small inputs ``model`` may accept, for tracing, built from what its first layer reads; [] if unknown.
+
+        A loose tensor reads no input (a masked-LM head's bias may be declared before the encoder); where the
+        first layer declared is not the first to run, an input table's ids are tried next."""
+        layers = [r for r in refs if not getattr(r, "loose", False)]
+        tables = [r for r in layers if r.candidates[0][0].reads_inputs]
+        found = []
+        for ref in layers[:1] + [t for t in tables[:1] if t is not layers[0]]:
             rule, hp = ref.candidates[0]
-            return rule.sample_inputs(self.layout, hp, ref.canonical_shapes(rule, hp))
-        return []
+            found += rule.sample_inputs(self.layout, hp, ref.canonical_shapes(rule, hp))
+        return found
 
     def finish(self, model):
         """The object a port returns as ``report.target`` (functional frameworks copy)."""

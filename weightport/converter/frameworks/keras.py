@@ -51,6 +51,9 @@ class KerasFramework(Framework):
     def own_weights(self, layer) -> list:
         return [v.path for v in self._own(layer)]
 
+    def untrained(self, layer) -> set:
+        return {v.path.rsplit("/", 1)[-1] for v in getattr(layer, "_non_trainable_variables", [])}
+
     def _variables(self, layer, slots) -> list:
         own = {v.path.rsplit("/", 1)[-1]: v for v in self._own(layer)}
         if slots and all(s in own for s in slots) and len(layer.weights) != len(slots) \

@@ -66,6 +66,7 @@ class LooseRef(LayerRef):
     """
 
     loose = True
+    untrained = False  # see Framework.untrained: a target's such weight no source tensor fills is left as it is
 
 
 @dataclass
@@ -272,8 +273,11 @@ def _loose_refs(fw, layer, path, own) -> list:
         return []
     if set(shapes) != set(slots):
         return []
-    return [LooseRef(join(path, slot, fw.sep), layer, fw, [(rule, {"slot": slot, "shape": tuple(shapes[slot])})])
+    refs = [LooseRef(join(path, slot, fw.sep), layer, fw, [(rule, {"slot": slot, "shape": tuple(shapes[slot])})])
             for slot in slots]
+    for ref in refs:
+        ref.untrained = ref.candidates[0][1]["slot"] in fw.untrained(layer)
+    return refs
 
 
 def _mark_unseen_context(fw, refs, classes) -> None:
