@@ -36,6 +36,9 @@ class TorchFramework(Framework):
         return ([n for n, _ in layer.named_parameters(recurse=False)]
                 + [n for n, _ in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set])
 
+    def untrained(self, layer) -> set:
+        return {n for n, _ in layer.named_buffers(recurse=False)}
+
     def count_weights(self, layer):
         return len(layer.state_dict())
 
