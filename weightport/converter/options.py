@@ -64,6 +64,10 @@ def _rotary_roles(p) -> list:
     queries and keys with values is refused: which rows are whose cannot be told."""
     canonical = p.rule.canonical(p.source_hp)
     inside = [s for s in canonical if s.split("/")[0] in ("query", "key")]
+    for node, hp in ((p.source, p.source_hp), (p.target, p.target_hp)):
+        packed = [lk.native for lk in p.rule.links(node.layout, hp) if len(set(lk.canonical) & set(inside)) > 1]
+        if packed:
+            _refuse_packed(f"{node.label}.{packed[0][0]}")
     if inside and any(s.startswith("query/") for s in canonical):
         return inside
     found = set()
@@ -71,13 +75,17 @@ def _rotary_roles(p) -> list:
         last = re.split(r"[./]", str(node.path))[-1].lower()
         words = _last_words(node)
         if PACKED.search(last) or len(words & {"query", "key", "value"}) > 1:
-            raise UsageError(
-                f"option rope: layer {node.label!r} holds queries and keys together with values in one tensor, "
-                "whose rows cannot be told apart from the weights; the rope option reorders separate query and "
-                "key projections only. Nothing was changed: split the packed projection into q, k and v "
-                "layers first (or port without the option)")
+            _refuse_packed(node.label)
         found |= words & ROLES
     return list(canonical) if found else []
+
+
+def _refuse_packed(where: str):
+    raise UsageError(
+        f"option rope: {where!r} holds queries and keys together in one tensor, packed in an order weights cannot "
+        "show (GPT-2 and torch stack q, k, v; GPT-NeoX interleaves them per head); the rope option reorders "
+        "separate query and key projections only. Nothing was changed: split the packed projection into q, k "
+        "and v layers first, or port without the option")
 
 
 def _head_dim(options, found) -> int:
