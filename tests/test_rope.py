@@ -56,7 +56,8 @@ def meta_state_dict(hf):
                    pre + "attention.wk.weight": interleaved_rows(g(a.k_proj), KV_HEADS, HEAD),
                    pre + "attention.wv.weight": g(a.v_proj), pre + "attention.wo.weight": g(a.o_proj),
                    pre + "feed_forward.w1.weight": g(m.gate_proj), pre + "feed_forward.w2.weight": g(m.down_proj),
-                   pre + "feed_forward.w3.weight": g(m.up_proj), pre + "attention_norm.weight": g(layer.input_layernorm),
+                   pre + "feed_forward.w3.weight": g(m.up_proj),
+                   pre + "attention_norm.weight": g(layer.input_layernorm),
                    pre + "ffn_norm.weight": g(layer.post_attention_layernorm)})
     return sd
 

@@ -59,7 +59,8 @@ def weight_norm_magnitude(v, axes):
 
 def weight_norm_fold(g, v):
     """``v * (g / |v|)`` as torch's weight_norm computes it (the norm over every axis where ``g`` has size 1), in
-    ``v``'s dtype; given ``g = |v|`` computed the same way, ``g / |v|`` is exactly 1 and ``v`` comes back bit for bit."""
+    ``v``'s dtype; given ``g = |v|`` computed the same way, ``g / |v|`` is exactly 1 and ``v`` comes back bit for
+    bit."""
     g, v = np.asarray(g), np.asarray(v)
     axes = tuple(i for i, size in enumerate(g.shape) if size == 1) if g.ndim else None
     norm = weight_norm_magnitude(v, axes)
