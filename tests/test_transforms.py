@@ -52,6 +52,9 @@ CASES = [
     (T.Reshape((3, 5, 7), (15, 7)), [(3, 5, 7)], None, None),
     (T.Reshape((-1, 3), (-1,)), [(5, 3)], None, None),
     (T.ReorderBlocks(1, (2, 0, 1)), [(5, 21)], None, None),
+    (T.PermuteWithin((0, 3, 1, 4, 2, 5, 6)), [(5, 21)], None, None),
+    (T.WeightNormSplit(1), [(5, 3, 7)], None, None),
+    (T.WeightNormSplit(None), [(5, 3, 7)], None, None),
     (T.Flip(0, 2), [(3, 5, 7)], None, None),
     (T.ReservedRows(2), [(5, 3)], None, None),
     (T.Split(1, (2, 5)), [(3, 7)], None, None),
@@ -68,6 +71,7 @@ CASES = [
     (T.FoldRecurrentBias(5, keep_candidate=False), [(2, 15)], zero_candidate, None),
     (T.PackGates((1, 0, 2)), [(5,), (5,), (5,), (3,)], None, None),
     (T.Each(2, T.Transpose(1, 0)), [(3, 5), (7, 2)], None, None),
+    (T.Each(3, T.PermuteWithin((1, 0)), only=(0, 2)), [(3, 4), (7, 2), (5, 6)], None, None),
     (T.Chain(T.Reshape((3, 35), (3, 5, 7)), T.Transpose(2, 0, 1)), [(3, 35)], None, None),
     (T.Chain(T.Split(0, (3, 4)), T.Each(2, T.Transpose(1, 0))), [(7, 5)], None, None),
 ]
@@ -80,7 +84,7 @@ def draw(rng, shapes, domain=None):
 
 def same(a, b) -> bool:
     return len(a) == len(b) and all(x.dtype == y.dtype and x.shape == y.shape
-                                    and np.array_equal(x.view(np.uint8), y.view(np.uint8)) for x, y in zip(a, b))
+                                    and np.array_equal(x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8)) for x, y in zip(a, b))
 
 
 def test_every_transform_class_has_a_case():

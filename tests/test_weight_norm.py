@@ -121,3 +121,106 @@ def test_a_stored_pair_reads_as_one_weight():
     assert set(weight_norm.pairs(ckpt)) == {"0.weight"}
     view, found = weight_norm.folded(ckpt)
     assert list(view) == ["0.weight"] and found == {"0.weight": ("0.weight_g", "0.weight_v")}
+
+
+# -- written back: a torch file like= a weight-normalised model ----------------------------------------------
+
+
+def keras_filled(seed=4):
+    kn = keras_net()
+    rng = np.random.default_rng(seed)
+    for w in kn.weights:
+        w.assign(rng.standard_normal(w.shape).astype("float32") * 0.5)
+    return kn
+
+
+def saved_like(kn, net, path, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = wp.save(kn, path, layout="torch", like=net, overwrite=True, **kw)
+    return report, [str(w.message) for w in caught if issubclass(w.category, wp.WeightportWarning)]
+
+
+@pytest.mark.parametrize("old_style", [False, True], ids=["parametrizations", "weight_norm_hook"])
+@pytest.mark.parametrize("dim", [0, 1, 2, None, -2])
+def test_a_torch_file_written_like_a_weight_normalised_model_loads_and_computes_the_same(tmp_path, old_style, dim):
+    from safetensors.torch import load_file
+
+    kn, net = keras_filled(), torch_net(old_style, dim)
+    report, said = saved_like(kn, net, tmp_path / "wn.safetensors")
+    stored = load_file(tmp_path / "wn.safetensors")
+    g_name, v_name = (("0.weight_g", "0.weight_v") if old_style else
+                      ("0.parametrizations.weight.original0", "0.parametrizations.weight.original1"))
+    assert sorted(stored) == sorted([g_name, v_name, "0.bias", "2.weight", "2.bias"])
+    assert not net.load_state_dict(stored).missing_keys  # strict: every key taken, none left over
+    assert_forward_equal(net, kn, X, X.transpose(0, 2, 1), atol=1e-5)
+    # v is the kernel in torch's axis order, g its norm over every axis but dim (torch's own norm_except_dim)
+    kernel = keras.ops.convert_to_numpy(kn.layers[0].kernel).transpose(2, 1, 0)
+    np.testing.assert_array_equal(stored[v_name].numpy(), kernel)
+    torch_dim = -1 if dim is None else dim
+    np.testing.assert_allclose(stored[g_name].numpy(), torch.norm_except_dim(torch.from_numpy(kernel), 2,
+                                                                             torch_dim).reshape(stored[g_name].shape),
+                               rtol=1e-6)
+    step = report.steps[0]
+    assert not step.exact and "weight_norm split" in step.transform and report.steps[1].exact
+    assert any("g=|W|" in s for s in said)
+
+
+def test_convert_like_and_a_saved_plan_write_g_and_v(tmp_path):
+    from safetensors.torch import load_file
+
+    kn, net = keras_filled(), torch_net(old_style=False, dim=0)
+    kn.save_weights(tmp_path / "k.weights.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        dry = wp.convert(tmp_path / "k.weights.h5", tmp_path / "t.safetensors", model=kn, like=net, dry_run=True)
+        (tmp_path / "plan.json").write_text(dry.to_json())
+        wp.convert(tmp_path / "k.weights.h5", tmp_path / "t.safetensors", plan=tmp_path / "plan.json")
+    net.load_state_dict(load_file(tmp_path / "t.safetensors"))
+    assert_forward_equal(net, kn, X, X.transpose(0, 2, 1), atol=1e-5)
+    back = keras_net()  # read back, the file's g and v fold into the kernel again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.WeightportWarning)
+        wp.port(tmp_path / "t.safetensors", back)
+    assert_forward_equal(net, back, X, X.transpose(0, 2, 1), atol=1e-5)
+
+
+def test_negative_control_the_weight_alone_does_not_load(tmp_path, monkeypatch):
+    """Without the split the file holds ``0.weight``, which a weight-normalised model does not take."""
+    from safetensors.torch import load_file
+
+    from weightport.converter import porting
+
+    monkeypatch.setattr(porting.weight_norm, "split_on_write", lambda plan, pairs: None)
+    kn, net = keras_filled(), torch_net(old_style=True, dim=0)
+    saved_like(kn, net, tmp_path / "wn.safetensors")
+    with pytest.raises(RuntimeError, match="weight_g"):
+        net.load_state_dict(load_file(tmp_path / "wn.safetensors"))
+
+
+def test_negative_control_a_wrong_magnitude_computes_another_function(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from weightport.mappings import transforms_values
+
+    split = transforms_values.WeightNormSplit.forward
+    monkeypatch.setattr(transforms_values.WeightNormSplit, "forward",
+                        lambda self, arrays: (lambda g, v: (g * 1.5, v))(*split(self, arrays)))
+    kn, net = keras_filled(), torch_net(old_style=False, dim=1)
+    saved_like(kn, net, tmp_path / "wn.safetensors")
+    net.load_state_dict(load_file(tmp_path / "wn.safetensors"))
+    assert_forward_differs(net, kn, X, X.transpose(0, 2, 1), atol=1e-5)
+
+
+def test_another_parametrization_is_refused_on_write(tmp_path):
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(6, 10, 3), torch.nn.ReLU(), torch.nn.Conv1d(10, 4, 1))
+    parametrize.register_parametrization(net[0], "weight", Doubled())
+    with pytest.raises(wp.UsageError, match="Doubled"):
+        saved_like(keras_filled(), net, tmp_path / "p.safetensors")
+    assert not (tmp_path / "p.safetensors").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 from .converter import checking, engine, matcher, porting, shards, sides, tracing
+from .converter import options as rule_options
 from .converter.checkpoint import Checkpoint
 from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
@@ -22,7 +23,8 @@ from .errors import ShapeMismatchError, WeightportWarning
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
          overwrite: bool = False, dtype=None, trust_pickle: bool = False, quiet: bool = False,
          check=None, atol: float = 1e-5, rtol: float = 1e-4, allow_overflow: bool = False,
-         strict_config: bool = False, output=None, shard_size=None, executor=None, resume=False) -> Report:
+         strict_config: bool = False, output=None, shard_size=None, executor=None, resume=False,
+         options: dict | None = None) -> Report:
     """Copy the weights of ``source`` into ``target``; either may be a live model or a checkpoint.
 
     Layers are paired by kind and shape, and among look-alikes by evidence (hints, paths, dataflow, names);
@@ -54,6 +56,11 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
         shard_size: with a path as ``target``, split a safetensors output into shards (see ``convert``).
         executor: with a path as ``target``, the executor writing the shards (see ``convert``).
         resume: with a path as ``target``, keep the shards an interrupted run finished (see ``convert``).
+        options: what the port needs to know and weights cannot show, by name: ``{"rope": "interleaved->half"}``
+            (or ``"half->interleaved"``, the source's order first) reorders the query and key projections' rows
+            within each head between rotary embeddings' interleaved pairs (Meta's Llama, GPT-J) and rotate-half
+            (Hugging Face's Llama, keras-hub), with ``"head_dim"`` where the layers do not show it and
+            ``"rotary_dim"`` for partial rotary. The report's transform column names the layers reordered.
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);
@@ -73,10 +80,10 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
     if sides.is_path(target):
         return convert(source, target, model=model, hints=hints, strict=strict, overwrite=overwrite,
                        dtype=dtype, trust_pickle=trust_pickle, quiet=quiet, allow_overflow=allow_overflow,
-                       shard_size=shard_size, executor=executor, resume=resume)
+                       shard_size=shard_size, executor=executor, resume=resume, options=options)
     report = porting.into_live(source, target, hints=hints, strict=strict, model=model, trust_pickle=trust_pickle,
                                quiet=quiet, check=check, atol=atol, rtol=rtol, allow_overflow=allow_overflow,
-                               strict_config=strict_config, output=output)
+                               strict_config=strict_config, output=output, rule_options=rule_options.parse(options))
     _warn(report.plan)
     return report
 
@@ -115,7 +122,7 @@ def load(path, *, format: str | None = None, trust_pickle: bool = False) -> Chec
 
 def save(model, path, layout: str | None = None, like=None, *, format: str | None = None, overwrite: bool = False,
          dtype=None, shard_size: int | str | None = None, strict: bool = True, quiet: bool = False,
-         allow_overflow: bool = False, executor=None, resume: bool = False) -> Report:
+         allow_overflow: bool = False, executor=None, resume: bool = False, options: dict | None = None) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
     The file appears whole or not at all.
@@ -147,6 +154,7 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
         executor: see ``convert``; a live model stays in this process, so
             it is refused here (save once, then ``convert`` the file).
         resume: see ``convert``.
+        options: rule options weights cannot show (see ``port``).
 
     Returns:
         Report: the plan that ran; ``report.files`` lists the files written.
@@ -162,13 +170,14 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
     """
     return convert(model, path, like=like, to=layout, format=format, overwrite=overwrite, dtype=dtype,
                    shard_size=shard_size, strict=strict, quiet=quiet, allow_overflow=allow_overflow,
-                   executor=executor, resume=resume)
+                   executor=executor, resume=resume, options=options)
 
 
 def convert(source, destination, model=None, *, to: str | None = None, like=None, format: str | None = None,
             hints: dict | None = None, strict: bool = True, overwrite: bool = False, dtype=None,
             shard_size: int | str | None = None, executor=None, resume: bool = False, trust_pickle: bool = False,
-            quiet: bool = False, plan=None, dry_run: bool = False, allow_overflow=False, replace_input=False) -> Report:
+            quiet: bool = False, plan=None, dry_run: bool = False, allow_overflow=False, replace_input=False,
+            options: dict | None = None) -> Report:
     """Convert a checkpoint (or live model) into a new file, tensor by tensor.
 
     Peak memory tracks the largest layer, not the model. The output is written under a temporary name and
@@ -201,6 +210,8 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         dry_run: plan without writing; ``report.to_json()`` can be reviewed, saved and given as ``plan``.
         allow_overflow: write values that overflow ``dtype`` as inf instead of refusing.
         replace_input: let the output replace the source file itself.
+        options: rule options weights cannot show (see ``port``); a ``like=`` torch model whose layers use
+            weight_norm needs none: their weights are written as its g and v.
 
     Returns:
         Report: the plan that ran (printed, a table); ``report.files`` lists the files written (none in a dry
@@ -222,7 +233,8 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
                    dry_run=dry_run, allow_overflow=allow_overflow, replace_input=replace_input, format=format,
                    executor=executor, trust_pickle=trust_pickle)
     report = porting.into_file(source, destination, model, to=to, like=like, hints=hints, strict=strict,
-                               trust_pickle=trust_pickle, plan=plan, written=written)
+                               trust_pickle=trust_pickle, plan=plan, written=written,
+                               rule_options=rule_options.parse(options))
     _warn(report.plan)
     return report
 

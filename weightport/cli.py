@@ -13,7 +13,7 @@ import warnings
 
 from . import exits, layouts
 from .cliargs import (VersionAction, check_destination, executor_for, load_object, parse_dtype, parse_hints,
-                      parse_size)
+                      parse_options, parse_size)
 from .errors import WeightportWarning
 
 
@@ -139,7 +139,7 @@ def cmd_convert(args) -> int:
                              dtype=args.dtype, shard_size=parse_size(args.shard_size), trust_pickle=args.trust_pickle,
                              quiet=show is False, plan=args.plan, dry_run=args.dry_run,
                              allow_overflow=args.allow_overflow, replace_input=args.replace_input,
-                             executor=executor, resume=args.resume)
+                             executor=executor, resume=args.resume, options=parse_options(args.option))
     finally:
         progress.forced = None
     if args.save_plan:
@@ -226,6 +226,9 @@ def add_convert(command) -> None:
     p.add_argument("--like", help="MODULE:NAME of a target-framework model whose names the output should use")
     p.add_argument("--hint", action="append", metavar="SOURCE=TARGET",
                    help="pair these two layers (paths); repeat for more")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a rule option weights cannot show: rope=interleaved->half (or half->interleaved, the "
+                        "source's order first), head_dim=N, rotary_dim=N; repeat for more")
     format_option(p, "read the source as this format instead of detecting it")
     p.add_argument("--dtype", type=parse_dtype,
                    help="cast floating tensors: float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 (float8 "

@@ -121,6 +121,20 @@ def parse_hints(pairs) -> dict | None:
     return hints
 
 
+def parse_options(pairs) -> dict | None:
+    """Rule options from repeated ``--option KEY=VALUE`` (``rope=interleaved->half``, ``head_dim=64``): whole
+    numbers become ints; which names and values are known is checked by ``options=`` itself."""
+    if not pairs:
+        return None
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--option takes KEY=VALUE (e.g. rope=interleaved->half, head_dim=64), got {pair!r}")
+        options[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return options
+
+
 def check_destination(path: str) -> None:
     """Refuse an output whose suffix names no format before any work (the command picks the format by suffix)."""
     from .converter.formats import format_for, suffixes

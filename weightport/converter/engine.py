@@ -279,7 +279,8 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
         step.source_names = dict(getattr(p.source, "names", {}))
         step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
         group = group_path(list(step.target_names.values()), p.target.layout)
-        layers.setdefault(group, {"rule": p.rule.name, "hp": p.target_hp})
+        hp = {k: v for k, v in p.target_hp.items() if k != "weight_norm"}  # read back, g and v fold on their own
+        layers.setdefault(group, {"rule": p.rule.name, "hp": hp})
     report = Report(plan, str(destination))
     report.files = []
     if dry_run:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
-from . import assign, checking, engine, matcher, planning, sides, tracing
+from . import assign, checking, engine, matcher, options, planning, sides, tracing, weight_norm
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -16,8 +16,8 @@ KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
 
 
 def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, check, atol, rtol, allow_overflow,
-              strict_config, output) -> Report:
-    """``wp.port`` into a live ``target``."""
+              strict_config, output, rule_options=None) -> Report:
+    """``wp.port`` into a live ``target``; ``rule_options`` as ``options.parse`` checked them."""
     tgt_fw = require_adapter(target, "target")
     src = sides.resolve(source, trust_pickle)
     if check is not None and not src.live:
@@ -48,6 +48,7 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         if not hint:
             raise
         raise type(refused)(f"{refused}{hint}") from None
+    options.apply(plan, pairs, rule_options or {})
     plan.unmatched_source += src_notes
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None
@@ -63,9 +64,13 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
     return Report(plan, ported)
 
 
-def into_file(source, destination, model, *, to, like, hints, strict, trust_pickle, plan, written: dict) -> Report:
+def into_file(source, destination, model, *, to, like, hints, strict, trust_pickle, plan, written: dict,
+              rule_options=None) -> Report:
     """``wp.convert``: ``source`` written to ``destination``; ``written`` holds the file options."""
     src = sides.resolve(source, trust_pickle)
+    if plan is not None and rule_options:
+        raise UsageError(f"options={rule_options} with plan=: a plan already holds the options it was made with "
+                         "(in its steps' hp); pass one or the other")
     if plan is not None:
         plan = planning.read_plan(plan)
         pairs, names_of = planning.replay(plan, src.checkpoint or sides.checkpoint(src.obj, trust_pickle))
@@ -90,6 +95,7 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
         flows = tracing.flows(src.obj if src.live else source_model, like)
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
+        weight_norm.split_on_write(plan, pairs)  # a weight_norm layer's file holds its g and v
         plan.unmatched_target += tgt_notes
         names = sides.names_for(like, like_fw, destination)
         names_of = lambda p, slot: names(p.target, slot)  # noqa: E731
@@ -100,6 +106,7 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         plan, pairs = planning.as_it_is(src_nodes, layout)
         sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
+    options.apply(plan, pairs, rule_options or {})
     plan.unmatched_source += src_notes
     return engine.write_file(pairs, names_of, plan, destination, layout, like=like, **written)
 

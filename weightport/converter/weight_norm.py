@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from ..mappings.transforms import weight_norm_fold
 from .checkpoint import Checkpoint, TensorSource
 
 STORED_NAMES = (r"weight_[gv]", r"original[01]")  # last name parts of the halves, for layout detection
@@ -20,11 +21,7 @@ _HOOKED = re.compile(r"^(?P<stem>.+)_(?P<part>[gv])$")
 
 def fold(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``g * v / |v|`` in float32 or wider, in ``v``'s dtype."""
-    wide = np.result_type(v.dtype, np.float32)
-    v32, g32 = v.astype(wide), g.astype(wide)
-    axes = tuple(i for i, size in enumerate(g.shape) if size == 1) if g.ndim else None
-    norm = np.sqrt(np.sum(v32 * v32, axis=axes, keepdims=True))
-    return (g32 * v32 / norm).astype(v.dtype)
+    return weight_norm_fold(g, v)
 
 
 def pairs(checkpoint) -> dict:
@@ -71,3 +68,43 @@ def folded(checkpoint: Checkpoint) -> tuple:
     view = Checkpoint(checkpoint.path, checkpoint.format, sources, metadata=checkpoint.metadata,
                       layout=checkpoint.layout, layers=checkpoint.layers, closer=checkpoint.close)
     return view, found
+
+
+def _stored_as(layer, slot: str) -> dict:
+    """How ``layer`` (a live torch module) stores ``slot``: {"dim": the axis g keeps (None: one norm of it all),
+    "into": [g name, v name]} relative to the module; a parametrization other than weight_norm is refused."""
+    from ..errors import UsageError
+
+    hooks = [h for h in getattr(layer, "_forward_pre_hooks", {}).values()
+             if type(h).__name__ == "WeightNorm" and getattr(h, "name", None) == slot]
+    chain = getattr(getattr(layer, "parametrizations", None), slot, None) if not hooks else None
+    if hooks:
+        dim, into = hooks[0].dim, [f"{slot}_g", f"{slot}_v"]
+    elif chain is not None and len(chain) == 1 and hasattr(chain[0], "dim") and "WeightNorm" in type(chain[0]).__name__:
+        dim, into = chain[0].dim, [f"parametrizations.{slot}.original0", f"parametrizations.{slot}.original1"]
+    else:
+        kinds = [type(p).__name__ for p in chain] if chain is not None else ["an unknown reparametrization"]
+        raise UsageError(f"{type(layer).__name__} computes {slot!r} through {', '.join(kinds)}, which weightport "
+                         "writes back only for weight_norm; nothing was written. Remove the parametrization "
+                         "(torch.nn.utils.parametrize.remove_parametrizations) from the like= model first")
+    ndim = getattr(layer, slot).dim()
+    if dim is not None and dim < 0:
+        dim = None if dim == -1 else dim + ndim  # torch's -1 is "no dim": one norm over the whole weight
+    return {"dim": dim, "into": into}
+
+
+def split_on_write(plan, pairs) -> None:
+    """Pairs whose target is a live torch layer computing a weight with weight_norm, for a file written like it:
+    that weight written as g and v under the names the layer stores them by (so ``load_state_dict`` takes the
+    file). v is the weight and g its norm: the layer computes the weight again up to rounding."""
+    from .plan import transform_text
+
+    steps = {id(p): step for p, step in zip(pairs, plan.steps)}
+    for p in pairs:
+        how, layer = p.target_hp.get("reparametrized"), getattr(p.target, "obj", None)
+        if not how or layer is None or p.target.layout != "torch":
+            continue
+        p.target_hp = {**p.target_hp, "weight_norm": {slot: _stored_as(layer, slot) for slot in how}}
+        step = steps.get(id(p))
+        if step is not None:
+            step.target_hp, step.exact, step.transform = p.target_hp, False, transform_text(p)

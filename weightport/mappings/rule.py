@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 from ..errors import UsageError
 from .introspect import has_class
+from .link_options import optioned
 from .transforms import IDENTITY, Transform
 
 
@@ -189,7 +190,7 @@ class Rule:
         names = hp.get("slot_names")
         if names:
             found = [Link(lk.canonical, tuple(names.get(s, s) for s in lk.native), lk.transform) for lk in found]
-        return found
+        return optioned(found, hp)  # what weights cannot show (rotary order, weight_norm), where hp says so
 
     def native_slots(self, layout: str, hp: dict) -> list:
         """The layout's slot names, in declaration order."""

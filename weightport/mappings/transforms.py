@@ -14,14 +14,15 @@ base class and composition; ``transforms_axes``: one array, axes moved;
 folded into weights); this module gathers them.
 """
 from .fast_transpose import fill_transposed, transpose_copy, transposed_rows
-from .transforms_axes import Flip, ReorderBlocks, ReservedRows, Reshape, Shape, Transpose
+from .transforms_axes import Flip, PermuteWithin, ReorderBlocks, ReservedRows, Reshape, Shape, Transpose
 from .transforms_core import IDENTITY, Chain, Each, Identity, Transform, Unary
 from .transforms_recurrent import FoldRecurrentBias, PackGates
 from .transforms_slots import Concat, Constant, Split, Stack, SumSplit, Unstack, ZeroBias
-from .transforms_values import Scale
+from .transforms_values import Scale, WeightNormSplit, weight_norm_fold
 
 __all__ = [
     "IDENTITY", "Chain", "Concat", "Constant", "Each", "Flip", "FoldRecurrentBias", "Identity", "PackGates",
-    "ReorderBlocks", "ReservedRows", "Reshape", "Scale", "Shape", "Split", "Stack", "SumSplit", "Transform",
-    "Transpose", "Unary", "Unstack", "ZeroBias", "fill_transposed", "transpose_copy", "transposed_rows",
+    "PermuteWithin", "ReorderBlocks", "ReservedRows", "Reshape", "Scale", "Shape", "Split", "Stack", "SumSplit",
+    "Transform", "Transpose", "Unary", "Unstack", "WeightNormSplit", "ZeroBias", "fill_transposed", "transpose_copy",
+    "transposed_rows", "weight_norm_fold",
 ]

@@ -119,6 +119,47 @@ class ReorderBlocks(Unary):
         return f"reorder{self.back}@{self.axis}".replace(" ", "")
 
 
+class PermuteWithin(Unary):
+    """Cut the last axis into blocks of ``len(order)``; entry k of every block is its entry ``order[k]``.
+
+    One permutation repeated per block: the output rows of each attention head reordered alike (rotary
+    embeddings' interleaved vs rotate-half pairs). ``texts`` says it in a report's words, both ways round.
+    """
+
+    def __init__(self, order: Sequence[int], texts: tuple = ()):
+        self.order = tuple(int(i) for i in order)
+        self.back = tuple(int(i) for i in np.argsort(self.order))
+        if sorted(self.order) != list(range(len(self.order))):
+            raise ValueError(f"{self.order} is not a permutation of 0..{len(self.order) - 1}")
+        self.texts = tuple(texts) or (f"permute{self.order} per block", f"permute{self.back} per block")
+
+    def _apply(self, a, order):
+        a = np.asarray(a)
+        self.fwd_shape(a.shape)
+        blocks = a.reshape(a.shape[:-1] + (a.shape[-1] // len(order), len(order)))
+        return np.ascontiguousarray(blocks[..., list(order)]).reshape(a.shape)
+
+    def fwd(self, a):
+        return self._apply(a, self.order)
+
+    def inv(self, a):
+        return self._apply(a, self.back)
+
+    def fwd_shape(self, s):
+        if not s or s[-1] % len(self.order):
+            raise ValueError(f"a last axis of {s[-1] if s else 'none'} is not a whole number of blocks of "
+                             f"{len(self.order)}")
+        return tuple(s)
+
+    inv_shape = fwd_shape
+
+    def describe(self):
+        return self.texts[0]
+
+    def describe_inverse(self):
+        return self.texts[1]
+
+
 class Flip(Unary):
     """Reverse the given axes (its own inverse): a kernel applied as a correlation vs as a transposed conv."""
 

@@ -83,30 +83,39 @@ class Identity(Unary):
 
 
 class Each(Transform):
-    """Apply one unary transform to each of ``n`` arrays."""
+    """Apply one unary transform to each of ``n`` arrays (``only``: to those at these positions; the rest pass)."""
 
-    def __init__(self, n: int, t: Unary):
+    def __init__(self, n: int, t: Unary, only=None):
         self.n_in = self.n_out = n
         self.t = t
+        self.only = None if only is None else frozenset(only)
         self.keeps_canonical, self.keeps_layout = t.keeps_canonical, t.keeps_layout
 
+    def _each(self, items, fn):
+        return tuple(fn(x) if self.only is None or i in self.only else x for i, x in enumerate(items))
+
     def forward(self, arrays):
-        return tuple(self.t.forward((a,))[0] for a in arrays)
+        return self._each(arrays, lambda a: self.t.forward((a,))[0])
 
     def inverse(self, arrays):
-        return tuple(self.t.inverse((a,))[0] for a in arrays)
+        return self._each(arrays, lambda a: self.t.inverse((a,))[0])
 
     def forward_shapes(self, shapes):
-        return tuple(self.t.forward_shapes((s,))[0] for s in shapes)
+        return self._each(shapes, lambda s: self.t.forward_shapes((s,))[0])
 
     def inverse_shapes(self, shapes):
-        return tuple(self.t.inverse_shapes((s,))[0] for s in shapes)
+        return self._each(shapes, lambda s: self.t.inverse_shapes((s,))[0])
+
+    def _which(self, text):
+        if self.only is None:
+            return f"each({text})"
+        return text if self.n_in == 1 else f"arrays {sorted(self.only)}({text})"
 
     def describe(self):
-        return f"each({self.t.describe()})"
+        return self._which(self.t.describe())
 
     def describe_inverse(self):
-        return f"each({self.t.describe_inverse()})"
+        return self._which(self.t.describe_inverse())
 
 
 class Chain(Transform):
