@@ -17,7 +17,7 @@ from .converter.checkpoint import Checkpoint
 from .converter.frameworks import configured, require_adapter
 from .converter.plan import Report
 from .converter.verify import VerifyResult
-from .errors import ShapeMismatchError, WeightportWarning
+from .errors import ShapeMismatchError, UsageError, WeightportWarning
 
 
 def port(source, target, *, hints: dict | None = None, strict: bool = True, model=None,
@@ -61,6 +61,9 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             within each head between rotary embeddings' interleaved pairs (Meta's Llama, GPT-J) and rotate-half
             (Hugging Face's Llama, keras-hub), with ``"head_dim"`` where the layers do not show it and
             ``"rotary_dim"`` for partial rotary. The report's transform column names the layers reordered.
+            ``{"packed_qkv": "blocks"}`` or ``"per_head"``: how a torch attention module's one packed q/k/v
+            Linear holds them (one after another as timm's ``qkv``; head by head as GPT-NeoX's and Bloom's
+            ``query_key_value``); without it such a module is refused (GPT-2's Conv1D ``c_attn`` needs none).
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);
@@ -250,7 +253,26 @@ def _single(layer):
     return (fw, *found[0]) if found else (fw, None, None)
 
 
-def get_weights(layer) -> list:
+def _settled_parts(layer, options) -> tuple:
+    """(framework, [(framework, object, rule, hp)]) for a layer or a model's rule-bearing layers, each
+    layout its weights cannot show settled by ``options`` (see ``port``), or refused."""
+    fw, rule, hp = _single(layer)
+    if rule is not None:  # a stacked torch RNN stands for several Keras layers: all of them
+        parts = [(fw, layer, rule, part) for part in rule.expand(fw.layout, hp)]
+    else:
+        _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
+        parts = [(n.framework, n.obj, *n.candidates[0]) for n in nodes]
+    chosen = rule_options.parse(options).get("packed_qkv")
+    for part_fw, obj, r, h in parts:
+        if chosen and r.unsettled(h):
+            h["packing"] = chosen
+        why = r.unsettled(h)
+        if why:
+            raise UsageError(f"{part_fw.display_name(obj)}: {why}")
+    return fw, parts
+
+
+def get_weights(layer, *, options: dict | None = None) -> list:
     """The weights of ``layer`` as Keras lists them (``get_weights()`` order and layout), as numpy.
 
     Works for a layer of any supported framework, so layers of two frameworks
@@ -259,26 +281,23 @@ def get_weights(layer) -> list:
 
     Args:
         layer: a live layer or model (Keras, torch, Flax, Equinox).
+        options: what the weights cannot show, as for ``port`` (``{"packed_qkv": "per_head"}``).
 
     Returns:
         list of numpy arrays, e.g. ``[kernel (in, out), bias (out,)]`` for a
         torch Linear.
 
     Raises:
-        UsageError: ``layer`` is not an object of a supported framework.
+        UsageError: ``layer`` is not an object of a supported framework, or its layout needs an option.
         UnsupportedLayerError: a layer holds weights that no rule handles.
     """
-    fw, rule, hp = _single(layer)
-    if rule is not None:  # one layer (a stacked torch RNN stands for several Keras layers: all of them)
-        return [w for part in rule.expand(fw.layout, hp)
-                for w in rule.to_canonical(fw.layout, part, fw.read(layer, rule.native_slots(fw.layout, part)))]
-    _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
-    # each node under its own hp: a stacked torch RNN's parts once each, Flax Linen groups too
-    return [w for n in nodes for rule, hp in n.candidates[:1]
-            for w in rule.to_canonical(n.layout, hp, n.read(rule, hp))]
+    _, parts = _settled_parts(layer, options)
+    # each part under its own hp: a stacked torch RNN's layers once each, Flax Linen groups too
+    return [w for part_fw, obj, r, h in parts
+            for w in r.to_canonical(part_fw.layout, h, part_fw.read(obj, r.native_slots(part_fw.layout, h)))]
 
 
-def set_weights(layer, weights):
+def set_weights(layer, weights, *, options: dict | None = None):
     """Assign a Keras-ordered, Keras-layout weight list to a layer (or model) of any framework.
 
     Every shape is checked before anything is assigned, so a wrong list
@@ -288,6 +307,7 @@ def set_weights(layer, weights):
         layer: a live layer or model (Keras, torch, Flax, Equinox).
         weights: arrays (numpy, torch, jax...) in Keras' ``get_weights()`` order
             and layout: ``keras_layer.get_weights()`` or ``wp.get_weights(...)``.
+        options: what the weights cannot show, as for ``port``.
 
     Returns:
         The layer with its new weights: ``layer`` itself, or for frameworks
@@ -301,12 +321,7 @@ def set_weights(layer, weights):
         UnsupportedLayerError: a layer holds weights that no rule handles.
     """
     weights = list(weights)
-    fw, rule, hp = _single(layer)
-    if rule is not None:  # a stacked torch RNN stands for several Keras layers: it takes all their weights
-        parts = [(fw, layer, rule, part) for part in rule.expand(fw.layout, hp)]
-    else:
-        _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
-        parts = [(n.framework, n.obj, *n.candidates[0]) for n in nodes]
+    fw, parts = _settled_parts(layer, options)
     counts = [len(r.canonical(h)) for _, _, r, h in parts]
     if sum(counts) != len(weights):
         raise ShapeMismatchError(f"{fw.display_name(layer)} takes {sum(counts)} weights in all "

@@ -21,7 +21,7 @@ from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMism
                       UsageError)
 from . import folding, naming
 from .evidence import Pairing
-from .pairs import describe, fmt_shapes, pair
+from .pairs import describe, fmt_shapes, pair, refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 
 
@@ -308,6 +308,7 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
                 f"{'hinted pair' if p.evidence == 'hint' else 'pair'} {describe(p.source)} -> {describe(p.target)}: "
                 f"expected {fmt_shapes(p.target_shapes)}, found {fmt_shapes(p.source_shapes)}{_config_note(p)}; "
                 "the target was not changed")
+        refuse_unsettled(p)
         issues = p.rule.check(p.source_hp, p.target_hp)
         errors = [i for i in issues if i.severity == "error" or strict_config]
         issues += reparametrized_notes(p)

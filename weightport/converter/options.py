@@ -18,7 +18,7 @@ from . import naming
 from .plan import transform_text
 
 ORDERS = {"interleaved->half": "source", "half->interleaved": "target"}  # which side stores interleaved
-KNOWN = {"rope": tuple(ORDERS), "head_dim": int, "rotary_dim": int}
+KNOWN = {"rope": tuple(ORDERS), "head_dim": int, "rotary_dim": int, "packed_qkv": ("blocks", "per_head")}
 ROLES = frozenset({"query", "key"})
 # one tensor holding queries, keys (and values) together: which of its rows are whose, weights cannot show
 PACKED = re.compile(r"(^|_)(c_attn|w?qkv(_proj)?|query_key_value|in_proj|w?kv(_proj)?|key_value)$")
@@ -37,7 +37,8 @@ def parse(options) -> dict:
         if kind is None:
             raise UsageError(f"unknown option {key!r}; known: {sorted(KNOWN)}")
         if isinstance(kind, tuple) and value not in kind:
-            raise UsageError(f"option {key}={value!r}: expected one of {list(kind)} (the source's order first)")
+            raise UsageError(f"option {key}={value!r}: expected one of {list(kind)}"
+                             + (" (the source's order first)" if key == "rope" else ""))
         if kind is int:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"option {key}={value!r}: expected a positive whole number")
@@ -45,6 +46,16 @@ def parse(options) -> dict:
     if ("head_dim" in out or "rotary_dim" in out) and "rope" not in out:
         raise UsageError("options head_dim and rotary_dim belong to the rope option: pass rope= too")
     return out
+
+
+def settle(nodes, options: dict) -> None:
+    """Before pairing: give the layers whose weights cannot show a layout (``Rule.unsettled``: how a packed
+    q/k/v tensor interleaves) the one ``packed_qkv`` names, in place."""
+    for node in nodes:
+        for n in (node, *getattr(node, "parts", ())):
+            for rule, hp in n.candidates:
+                if options.get("packed_qkv") and rule.unsettled(hp):
+                    hp["packing"] = options["packed_qkv"]
 
 
 def apply(plan, pairs, options: dict) -> None:

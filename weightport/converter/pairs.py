@@ -2,7 +2,7 @@
 the ``parameter`` rule; with the shapes each side has under it, and how a node is described in messages."""
 from __future__ import annotations
 
-from ..errors import WeightportError
+from ..errors import UsageError, WeightportError
 from ..mappings.transforms import IDENTITY
 from . import naming
 from .plan import Pair
@@ -102,3 +102,12 @@ def shapes_or_none(node, rule, hp):
 def words(node) -> frozenset:
     obj = getattr(node, "obj", None)
     return naming.words(node.path, type(obj).__name__ if obj is not None else "")
+
+
+def refuse_unsettled(p) -> None:
+    """Refuse pair ``p``, before anything is changed, where a side's layout is one its weights cannot show
+    and no option settled (``Rule.unsettled``)."""
+    for hp in (p.source_hp, p.target_hp):
+        why = p.rule.unsettled(hp)
+        if why:
+            raise UsageError(f"{p.source.label} -> {p.target.label}: {why}. Nothing was changed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..errors import AmbiguityError, ShapeMismatchError, UsageError, WeightportError
 from ..mappings.rule import registry
 from . import folding
+from .pairs import refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 from .structure import FileNode
 
@@ -101,6 +102,7 @@ def as_it_is(src_nodes, layout) -> tuple:
         shapes = node.canonical_shapes(rule, hp)
         written = {k: v for k, v in hp.items() if k != "reparametrized"}  # the file holds the folded weight
         p = Pair(node, Virtual(node.path, layout), rule, hp, written, shapes, shapes)
+        refuse_unsettled(p)
         pairs.append(p)
         plan.issues += [f"{node.label}: {note}" for note in reparametrized_notes(p)]
         plan.steps.append(Step(node.label, node.label, rule.name, node.layout, layout, hp, written, shapes,

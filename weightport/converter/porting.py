@@ -33,6 +33,7 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
     if src_nodes is None:
         src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
     _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
+    options.settle(src_nodes + tgt_nodes, rule_options or {})
     # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
     if src.live:
         traced = src.obj
@@ -93,6 +94,7 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
     src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
     if like is not None:
         _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
+        options.settle(src_nodes + tgt_nodes, rule_options or {})
         flows = tracing.flows(src.obj if src.live else source_model, like)
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
         weight_norm.split_on_write(plan, pairs)  # a weight_norm layer's file holds its g and v
@@ -103,6 +105,7 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         if to_keras_file:
             raise UsageError(f"writing {destination} needs the Keras model it is for (like= or model=), so "
                              "each variable lands where keras' load_weights looks for it")
+        options.settle(src_nodes, rule_options or {})
         plan, pairs = planning.as_it_is(src_nodes, layout)
         sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731

@@ -27,7 +27,7 @@ from .attention_parts import (HEAD_ATTRIBUTES, PROJECTIONS, head_bias, heads_att
 from .introspect import has_class
 from .rule import Rule, link, register
 from .samples import sizes, weights
-from .transforms import Chain, Concat, Each, Reshape
+from .transforms import Chain, Concat, Each, Reshape, Transpose
 
 
 @register
@@ -308,12 +308,21 @@ class PackedAttentionRule(MultiHeadAttentionRule):
         """Stored (in, out) as GPT-2's Conv1D does, and (out, in) as a Linear does."""
         h, d, e, o = sizes(rng, 4)
         hp = {"projections": ("c_attn", "c_proj"), "num_heads": h, "key_dim": d, "value_dim": d, "use_bias": True}
-        return [({**hp, "in_out": in_out}, example_weights(rng, hp, (e, e, e), o)) for in_out in (True, False)]
+        return [({**hp, "in_out": in_out, "packing": packing}, example_weights(rng, hp, (e, e, e), o))
+                for in_out in (True, False) for packing in PACKINGS]
 
     def matches(self, layout, layer):
         if layout == "torch":
             return packed_projections(weighted_leaves(layer)) is not None
         return super().matches(layout, layer)
+
+    def unsettled(self, hp):
+        if "in_out" not in hp or hp.get("packing") in PACKINGS:
+            return None
+        return (f"torch module {hp.get('module', '')} packs q, k and v in one Linear {hp['projections'][0]!r}, "
+                "either one after another (timm's qkv) or interleaved head by head (GPT-NeoX's, Bloom's "
+                "query_key_value): its weights cannot show which. Pass options={'packed_qkv': 'blocks'} or "
+                "{'packed_qkv': 'per_head'}")
 
     def config_torch(self, module):
         hp = dict(packed_projections(weighted_leaves(module)), attention_axes=(1,), module=type(module).__name__)
@@ -336,12 +345,28 @@ class PackedAttentionRule(MultiHeadAttentionRule):
         flat = Each(3, Reshape((-1, h, dk), (-1, e)))
         qkv = Chain(flat, Concat(1, (e, e, e))) if hp["in_out"] else Chain(Each(3, projection(h, dk)),
                                                                              Concat(0, (e, e, e)))
+        bias = Chain(Each(3, head_bias(h, dk)), Concat(0, (e, e, e)))
+        if hp.get("packing") == "per_head":  # rows (head, q/k/v, head_dim), as GPT-NeoX's view reads them
+            qkv, bias = Chain(qkv, per_head_rows(h, dk, 1 if hp["in_out"] else 0)), \
+                Chain(bias, per_head_rows(h, dk, 0, ndim=1))
         output = Reshape((h, dv, -1), (h * dv, -1)) if hp["in_out"] else output_projection(h, dv)
         return [link(("query/kernel", "key/kernel", "value/kernel"), f"{packed}.weight", qkv),
-                link(("query/bias", "key/bias", "value/bias"), f"{packed}.bias",
-                     Chain(Each(3, head_bias(h, dk)), Concat(0, (e, e, e)))),
+                link(("query/bias", "key/bias", "value/bias"), f"{packed}.bias", bias),
                 link("attention_output/kernel", f"{out}.weight", output),
                 link("attention_output/bias", f"{out}.bias")]
+
+
+PACKINGS = ("blocks", "per_head")
+
+
+def per_head_rows(h: int, dk: int, axis: int, ndim: int = 2):
+    """q, k, v packed one after another -> interleaved head by head, along ``axis`` of an ``ndim``-D tensor."""
+    e3 = 3 * h * dk
+    if ndim == 1:
+        return Chain(Reshape((e3,), (3, h, dk)), Transpose(1, 0, 2), Reshape((h, 3, dk), (e3,)))
+    if axis == 0:
+        return Chain(Reshape((e3, -1), (3, h, dk, -1)), Transpose(1, 0, 2, 3), Reshape((h, 3, dk, -1), (e3, -1)))
+    return Chain(Reshape((-1, e3), (-1, 3, h, dk)), Transpose(0, 2, 1, 3), Reshape((-1, h, 3, dk), (-1, e3)))
 
 
 def example_weights(rng, hp, inputs, out) -> list:

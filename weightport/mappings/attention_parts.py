@@ -115,7 +115,9 @@ def packed_projections(leaves: dict):
             p_in, p_out = (pw[0], pw[1]) if in_out else (pw[1], pw[0])
             o_in, o_out = (ow[0], ow[1]) if in_out else (ow[1], ow[0])
             if p_out == 3 * o_in and pb == (p_out,) and ob == (o_out,) and p_out != p_in:
-                return {"projections": (packed, out), "in_out": in_out, "use_bias": True, "width": o_in}
+                found = {"projections": (packed, out), "in_out": in_out, "use_bias": True, "width": o_in}
+                # stored (in, out): GPT-2's Conv1D, whose c_attn always holds q, k, v one after another
+                return {**found, "packing": "blocks"} if in_out else found
     return None
 
 

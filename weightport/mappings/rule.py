@@ -255,6 +255,11 @@ class Rule:
         return out
 
     # -- configuration checks ----------------------------------------------------
+    def unsettled(self, hp: dict):
+        """What this side's weights cannot show and the layout needs (how q, k and v share a packed tensor), as
+        the message to refuse with, or None; an option settles it (``converter.options``)."""
+        return None
+
     def check(self, source_hp: dict, target_hp: dict) -> list:
         """Differences in configuration that weights cannot carry."""
         issues = []
