@@ -164,4 +164,9 @@ def abbreviates(short: str, long: str) -> bool:
 def agree(a: str, b: str) -> bool:
     if a.startswith("#") or b.startswith("#"):
         return a == b
+    if {a, b} & EMBEDDINGS and "embedding" in (a, b):  # ``embeddings_layer_norm`` is the word table's norm
+        return True
     return abbreviates(*sorted((a, b), key=len))
+
+
+EMBEDDINGS = frozenset({"tokemb", "posemb"})
