@@ -169,3 +169,37 @@ def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert "space" in str(info.value).lower() or "space" in str(info.value.__cause__).lower()
     assert len(calls) > 40  # it failed part-way through, after blocks had been written
     assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
+
+
+def test_stored_bytes_across_file_systems_are_copied_through_a_small_buffer(tmp_path, monkeypatch):
+    """Where the kernel cannot copy (another file system), unchanged tensors are read in chunks from the file:
+    the same bytes, and no layer is translated (which held its tensors until the unit ended)."""
+    from weightport.converter import engine
+
+    _, normal = _convert(tmp_path, monkeypatch, name="normal.safetensors")
+    translated = []
+    original = engine.translate
+    monkeypatch.setattr(engine, "translate", lambda p, watch=None: translated.append(p) or original(p, watch))
+
+    def cross_device(*args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "fallback.safetensors", _model(), to="keras")
+    assert (tmp_path / "fallback.safetensors").read_bytes() == normal.read_bytes()
+    assert translated == []  # every tensor here is stored bytes or a streamed transpose
+
+
+def test_chunked_copy_crosses_chunk_boundaries_and_refuses_a_short_file(tmp_path):
+    from weightport.converter.formats import fileio
+    from weightport.errors import FormatError
+
+    data = bytes(range(256)) * 41  # 10496 bytes
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "dst", "wb") as f:
+        f.write(b"head")
+        fileio.append_range_read(f, (str(tmp_path / "src"), 7, 10000), chunk=1000 + 3)
+    assert (tmp_path / "dst").read_bytes() == b"head" + data[7:10007]
+    with open(tmp_path / "dst2", "wb") as f, pytest.raises(FormatError, match="ended inside"):
+        fileio.append_range_read(f, (str(tmp_path / "src"), 10000, 1000), chunk=256)
