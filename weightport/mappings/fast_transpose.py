@@ -149,7 +149,7 @@ def threaded_blocks(a: np.ndarray, rows: int | None = None, workers: int | None 
     if not starts:
         return
     workers = max(1, min(workers or os.cpu_count() or 1, 4, -(-n_in // 16)))
-    step = -(-n_in // (16 * workers)) * 16
+    step = max(16, -(-n_in // (16 * workers)) * 16)
     cuts = [(lo, min(lo + step, n_in)) for lo in range(0, n_in, step)] or [(0, 0)]
     buffers, scratch = _buffers((min(rows, n_out), n_in), a.dtype, min(depth + 1, len(starts)))
 
