@@ -82,6 +82,40 @@ def make_plan(cli, src, dst, plan, *structure):
                        check=True, env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")})
 
 
+def run_rounds(commands, outputs, count, env):
+    """name -> [run(...) per round], every command in turn ``count`` times, each after a ``sync``."""
+    rounds = {name: [] for name in commands}
+    subprocess.run([sys.executable, "-c", "import weightport.cli"], env=env, check=True)  # cache the bytecode
+    print("load average before: " + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
+    for _ in range(count):  # alternating: a busy moment of the machine hits cp as much as the others
+        for name, cmd in commands.items():
+            if os.path.exists(outputs[name]):
+                os.remove(outputs[name])
+            subprocess.run(["sync"], check=True)
+            rounds[name].append(run(cmd, env))
+    print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return rounds
+
+
+def check_outputs(source, work, commands):
+    """A converted kernel equals the transposed source, in each output that was written."""
+    from weightport import load
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    if "weightport -> safetensors" in commands:
+        converted = load(work("keras.safetensors"))
+        assert np.array_equal(source[name].T, converted[name.replace(".weight", "/kernel")]), "kernel is wrong"
+        print("check: the converted kernel equals the transposed source (safetensors)")
+    if "weightport -> .weights.h5" in commands:
+        import h5py
+
+        with open(work("plan_h5.json")) as f:
+            step = next(s for s in json.load(f)["steps"] if s["source"] == name.rsplit(".", 1)[0])
+        with h5py.File(work("keras.weights.h5"), "r") as h5:
+            assert np.array_equal(source[name].T, h5[step["target_names"]["kernel"]][...]), "h5 kernel is wrong"
+        print("check: the converted kernel equals the transposed source (.weights.h5)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=os.path.join(HERE, "_work"))
@@ -123,20 +157,9 @@ def main():
         "weightport -> .weights.h5": [cli, "convert", src, work(outputs["weightport -> .weights.h5"]),
                                       "--plan", work("plan_h5.json"), "--quiet"],
     }
-    if args.only:
-        words = [w.strip() for w in args.only.split(",") if w.strip()]
-        commands = {n: c for n, c in commands.items() if n == "cp" or any(w in n for w in words)}
-    rounds = {name: [] for name in commands}
-    env = child_env(args.workdir)
-    subprocess.run([sys.executable, "-c", "import weightport.cli"], env=env, check=True)  # cache the bytecode
-    print("load average before: " + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
-    for _ in range(args.rounds):  # alternating: a busy moment of the machine hits cp as much as the others
-        for name, cmd in commands.items():
-            if os.path.exists(work(outputs[name])):
-                os.remove(work(outputs[name]))
-            subprocess.run(["sync"], check=True)
-            rounds[name].append(run(cmd, env))
-    print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    words = [w.strip() for w in (args.only or "").split(",") if w.strip()]
+    commands = {n: c for n, c in commands.items() if not words or n == "cp" or any(w in n for w in words)}
+    rounds = run_rounds(commands, {n: work(o) for n, o in outputs.items()}, args.rounds, child_env(args.workdir))
     results = {name: [statistics.median(r[i] for r in runs) for i in range(4)] for name, runs in rounds.items()}
     ratios = {name: statistics.median(r[0] / c[0] for r, c in zip(runs, rounds["cp"])) for name, runs in rounds.items()}
     budget = largest + 300 * MiB
@@ -148,20 +171,7 @@ def main():
         walls = " ".join(f"{r[0]:.2f}" for r in rounds[name])
         print(f"{name:28} {wall:8.2f} {ratios[name]:6.2f} {user:7.2f} {system:7.2f} {rss / MiB:13.0f} "
               f"{rss / budget:9.2f}  {walls}")
-
-    name = "model.layers.0.mlp.down_proj.weight"
-    if "weightport -> safetensors" in commands:
-        converted = load(work("keras.safetensors"))
-        assert np.array_equal(source[name].T, converted[name.replace(".weight", "/kernel")]), "kernel is wrong"
-        print("check: the converted kernel equals the transposed source (safetensors)")
-    if "weightport -> .weights.h5" in commands:
-        import h5py
-
-        with open(work("plan_h5.json")) as f:
-            step = next(s for s in json.load(f)["steps"] if s["source"] == name.rsplit(".", 1)[0])
-        with h5py.File(work("keras.weights.h5"), "r") as h5:
-            assert np.array_equal(source[name].T, h5[step["target_names"]["kernel"]][...]), "h5 kernel is wrong"
-        print("check: the converted kernel equals the transposed source (.weights.h5)")
+    check_outputs(source, work, commands)
     if not args.keep:
         for f in outputs.values():
             if os.path.exists(work(f)):
