@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 from ..errors import ShapeMismatchError, WeightportWarning
-from ..mappings.transforms import IDENTITY, Transpose, fill_transposed, transpose_copy
+from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks
+from ..mappings.transforms import IDENTITY, Chain, Reshape, Transpose, transpose_copy
 from .arrays import cast, cast_checked, nonfinite
 
 
@@ -35,13 +36,17 @@ class Watch:
 
     def source(self, p, native: dict) -> None:
         """Report NaN/Inf in the source tensors of ``p`` (each tensor once)."""
+        todo = {slot: a for slot, a in native.items() if (id(p), slot) not in self._scanned}
+        self.counted(p, *[(slot, *nonfinite(a)) for slot, a in todo.items()])
+
+    def counted(self, p, *counts) -> None:
+        """Report (slot, NaN count, Inf count) of source tensors of ``p`` counted elsewhere (each tensor once)."""
         found = []
-        for slot, array in native.items():
+        for slot, nans, infs in counts:
             key = (id(p), slot)
             if key in self._scanned:
                 continue
             self._scanned.add(key)
-            nans, infs = nonfinite(array)
             if nans or infs:
                 name = getattr(p.source, "names", {}).get(slot, slot)
                 found.append(f"{name!r} ({', '.join(t for t in (f'{nans} NaN' * bool(nans), f'{infs} Inf' * bool(infs)) if t)})")
@@ -142,18 +147,21 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
                     dt = np.dtype(dtype)
                 name = names_of(p, slot)
                 where = f"{p.source.label} -> tensor {name!r}"
-                streamed = _plain_transpose_of(src_link, lk)
+                streamed = _plain_transpose_of(src_link, lk, shapes[slot])
                 passthrough = _stored_bytes_of(p, src_link, lk, dt)
                 if passthrough is not None:
                     source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
                                           file_range=passthrough, origin=origin,
                                           check=_scan_stored(watch, p, src_link.native[0]))
                 elif streamed is not None:
-                    read = _slot_reader(p, streamed, watch)
+                    (src_slot, flat), shape = streamed, shapes[slot]
+                    read, stream = _slot_reader(p, src_slot, watch, flat), _slot_reader(p, src_slot, None, flat)
                     source = TensorSource(
-                        name, shapes[slot], dt,
-                        lambda r=read, d=dt, w=where, p=p: watch.cast(p, w, transpose_copy(r(), (1, 0)), d),
-                        blocks=lambda r=read, d=dt, w=where, p=p: _cast_blocks(watch, p, w, r(), d), origin=origin)
+                        name, shape, dt,
+                        lambda r=read, d=dt, w=where, p=p, t=shape: watch.cast(
+                            p, w, transpose_copy(r(), (1, 0)).reshape(t), d),
+                        blocks=lambda r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _cast_blocks(
+                            watch, p, w, r(), d, s, t), origin=origin)
                 else:
                     source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
                                           origin=origin)
@@ -174,11 +182,23 @@ def _origin(p) -> tuple:
     return tuple(dict.fromkeys(found + ([ckpt.path] if getattr(ckpt, "path", None) else [])))
 
 
-def _cast_blocks(watch, p, where, a, dtype):
-    """The streamed transpose of ``a`` in its own dtype, each block then cast (and checked) to ``dtype``."""
+def _cast_blocks(watch, p, where, a, dtype, slot=None, shape=None):
+    """The streamed transpose of 2-D ``a`` in its own dtype, in blocks of whole slices of ``shape``'s first axis
+    (the target's shape, ``a.T``'s by default), each block scanned for NaN/Inf as it is written (for source
+    tensor ``slot``: the same values, transposed), then cast (and checked) to ``dtype``."""
     a = np.asarray(a)
-    for block in transposed_blocks(a, a.dtype):
-        yield watch.cast(p, where, block, dtype)
+    shape = tuple(shape or a.shape[::-1])
+    inner = math.prod(shape[1:])  # a block must hold whole slices: rows of a.T, a multiple of this many values
+    step = inner // math.gcd(inner, a.shape[0]) if inner else 1
+    rows = None if len(shape) == 2 else max(step, block_rows(a.shape[0], a.dtype.itemsize) // step * step)
+    counts = [0, 0]
+    for block in transposed_blocks(a, a.dtype, **({"rows": rows} if rows else {})):
+        if slot is not None:  # the block is still warm in cache: cheaper than a pass over the source
+            nans, infs = nonfinite(block)
+            counts[0], counts[1] = counts[0] + nans, counts[1] + infs
+        yield watch.cast(p, where, block.reshape((-1,) + shape[1:]), dtype)
+    if slot is not None:
+        watch.counted(p, (slot, *counts))
 
 
 def _scan_stored(watch, p, src_slot):
@@ -194,17 +214,32 @@ def _source_link(p, target_link):
                  if lk.canonical == target_link.canonical), None)
 
 
-def _plain_transpose_of(src_link, target_link):
-    """The source slot whose plain 2-D transpose ``target_link``'s tensor is, else None.
+def _plain_transpose_of(src_link, target_link, shape):
+    """(source slot, its 2-D shape or None) when ``target_link``'s tensor (of ``shape``) holds the bytes of a
+    plain 2-D transpose of that source tensor, else None.
 
     That tensor can then be streamed in row blocks straight from the source
-    (Dense kernels, the bulk of a large model), never held whole in memory.
+    (Dense kernels and attention projections, the bulk of a large model),
+    never held whole in memory. Reshapes around the transpose keep the
+    bytes: torch's ``q_proj.weight`` transposed is Keras's ``(d, heads,
+    head_dim)`` query kernel; back, that kernel read as ``(d, heads *
+    head_dim)`` is transposed.
     """
     if src_link is None or len(src_link.native) != 1 or len(target_link.native) != 1:
         return None
-    flips = [_is_2d_transpose(lk.transform) for lk in (src_link, target_link)]
-    plain = [lk.transform is IDENTITY for lk in (src_link, target_link)]
-    return src_link.native[0] if (flips[0] and plain[1]) or (plain[0] and flips[1]) else None
+    slot = src_link.native[0]
+    if target_link.transform is IDENTITY and _ends_in_2d_transpose(src_link.transform):
+        return slot, None
+    if src_link.transform is IDENTITY and _ends_in_2d_transpose(target_link.transform) and len(shape) == 2:
+        return slot, (shape[1], shape[0])
+    return None
+
+
+def _ends_in_2d_transpose(t) -> bool:
+    """Whether ``t`` (canonical -> layout) is reshapes, then a 2-D transpose: bytes moved only by the transpose."""
+    parts = t.parts if isinstance(t, Chain) else (t,)
+    return (len(parts) >= 1 and _is_2d_transpose(parts[-1])
+            and all(isinstance(part, Reshape) for part in parts[:-1]))
 
 
 def _stored_bytes_of(p, src_link, target_link, dtype):
@@ -220,41 +255,26 @@ def _is_2d_transpose(t) -> bool:
     return isinstance(t, Transpose) and t.axes == (1, 0)
 
 
-def _slot_reader(p, slot, watch=None):
+def _slot_reader(p, slot, watch=None, flat=None):
+    """A reader of source tensor ``slot`` (seen as 2-D ``flat`` if given), scanned by ``watch`` if given."""
     def read():
         array = p.source.read(p.rule, p.source_hp)[slot]
         if watch is not None:
             watch.source(p, {slot: array})
-        return array
+        return array if flat is None else np.asarray(array).reshape(flat)
 
     return read
 
 
-def transposed_blocks(a, dtype, rows: int = 256):
-    """``a.T`` cast to ``dtype``, as consecutive row blocks; the next block is computed while the last is written.
+def transposed_blocks(a, dtype, rows: int | None = None):
+    """``a.T`` cast to ``dtype``, as consecutive row blocks; the next blocks are computed while the last is written.
 
-    Two buffers take turns: a helper thread fills one (numpy releases the
-    GIL while copying) while the caller writes the other out, so transposing
-    and writing overlap on two cores. A block is valid until the next one is
-    asked for.
+    Worker threads fill a few buffers ahead (``threaded_blocks``: numpy
+    releases the GIL while copying), so transposing runs on every core and
+    overlaps writing. A block is valid until the next one is asked for.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    a = np.asarray(a)
-    n_out = a.shape[1]
-    buffers = [np.empty((min(rows, n_out), a.shape[0]), dtype=a.dtype) for _ in range(2 if n_out > rows else 1)]
-    starts = list(range(0, n_out, rows))
-
-    def job(k):
-        return fill_transposed(a, starts[k], buffers[k % len(buffers)][:min(rows, n_out - starts[k])])
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(job, 0)
-        for k in range(len(starts)):
-            block = pending.result()
-            if k + 1 < len(starts):
-                pending = pool.submit(job, k + 1)
-            yield cast(block, dtype)
+    for block in threaded_blocks(np.asarray(a), rows=rows):
+        yield cast(block, dtype)
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
@@ -297,9 +317,10 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     sources = target_sources(pairs, names_of, dtype=dtype, plan=plan, allow_overflow=allow_overflow)
     progress = bar(sum(s.nbytes for s in sources), os.path.basename(str(destination)), quiet)
     try:
-        report.files = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
-                                        shard_size=shard_size, progress=progress.update if progress else None,
-                                        replace_input=replace_input, format=format, like=like)
+        with reusing_buffers():  # one set of transpose buffers for every tensor, not fresh pages for each
+            report.files = write_checkpoint(destination, sources, metadata=metadata, overwrite=overwrite,
+                                            shard_size=shard_size, progress=progress.update if progress else None,
+                                            replace_input=replace_input, format=format, like=like)
     finally:
         if progress is not None:
             progress.close()

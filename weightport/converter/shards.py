@@ -95,6 +95,7 @@ def write_shard(unit: dict) -> dict:
     Imports no framework. Returns what the run needs back: the shard's sha256 and size, and what the numbers
     showed on the way (NaN/Inf, rounding casts), per step.
     """
+    from ..mappings.fast_transpose import reusing_buffers
     from .formats import Staging, open_checkpoint, safetensors
 
     final = unit["path"]
@@ -105,7 +106,8 @@ def write_shard(unit: dict) -> dict:
                              "the shard was planned with; was the source replaced during the run?")
         with Staging(overwrite=True) as staging:
             temp = staging.file(final)
-            safetensors.write_one(temp, final, sources, unit["metadata"])
+            with reusing_buffers():  # one set of transpose buffers for the shard's tensors
+                safetensors.write_one(temp, final, sources, unit["metadata"])
             digest = file_sha256(temp)
             staging.commit()
     return {"sha256": digest, "nbytes": sum(s.nbytes for s in sources), "issues": plan.issues,

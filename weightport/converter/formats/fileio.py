@@ -90,6 +90,25 @@ def append_range(f, file_range) -> bool:
     return True
 
 
+def append_range_read(f, file_range, chunk: int = 8 << 20) -> None:
+    """``file_range``'s bytes appended to ``f`` through one small buffer.
+
+    The fallback where the kernel cannot copy between the two files (another
+    file system, ``/dev/shm``): the tensor is never mapped or loaded whole, so
+    memory stays flat however large it is.
+    """
+    src_path, src_offset, nbytes = file_range
+    view = memoryview(bytearray(max(1, min(chunk, nbytes))))
+    with open(src_path, "rb") as src:
+        done = 0
+        while done < nbytes:
+            n = os.preadv(src.fileno(), [view[:min(len(view), nbytes - done)]], src_offset + done)
+            if n == 0:
+                raise FormatError(f"{src_path}: ended inside the tensor bytes [{src_offset}, {src_offset + nbytes})")
+            f.write(view[:n])
+            done += n
+
+
 def zip_names(path: str, head: bytes):
     """The member names of the zip archive at ``path`` (whose first bytes are ``head``), or None if it is not one."""
     if head[:4] != ZIP_MAGIC:

@@ -246,7 +246,10 @@ def _write_file(temp, final_path, sources, metadata, progress):
         f.write(_header(sources, metadata))
         for s in sources:
             stored = fileio.copyable_range(s)
-            if stored is None or not fileio.append_range(f, stored):
+            if stored is not None:
+                if not fileio.append_range(f, stored):  # another file system: through a small buffer
+                    fileio.append_range_read(f, stored)
+            else:
                 for _, block in fileio.blocks_checked(s, final_path):
                     if block.size:
                         f.write(memoryview(block.reshape(-1).view(np.uint8)))

@@ -1,0 +1,205 @@
+"""The file engine's streamed write path, byte for byte against a plain numpy conversion of the same file.
+
+The engine transposes in worker threads a few blocks ahead of the writer, in
+reused buffers; these tests force many small blocks (with a tail that is not a
+whole block) so that every part of that pipeline runs, and compare the whole
+output file with one built from ``source.T`` by numpy.
+"""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import weightport as wp  # noqa: E402
+from weightport.mappings import fast_transpose  # noqa: E402
+
+HEADS, HEAD_DIM = 4, 12
+D = HEADS * HEAD_DIM  # 48
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.num_heads = HEADS
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(D, D, bias=False) for _ in range(4))
+
+
+class Net(nn.Module):
+    """Odd sizes on purpose: 1001 and 37 are no multiple of a block or of 16."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(53, D)  # stored bytes copied as they are
+        self.self_attn = Attention()  # transpose, then reshape to (D, heads, head_dim) / (heads, head_dim, D)
+        self.norm = nn.LayerNorm(D)  # unchanged
+        self.up = nn.Linear(D, 1001)  # transposed kernel (48, 1001), bias unchanged
+        self.down = nn.Linear(1001, 37)  # transposed kernel (1001, 37)
+
+
+def _model():
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p))
+    return net
+
+
+def _reference(state, header):
+    """Each output tensor as numpy computes it from the source: ``W.T`` for kernels (reshaped), else as stored."""
+    out = {}
+    for name, info in header.items():
+        shape = tuple(info["shape"])
+        if name.endswith("/kernel"):
+            layer, part = name.rsplit("/", 1)[0], name.split("/")[-2]
+            torch_name = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention_output": "o_proj"}
+            key = (f"self_attn.{torch_name[part]}.weight" if part in torch_name else f"{layer}.weight")
+            out[name] = state[key].T.reshape(shape)
+        else:
+            key = name.replace("/", ".").replace(".embeddings", ".weight").replace(".gamma", ".weight") \
+                .replace(".beta", ".bias")
+            out[name] = state[key].reshape(shape)
+    return out
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    return data, 8 + n, header
+
+
+def _convert(tmp_path, monkeypatch, dtype=None, name="k.safetensors"):
+    net = _model()
+    src = tmp_path / "t.safetensors"
+    if not src.exists():
+        wp.save(net, src)
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)  # blocks of 16 rows: many blocks, a short tail
+    wp.convert(src, tmp_path / name, net, to="keras", dtype=dtype)
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    return state, tmp_path / name
+
+
+@pytest.mark.parametrize("dtype", [None, "float16"])
+def test_output_file_equals_a_plain_numpy_conversion_byte_for_byte(tmp_path, monkeypatch, dtype):
+    state, out = _convert(tmp_path, monkeypatch, dtype)
+    data, start, header = _read(out)
+    expected = _reference(state, header)
+    kinds = {n: tuple(i["shape"]) for n, i in header.items()}
+    # every kind of tensor is there: plain and reshaped transposes, unchanged, stored bytes copied as they are
+    assert kinds["self_attn/query/kernel"] == (D, HEADS, HEAD_DIM)
+    assert kinds["self_attn/attention_output/kernel"] == (HEADS, HEAD_DIM, D)
+    assert kinds["down/kernel"] == (1001, 37) and kinds["up/kernel"] == (D, 1001)
+    assert {"embed/embeddings", "norm/gamma", "up/bias"} <= set(kinds)
+    body = b"".join(np.ascontiguousarray(expected[n]).astype(dtype or np.float32).tobytes()
+                    for n in sorted(header, key=lambda n: header[n]["data_offsets"][0]))
+    assert data[start:] == body  # the whole data section: every tensor, in order, nothing else
+    for n, info in header.items():
+        assert info["dtype"] == ("F16" if dtype else "F32"), n
+
+
+def test_transposes_really_are_transposes(tmp_path, monkeypatch):
+    """Negative control for the reference: a kernel written as stored (not transposed) would not match it."""
+    state, out = _convert(tmp_path, monkeypatch)
+    data, start, header = _read(out)
+    lo, hi = header["down/kernel"]["data_offsets"]
+    written = np.frombuffer(data[start + lo:start + hi], np.float32).reshape(1001, 37)
+    np.testing.assert_array_equal(written, state["down.weight"].T)
+    assert not np.array_equal(written.reshape(-1), state["down.weight"].reshape(-1))
+
+
+def test_block_sizes_do_not_change_the_bytes(tmp_path, monkeypatch):
+    """Default blocks (one or two per tensor here) and 16-row blocks write the same file."""
+    _, small = _convert(tmp_path, monkeypatch, name="small.safetensors")
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 32 << 20)
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "big.safetensors", _model(), to="keras")
+    assert small.read_bytes() == (tmp_path / "big.safetensors").read_bytes()
+
+
+def test_threaded_blocks_match_the_transpose_for_odd_shapes():
+    rng = np.random.default_rng(1)
+    for shape, rows, workers, depth in [((37, 1001), 16, 2, 2), ((1001, 37), 48, 3, 1), ((5, 3), 16, 4, 2),
+                                        ((33, 17), 16, 1, 0)]:
+        a = rng.standard_normal(shape).astype(np.float32)
+        blocks = [b.copy() for b in fast_transpose.threaded_blocks(a, rows=rows, workers=workers, depth=depth)]
+        assert all(len(b) == rows for b in blocks[:-1]) and 0 < len(blocks[-1]) <= rows
+        np.testing.assert_array_equal(np.concatenate(blocks), a.T)
+
+
+def test_buffers_are_reused_across_tensors_only_inside_reusing_buffers():
+    a = np.arange(64 * 40, dtype=np.float32).reshape(64, 40)
+
+    def first_buffers():
+        return {id(np.asarray(b).base) for b in fast_transpose.threaded_blocks(a, rows=16)}
+
+    with fast_transpose.reusing_buffers():
+        assert first_buffers() == first_buffers()  # the same memory for the next tensor
+        outer = fast_transpose.threaded_blocks(a, rows=16)
+        held = next(outer).copy()
+        inner = [b.copy() for b in fast_transpose.threaded_blocks(a, rows=16)]  # the buffers are busy: own ones
+        rest = [held] + [b.copy() for b in outer]
+    np.testing.assert_array_equal(np.concatenate(inner), a.T)
+    np.testing.assert_array_equal(np.concatenate(rest), a.T)
+
+
+def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A transpose that fails after some blocks were written: no output, no temporary file left behind."""
+    net = _model()
+    src = tmp_path / "t.safetensors"
+    wp.save(net, src)
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    original, calls = fast_transpose.fill_transposed, []
+
+    def failing(a, first, block, lo=0, hi=None):
+        calls.append(first)
+        if len(calls) > 40:
+            raise OSError(28, "No space left on device (simulated)")
+        return original(a, first, block, lo, hi)
+
+    monkeypatch.setattr(fast_transpose, "fill_transposed", failing)
+    with pytest.raises(Exception) as info:
+        wp.convert(src, tmp_path / "k.safetensors", net, to="keras")
+    assert "space" in str(info.value).lower() or "space" in str(info.value.__cause__).lower()
+    assert len(calls) > 40  # it failed part-way through, after blocks had been written
+    assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
+
+
+def test_stored_bytes_across_file_systems_are_copied_through_a_small_buffer(tmp_path, monkeypatch):
+    """Where the kernel cannot copy (another file system), unchanged tensors are read in chunks from the file:
+    the same bytes, and no layer is translated (which held its tensors until the unit ended)."""
+    from weightport.converter import engine
+
+    _, normal = _convert(tmp_path, monkeypatch, name="normal.safetensors")
+    translated = []
+    original = engine.translate
+    monkeypatch.setattr(engine, "translate", lambda p, watch=None: translated.append(p) or original(p, watch))
+
+    def cross_device(*args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "fallback.safetensors", _model(), to="keras")
+    assert (tmp_path / "fallback.safetensors").read_bytes() == normal.read_bytes()
+    assert translated == []  # every tensor here is stored bytes or a streamed transpose
+
+
+def test_chunked_copy_crosses_chunk_boundaries_and_refuses_a_short_file(tmp_path):
+    from weightport.converter.formats import fileio
+    from weightport.errors import FormatError
+
+    data = bytes(range(256)) * 41  # 10496 bytes
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "dst", "wb") as f:
+        f.write(b"head")
+        fileio.append_range_read(f, (str(tmp_path / "src"), 7, 10000), chunk=1000 + 3)
+    assert (tmp_path / "dst").read_bytes() == b"head" + data[7:10007]
+    with open(tmp_path / "dst2", "wb") as f, pytest.raises(FormatError, match="ended inside"):
+        fileio.append_range_read(f, (str(tmp_path / "src"), 10000, 1000), chunk=256)
