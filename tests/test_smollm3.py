@@ -1,5 +1,6 @@
 """SmolLM3 (transformers) against keras-hub's: keras-hub keeps each block's rotary frequencies as a non-trainable
-variable the HF model computes and never saves. Such state is left as the target computed it, and said so."""
+variable the HF model computes and never saves. Such state is checked against what the source model holds (or set
+to it); a bare file holds nothing to check it by, and needs its own model."""
 import warnings
 
 import numpy as np
@@ -55,20 +56,22 @@ def test_both_ways_live_and_from_the_file_the_rotary_state_left_as_computed(save
     kh = keras_hub.models.SmolLM3Backbone.from_preset(str(folder))  # keras-hub's own converter: the reference
     fresh = keras_hub.models.SmolLM3Backbone.from_preset(str(folder), load_weights=False)
     report = quiet_port(hf, fresh)
-    assert any("inv_freq" in i and "left as the target holds it" in i for i in report.plan.issues)
+    assert any("inv_freq" in i and "already holds what the source computes" in i for i in report.plan.issues)
     np.testing.assert_allclose(*outputs(hf, fresh), atol=2e-4, rtol=1e-4)
     assert_bitwise_equal(fresh, kh)
     from_file = keras_hub.models.SmolLM3Backbone.from_preset(str(folder), load_weights=False)
-    quiet_port(folder / "model.safetensors", from_file)
+    with pytest.raises(wp.UnsupportedLayerError, match="inv_freq.*not trained"):
+        wp.port(folder / "model.safetensors", from_file)
+    quiet_port(folder / "model.safetensors", from_file, model=transformers.SmolLM3ForCausalLM(config()))
     assert_bitwise_equal(from_file, kh)
     back = transformers.SmolLM3ForCausalLM(config()).eval()
     quiet_port(kh, back)
     np.testing.assert_allclose(*outputs(back, kh), atol=2e-4, rtol=1e-4)
 
 
-def test_negative_control_trainable_weights_no_source_fills_are_still_refused(saved, monkeypatch):
-    from weightport.converter.frameworks import keras as keras_adapter
-    monkeypatch.setattr(keras_adapter.KerasFramework, "untrained", lambda self, layer: set())
+def test_negative_control_without_the_sources_own_frequencies_the_port_is_refused(saved, monkeypatch):
+    from weightport.converter import constants
+    monkeypatch.setattr(constants, "held", lambda model: {})
     hf, folder = saved
     fresh = keras_hub.models.SmolLM3Backbone.from_preset(str(folder), load_weights=False)
     with pytest.raises(wp.UnsupportedLayerError, match="inv_freq"):

@@ -19,7 +19,7 @@ import difflib
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import folding, naming
+from . import constants, folding, naming
 from .evidence import Pairing
 from .pairs import describe, fmt_shapes, pair, refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -71,7 +71,7 @@ def _positional(src, tgt) -> list | None:
 
 
 def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None,
-          strict_config: bool = False) -> tuple:
+          strict_config: bool = False, source_constants: dict | None = None) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
     strict_config: configuration differences that are only warned about
@@ -80,7 +80,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     shapes and no configuration error; source layers the target does not ask
     for (a head) are reported and warned about, unless ``strict="both"``,
     which refuses them too. strict=False keeps what pairs and reports the
-    rest. ``flows``: see ``Pairing``.
+    rest. ``flows``: see ``Pairing``; ``source_constants``: see ``constants.held``.
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
@@ -109,7 +109,9 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_t = [b for b in tgt if id(b) not in used_t]
         pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
                                  left_s, left_t, flows, strict)
-        left_t = _left_alone(left_t, left_s, plan)
+        left_t = _left_alone(left_t, plan)
+        computed, left_t = constants.filled(left_t, source_constants or {}, plan.issues)
+        pairs += computed
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
         pairs += zeroed
@@ -153,19 +155,12 @@ def _hinted(src, tgt, hints: dict, flows) -> list:
     return pairs
 
 
-def _left_alone(left_t, left_s, plan) -> list:
-    """``left_t`` less the target layers nothing is lost by leaving as they are, each noted in ``plan``: input
-    tables of zeros, and weights training does not set (rotary frequencies the model computes), unless a
-    source tensor of that shape went unpaired too (then it may be that weight's value: refused as before)."""
+def _left_alone(left_t, plan) -> list:
+    """``left_t`` less the target input tables that hold zeros (nothing the source has is lost), noted."""
     zeros = [b for b in left_t if _zero_input_table(b)]
-    unpaired = {repr(a.canonical_shapes(*a.candidates[0])) for a in left_s}
-    untrained = [b for b in left_t if getattr(b, "untrained", False)
-                 and repr(b.canonical_shapes(*b.candidates[0])) not in unpaired]
     plan.issues += [f"target layer {describe(b)} has no counterpart in the source; it holds only zeros and "
                     "was left as it is" for b in zeros]
-    plan.issues += [f"target weight {b.label} is not trainable (state the model computes or updates itself) and "
-                    "no source tensor pairs with it: it was left as the target holds it" for b in untrained]
-    return [b for b in left_t if b not in zeros and b not in untrained]
+    return [b for b in left_t if b not in zeros]
 
 
 def _orphans_paired(orphans_s, orphans_t, left_s, left_t, flows, strict) -> list:
@@ -230,8 +225,11 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
             f"target layer {b.label.rpartition(b.framework.sep)[0] or '<root>'!r} "
             f"({b.framework.display_name(b.obj)}) holds the weight {b.candidates[0][1]['slot']!r} "
             f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
-            "it by name and shape; the target was not changed. Register a rule for it (see `weightport rules`), "
-            "pass hints={source_path: target_path}, or strict=False to port everything else")
+            "it by name and shape; the target was not changed. "
+            + ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
+               "values: port from the source's live model (or pass it as model=), " if getattr(b, "untrained", False)
+               else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, ")
+            + "or strict=False to port everything else")
     positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:

@@ -18,6 +18,7 @@ EVIDENCE = {
     "ordinal": "ordinal and run order",
     "activation": "dataflow (activation)",
     "zeros": "zeros (the source has none)",
+    "constant": "what the source computes",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
-from . import assign, checking, engine, matcher, options, planning, sides, tracing, weight_norm
+from . import assign, checking, constants, engine, matcher, options, planning, sides, tracing, weight_norm
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -43,7 +43,8 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         traced = None
     try:
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
-                                    flows=tracing.flows(traced, target, check), strict_config=strict_config)
+                                    flows=tracing.flows(traced, target, check), strict_config=strict_config,
+                                    source_constants=constants.held(traced))
     except MatchError as refused:
         hint = sides.own_model_hint(src) if traced is None and not src.live else ""
         if not hint:
@@ -96,7 +97,8 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
         options.settle(src_nodes + tgt_nodes, rule_options or {})
         flows = tracing.flows(src.obj if src.live else source_model, like)
-        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows)
+        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows,
+                                    source_constants=constants.held(src.obj if src.live else source_model))
         weight_norm.split_on_write(plan, pairs)  # a weight_norm layer's file holds its g and v
         plan.unmatched_target += tgt_notes
         names = sides.names_for(like, like_fw, destination)

@@ -33,6 +33,10 @@ class Framework:
         """Names of weights held directly by ``layer`` (not by its children)."""
         raise NotImplementedError
 
+    def constants(self, model) -> dict:
+        """path -> array of all ``model`` holds that training does not set (non-persistent buffers too)."""
+        return {}
+
     def untrained(self, layer) -> set:
         """Names of ``layer``'s own weights that training does not set (Keras' non-trainable variables): state
         the model computes itself, such as rotary frequencies."""

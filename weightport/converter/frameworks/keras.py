@@ -51,6 +51,9 @@ class KerasFramework(Framework):
     def own_weights(self, layer) -> list:
         return [v.path for v in self._own(layer)]
 
+    def constants(self, model) -> dict:
+        return {v.path: to_numpy(v.value) for v in getattr(model, "non_trainable_variables", [])}
+
     def untrained(self, layer) -> set:
         return {v.path.rsplit("/", 1)[-1] for v in getattr(layer, "_non_trainable_variables", [])}
 
