@@ -190,5 +190,6 @@ def own_model_hint(side: Side) -> str:
         return ""
     if len(classes) != 1 or not re.fullmatch(r"[A-Za-z_]\w*", str(classes[0])):
         return ""
-    return (f"\nThe file's own model, built from the config.json beside it (its weights are not used), is:\n"
+    return (f"\nRather than a guess, pass the file's own model, built from the config.json beside it (its weights "
+            f"are not used), so its dataflow settles the pairing:\n"
             f"  model=transformers.{classes[0]}(transformers.AutoConfig.from_pretrained({folder!r}))")
