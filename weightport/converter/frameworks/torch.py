@@ -37,7 +37,7 @@ class TorchFramework(Framework):
                 + [n for n, _ in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set])
 
     def constants(self, model) -> dict:
-        return {n: b.detach().cpu().numpy() for n, b in model.named_buffers()}
+        return {n: to_numpy(b) for n, b in model.named_buffers()}
 
     def untrained(self, layer) -> set:
         return {n for n, _ in layer.named_buffers(recurse=False)}
