@@ -27,9 +27,13 @@ def held(model) -> dict:
     return found
 
 
-def filled(left_t, source_constants: dict, notes: list) -> tuple:
-    """(pairs setting each untrained target weight the source holds the values of, the rest of ``left_t``)."""
+def filled(left_t, source_constants, notes: list) -> tuple:
+    """(pairs setting each untrained target weight the source holds the values of, the rest of ``left_t``);
+    ``source_constants()`` gives ``held(source model)``, asked for only where such a weight is left."""
     made, rest = [], []
+    if not any(getattr(b, "untrained", False) for b in left_t):
+        return made, list(left_t)
+    source_constants = source_constants()
     for b in left_t:
         value = _source_value(b, source_constants) if getattr(b, "untrained", False) else None
         if value is None:

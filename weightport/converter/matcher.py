@@ -71,7 +71,7 @@ def _positional(src, tgt) -> list | None:
 
 
 def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None,
-          strict_config: bool = False, source_constants: dict | None = None) -> tuple:
+          strict_config: bool = False, source_constants=None) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
     strict_config: configuration differences that are only warned about
@@ -80,7 +80,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     shapes and no configuration error; source layers the target does not ask
     for (a head) are reported and warned about, unless ``strict="both"``,
     which refuses them too. strict=False keeps what pairs and reports the
-    rest. ``flows``: see ``Pairing``; ``source_constants``: see ``constants.held``.
+    rest. ``flows``: see ``Pairing``; ``source_constants()``: ``constants.held`` of the source model.
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
@@ -110,7 +110,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
                                  left_s, left_t, flows, strict)
         left_t = _left_alone(left_t, plan)
-        computed, left_t = constants.filled(left_t, source_constants or {}, plan.issues)
+        computed, left_t = constants.filled(left_t, source_constants or dict, plan.issues)
         pairs += computed
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
