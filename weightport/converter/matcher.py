@@ -272,28 +272,39 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
         f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
-        + "\nThe target was not changed. The likeliest pairing (by block numbers and names, else in the order "
-          "listed) is a guess; if it is right, pass (after checking):\n"
+        + "\nThe target was not changed. The likeliest pairing (by block numbers and names) is a guess"
+        + ("" if len(guess) == sum(len(c.src) for c in classes) else ", and names do not even guess the rest")
+        + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
         + f"  hints={guess!r}")
 
 
 def _likely_pairs(src, tgt) -> dict:
-    """A guess at ``src``'s counterparts among ``tgt``, for a hint to check: the same block numbers and the most
-    words in common first, then, only where the counts agree, what is left in the order listed."""
+    """A guess at ``src``'s counterparts among ``tgt``, for a hint to check: pairs in the same block that are
+    each other's one best match by words in common (a tie guesses nothing), and a last one left on each side."""
+    number = naming.common_numbering([a.path for a in src], [b.path for b in tgt])
+
     def score(a, b):
-        shared = naming.words(a.path) & naming.words(b.path)
-        return (naming.numbers(a.path) == naming.numbers(b.path), len(shared))
+        if number(a.path) != number(b.path) or naming.clash(naming.words(a.path), naming.words(b.path)):
+            return -1
+        return len(naming.words(a.path) & naming.words(b.path))
 
     guess, left_s, left_t = {}, list(src), list(tgt)
-    ranked = sorted(((score(a, b), i, j) for i, a in enumerate(src) for j, b in enumerate(tgt)), reverse=True)
-    for (same_block, shared), i, j in ranked:
-        a, b = src[i], tgt[j]
-        if same_block and a in left_s and b in left_t and not naming.clash(naming.words(a.path), naming.words(b.path)):
-            guess[a.path] = b.path
-            left_s.remove(a)
-            left_t.remove(b)
-    if len(left_s) == len(left_t):
-        guess.update({a.path: b.path for a, b in zip(left_s, left_t)})
+    found = True
+    while found:
+        found = False
+        for a in list(left_s):
+            scores = [score(a, b) for b in left_t]
+            best = max(scores, default=-1)
+            if best < 0 or scores.count(best) != 1:
+                continue
+            b = left_t[scores.index(best)]
+            if [score(x, b) for x in left_s].count(best) == 1 and max(score(x, b) for x in left_s) == best:
+                guess[a.path] = b.path
+                left_s.remove(a)
+                left_t.remove(b)
+                found = True
+    if len(left_s) == len(left_t) == 1 and score(left_s[0], left_t[0]) >= 0:
+        guess[left_s[0].path] = left_t[0].path
     return guess
 
 
