@@ -23,6 +23,8 @@ import numpy as np
 from weightport.converter.checkpoint import Checkpoint, TensorSource
 from weightport.converter.formats.fileio import load_checked
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 NAME = "toy"
 SUFFIXES = (".toyw",)
 SNIFF_ORDER = 50

@@ -14,6 +14,8 @@ import weightport.mappings
 from weightport.errors import ConfigMismatchError, UnsupportedLayerError
 from weightport.mappings import transforms as T
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 REFUSAL = "non-zero bias: nowhere to put it"
 
 
