@@ -368,7 +368,8 @@ def test_save_plan_onto_an_existing_file_is_refused_before_converting(tmp_path, 
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, even when the suite runs under nohup (SIG_IGN)
 import weightport.converter.formats.fileio as fileio
 real = fileio.blocks_checked
 def slow(source, where):  # a slow disk: each block takes a while
