@@ -14,6 +14,8 @@ from weightport.cli import build_parser
 from weightport.converter import formats
 from weightport.errors import UsageError
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 TOY = '''
 """Toy format for the tests: a magic line, then JSON of name -> [shape, dtype, values]."""
 import json
@@ -22,8 +24,6 @@ import numpy as np
 
 from weightport.converter.checkpoint import Checkpoint, TensorSource
 from weightport.converter.formats.fileio import load_checked
-
-pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
 
 NAME = "toy"
 SUFFIXES = (".toyw",)
