@@ -8,6 +8,8 @@ import pytest
 import weightport as wp
 from weightport import errors
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 PUBLIC = [wp.port, wp.convert, wp.save, wp.load, wp.get_weights, wp.set_weights, wp.verify]
 
 

@@ -1,4 +1,6 @@
 """The weightport command: convert and verify, with their exit codes."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -39,10 +41,28 @@ def broken():
 '''
 
 
-def run(*args, cwd):
+def run_process(*args, cwd):
+    """The installed ``weightport`` script in a fresh interpreter (the backend the suite runs under)."""
     cli = os.path.join(os.path.dirname(sys.executable), "weightport")
     return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")})
+
+
+def run(*args, cwd):
+    """``weightport.cli.main`` in this process, from ``cwd``, with its streams captured: the same parser, commands
+    and exit codes as the script (``run_process`` checks the script itself), without paying for a fresh
+    interpreter that imports torch and Keras again on every call (most of this module's time before)."""
+    from weightport.cli import main
+
+    out, err, here, path = io.StringIO(), io.StringIO(), os.getcwd(), list(sys.path)
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(here)
+        sys.path[:] = path  # --model FILE.py puts the file's folder on sys.path
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -55,10 +75,11 @@ def workdir(tmp_path):
 
 
 def test_convert_to_keras_h5_then_verify(workdir):
-    out = run("convert", "net.pt", "net.weights.h5", "--model", "models.py:keras_net", "--json", cwd=workdir)
+    """Through the installed script in a fresh interpreter, Keras on the suite's backend."""
+    out = run_process("convert", "net.pt", "net.weights.h5", "--model", "models.py:keras_net", "--json", cwd=workdir)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["files"][0].endswith("net.weights.h5")
-    out = run("verify", "models.py:torch_net", "models.py:keras_net", "--inputs", "x.npy",
+    out = run_process("verify", "models.py:torch_net", "models.py:keras_net", "--inputs", "x.npy",
               "--weights-a", "net.pt", "--weights-b", "net.weights.h5", "--json", cwd=workdir)
     # the h5 file needs the Keras model to be read; verify ports it through model structure
     assert out.returncode == 0, out.stdout + out.stderr
@@ -178,8 +199,12 @@ m.save("cnn.keras")
 
 
 def test_inspect_names_the_layers_of_keras_files(tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
-    subprocess.run([sys.executable, "-c", KERAS_CNN], cwd=tmp_path, check=True, env=env)
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        exec(KERAS_CNN, {})  # in this process: a fresh interpreter would import Keras again for two small files
+    finally:
+        os.chdir(here)
     for name, label in (("cnn.weights.h5", "{}"), ("cnn.keras", "{} ({})")):
         out = run("inspect", name, cwd=tmp_path)
         assert out.returncode == 0, out.stderr

@@ -12,6 +12,8 @@ import weightport as wp
 from weightport import cli, exits
 from weightport.converter.formats import write_checkpoint
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CLI = os.path.join(os.path.dirname(sys.executable), "weightport")
 BUILDERS = '''

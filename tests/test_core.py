@@ -9,6 +9,7 @@ import weightport as wp
 from weightport.mappings import transforms as T
 
 
+@pytest.mark.keras_free
 def test_import_pulls_no_framework():
     code = ("import sys, weightport; bad = [m for m in ('torch', 'keras', 'jax', 'flax', 'tensorflow') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
@@ -26,6 +27,7 @@ def test_import_pulls_no_framework():
     (T.Chain(T.Reshape((6, 35), (6, 5, 7)), T.Transpose(2, 0, 1)), [(6, 35)]),
     (T.Chain(T.Split(0, (3, 4)), T.Each(2, T.Transpose(1, 0))), [(7, 5)]),
 ])
+@pytest.mark.keras_free
 def test_transforms_invert_and_predict_shapes(t, shapes):
     rng = np.random.default_rng(0)
     arrays = tuple(rng.standard_normal(s).astype("float32") for s in shapes)
@@ -38,12 +40,14 @@ def test_transforms_invert_and_predict_shapes(t, shapes):
     assert t.exact
 
 
+@pytest.mark.keras_free
 def test_transpose_kernel_matches_numpy_on_large_arrays():
     a = np.arange(1500 * 1100, dtype=np.float32).reshape(1500, 1100)
     assert np.array_equal(T.transpose_copy(a, (1, 0)), a.T)
     assert T.transpose_copy(a, (1, 0)).flags.c_contiguous
 
 
+@pytest.mark.keras_free
 def test_lossy_transforms_say_so():
     b = np.arange(6, dtype=np.float32)
     s = T.SumSplit(2)
@@ -54,12 +58,14 @@ def test_lossy_transforms_say_so():
     assert not T.Constant(0).exact
 
 
+@pytest.mark.keras_free
 def test_reorder_blocks_moves_blocks():
     a = np.repeat(np.arange(4), 3)[None, :]  # blocks 0,1,2,3 of width 3
     out = T.ReorderBlocks(1, (2, 0, 3, 1)).fwd(a)
     assert list(out[0, ::3]) == [2, 0, 3, 1]
 
 
+@pytest.mark.keras_free
 def test_registry_lists_rules_and_accepts_plugins():
     import weightport as wp
     from weightport.mappings.rule import registry

@@ -12,6 +12,8 @@ from weightport.mappings import rule as rule_module
 from weightport.mappings.rule import Registry, Rule, link
 from weightport.mappings.transforms import Transpose
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 TORCH_NAMES = ["moe.0.router_gate", "moe.1.router_gate", "head.scores"]
 KERAS_NAMES = ["moe_0/router_kernel", "moe_1/router_kernel", "head/scores"]
 

@@ -60,6 +60,7 @@ def test_save_writes_each_dtype_and_reads_it_back(tmp_path, suffix, name):
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "float16", "float8_e4m3fn"])
+@pytest.mark.keras_free
 def test_convert_casts_by_name(tmp_path, name):
     wp.save(linear(), tmp_path / "lin.safetensors")
     wp.convert(tmp_path / "lin.safetensors", tmp_path / "k.safetensors", to="keras", dtype=name)
@@ -69,6 +70,7 @@ def test_convert_casts_by_name(tmp_path, name):
                                   expected(linear(), name)["weight"].T.astype(np.float32))
 
 
+@pytest.mark.keras_free
 def test_cli_dtype_bfloat16(tmp_path):
     wp.save(linear(), tmp_path / "lin.safetensors")
     cli = os.path.join(os.path.dirname(sys.executable), "weightport")
@@ -83,11 +85,13 @@ def test_cli_dtype_bfloat16(tmp_path):
                                        ("torch.bfloat16", ml_dtypes.bfloat16), ("fp16", np.float16),
                                        ("F8_E4M3", ml_dtypes.float8_e4m3fn), ("float8_e5m2", ml_dtypes.float8_e5m2),
                                        (ml_dtypes.bfloat16, ml_dtypes.bfloat16), (np.float16, np.float16)])
+@pytest.mark.keras_free
 def test_dtype_names(name, want):
     assert dtype_of(name) == np.dtype(want)
 
 
 @pytest.mark.parametrize("name", ["int8", "finfo", "bfloat17"])
+@pytest.mark.keras_free
 def test_a_cast_to_a_non_float_or_unknown_name_is_a_usage_error(name):
     with pytest.raises(wp.UsageError, match="float16"):
         cast_dtype(name)

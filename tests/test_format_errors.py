@@ -10,6 +10,8 @@ from weightport.converter.checkpoint import TensorSource
 from weightport.converter.formats import open_checkpoint, write_checkpoint
 from weightport.errors import FormatError, OutputExistsError, UnsafePickleError, WeightportError
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 
 def snapshot(folder):
     """Every file under ``folder`` with its bytes and modification time."""

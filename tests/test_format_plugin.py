@@ -14,6 +14,8 @@ from weightport.cli import build_parser
 from weightport.converter import formats
 from weightport.errors import UsageError
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 TOY = '''
 """Toy format for the tests: a magic line, then JSON of name -> [shape, dtype, values]."""
 import json

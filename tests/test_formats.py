@@ -44,6 +44,7 @@ def assert_same_tensors(ckpt, expected):
 
 
 @pytest.mark.parametrize("filename", FORMATS)
+@pytest.mark.keras_free
 def test_round_trip_is_bitwise_for_every_dtype(tmp_path, filename):
     tensors = sample_tensors()
     written = write_checkpoint(tmp_path / filename, tensors, metadata={"weightport_layout": "torch"})
@@ -56,6 +57,7 @@ def test_round_trip_is_bitwise_for_every_dtype(tmp_path, filename):
 
 
 @pytest.mark.parametrize("filename", FORMATS)
+@pytest.mark.keras_free
 def test_checkpoint_converts_to_every_format_bitwise(tmp_path, filename):
     tensors = sample_tensors()
     write_checkpoint(tmp_path / "source.safetensors", tensors)
@@ -66,12 +68,14 @@ def test_checkpoint_converts_to_every_format_bitwise(tmp_path, filename):
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "model.npz", "model.weights.h5"])
+@pytest.mark.keras_free
 def test_metadata_layout_beats_names(tmp_path, filename):
     write_checkpoint(tmp_path / filename, sample_tensors(), metadata={"weightport_layout": "keras", "note": "x"})
     with open_checkpoint(tmp_path / filename) as ckpt:
         assert ckpt.layout == "keras" and ckpt.metadata["note"] == "x"
 
 
+@pytest.mark.keras_free
 def test_layout_is_detected_from_names_not_format():
     assert detect_layout(["fc.weight", "fc.bias", "bn.running_mean"]) == "torch"
     assert detect_layout(["dense/kernel", "dense/bias", "bn/moving_mean"]) == "keras"
@@ -83,6 +87,7 @@ def test_layout_is_detected_from_names_not_format():
     assert detect_layout([]) is None
 
 
+@pytest.mark.keras_free
 def test_sharded_safetensors_round_trip(tmp_path):
     tensors = sample_tensors()
     written = write_checkpoint(tmp_path / "model.safetensors", tensors, shard_size=64,
@@ -105,6 +110,7 @@ def test_sharded_safetensors_round_trip(tmp_path):
         assert_same_tensors(ckpt, tensors)
 
 
+@pytest.mark.keras_free
 def test_safetensors_written_here_load_with_the_safetensors_library(tmp_path):
     import torch
     from safetensors import safe_open
@@ -128,6 +134,7 @@ def test_safetensors_written_here_load_with_the_safetensors_library(tmp_path):
         assert f.metadata() == {"weightport_layout": "torch", "format": "pt"}
 
 
+@pytest.mark.keras_free
 def test_safetensors_written_by_the_library_read_here(tmp_path):
     import torch
     from safetensors.torch import save_file
@@ -143,6 +150,7 @@ def test_safetensors_written_by_the_library_read_here(tmp_path):
         assert ckpt.dtype("b.weight") == np.dtype(ml_dtypes.bfloat16)
 
 
+@pytest.mark.keras_free
 def test_magic_bytes_beat_the_suffix(tmp_path):
     tensors = sample_tensors()
     write_checkpoint(tmp_path / "model.safetensors", tensors)
@@ -156,6 +164,7 @@ def test_magic_bytes_beat_the_suffix(tmp_path):
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "model.npz", "model.weights.h5", "model.pt"])
+@pytest.mark.keras_free
 def test_writers_hold_one_tensor_at_a_time(tmp_path, filename):
     """Each tensor is loaded just before it is written and dropped after (torch.save is the known exception)."""
     live, peak, progress = [], [0], []
@@ -178,6 +187,7 @@ def test_writers_hold_one_tensor_at_a_time(tmp_path, filename):
         assert peak[0] == 1, f"{peak[0]} tensors were held at once"
 
 
+@pytest.mark.keras_free
 def test_torch_files_unwrap_training_checkpoints_and_skip_non_tensors(tmp_path):
     import torch
 
@@ -197,6 +207,7 @@ class HarmlessDict(collections.OrderedDict):
     """Not on torch's weights_only allow-list, yet harmless: what trust_pickle is for."""
 
 
+@pytest.mark.keras_free
 def test_trust_pickle_opts_in_to_full_unpickling(tmp_path):
     import torch
 
@@ -209,6 +220,7 @@ def test_trust_pickle_opts_in_to_full_unpickling(tmp_path):
         assert list(ckpt) == ["w.weight"]
 
 
+@pytest.mark.keras_free
 def test_npz_is_plain_numpy_and_keeps_bf16(tmp_path):
     tensors = sample_tensors()
     write_checkpoint(tmp_path / "model.npz", tensors)
@@ -326,6 +338,7 @@ def test_legacy_h5_reads_in_layer_order(tmp_path):
         assert ckpt.layers[f"model_weights/{norm.name}"]["class_name"] == "BatchNormalization"
 
 
+@pytest.mark.keras_free
 def test_keras2_style_h5_weight_names_are_followed(tmp_path):
     import h5py
 
@@ -341,6 +354,7 @@ def test_keras2_style_h5_weight_names_are_followed(tmp_path):
         assert np.array_equal(ckpt["fc/fc/kernel:0"], kernel)
 
 
+@pytest.mark.keras_free
 def test_keras_archive_without_its_model_is_refused(tmp_path):
     with pytest.raises(UsageError, match="weights.h5"):
         write_checkpoint(tmp_path / "model.keras", sample_tensors())

@@ -23,6 +23,8 @@ from badfiles import keras_archive
 from weightport.converter.formats import open_checkpoint, write_checkpoint
 from weightport.errors import WeightportError
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 EXAMPLES = int(os.environ.get("WEIGHTPORT_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -59,6 +59,7 @@ def read_all(path):
 
 
 @pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.keras_free
 def test_bad_file_is_a_format_error_naming_it(tmp_path, capsys, kind):
     build, needles = CASES[kind]
     path = build(tmp_path)
@@ -74,6 +75,7 @@ def test_bad_file_is_a_format_error_naming_it(tmp_path, capsys, kind):
     assert sha256(path) == digest and listing(tmp_path) == before
 
 
+@pytest.mark.keras_free
 def test_lazy_load_errors_are_format_errors_naming_the_tensor(tmp_path):
     path = good(tmp_path, "m.safetensors")
     ckpt = open_checkpoint(path)
@@ -86,6 +88,7 @@ def test_lazy_load_errors_are_format_errors_naming_the_tensor(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
 
 
+@pytest.mark.keras_free
 def test_a_sniffer_that_chokes_leaves_the_reader_to_explain(tmp_path):
     path = tmp_path / "m.npz"
     path.write_bytes(b"PK\x03\x04" + bytes(40))  # zip magic, then nothing a zip reader can use
@@ -105,6 +108,7 @@ def small_limits(monkeypatch):
     return monkeypatch
 
 
+@pytest.mark.keras_free
 def test_npz_deflate_bomb_is_refused_before_inflating(tmp_path, small_limits):
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, w=np.zeros((1024, 1024), np.float32))  # 4 MB of zeros in about 4 KB
@@ -116,6 +120,7 @@ def test_npz_deflate_bomb_is_refused_before_inflating(tmp_path, small_limits):
         assert ckpt["w"].shape == (1024, 1024)
 
 
+@pytest.mark.keras_free
 def test_h5_compressed_or_unwritten_datasets_cannot_claim_more_than_the_limit(tmp_path, small_limits):
     gz = tmp_path / "gz.weights.h5"
     with h5py.File(gz, "w") as h5:
@@ -128,6 +133,7 @@ def test_h5_compressed_or_unwritten_datasets_cannot_claim_more_than_the_limit(tm
             open_checkpoint(path)
 
 
+@pytest.mark.keras_free
 def test_keras_archive_with_a_compressed_weights_bomb_is_refused(tmp_path, small_limits):
     import io
 
@@ -142,6 +148,7 @@ def test_keras_archive_with_a_compressed_weights_bomb_is_refused(tmp_path, small
         open_checkpoint(path)
 
 
+@pytest.mark.keras_free
 def test_msgpack_claiming_millions_of_entries_is_refused_at_once(tmp_path):
     path = tmp_path / "claims.msgpack"
     path.write_bytes(b"\xdf" + (5_000_000).to_bytes(4, "big") + msgpack_str("a") + b"\x01")
@@ -151,6 +158,7 @@ def test_msgpack_claiming_millions_of_entries_is_refused_at_once(tmp_path):
     assert time.perf_counter() - start < 1
 
 
+@pytest.mark.keras_free
 def test_msgpack_of_many_small_values_is_refused_past_the_limit(tmp_path, small_limits):
     path = tmp_path / "ints.msgpack"
     path.write_bytes(b"\x81" + msgpack_str("a") + b"\xdc" + (5000).to_bytes(2, "big") + b"\x01" * 5000)
@@ -162,6 +170,7 @@ def test_msgpack_of_many_small_values_is_refused_past_the_limit(tmp_path, small_
         open_checkpoint(nested)
 
 
+@pytest.mark.keras_free
 def test_tensor_count_and_header_size_limits(tmp_path, small_limits):
     header = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(150)}
     many = tmp_path / "many.safetensors"
@@ -182,6 +191,7 @@ def test_tensor_count_and_header_size_limits(tmp_path, small_limits):
     assert len(open_checkpoint(many)) == 150
 
 
+@pytest.mark.keras_free
 def test_limits_are_documented_and_a_bad_override_is_a_usage_error(monkeypatch):
     from weightport.converter.formats import limits
     from weightport.errors import UsageError
@@ -196,6 +206,7 @@ def test_limits_are_documented_and_a_bad_override_is_a_usage_error(monkeypatch):
 # -- 3. nothing left behind, nothing destroyed -------------------------------------------------------------
 
 
+@pytest.mark.keras_free
 def test_dangling_symlink_counts_as_existing(tmp_path, capsys):
     src = good(tmp_path, "in.safetensors")
     os.symlink(tmp_path / "nowhere", tmp_path / "out.safetensors")
@@ -207,6 +218,7 @@ def test_dangling_symlink_counts_as_existing(tmp_path, capsys):
     assert not os.path.islink(tmp_path / "out.safetensors") and not os.path.exists(tmp_path / "nowhere")
 
 
+@pytest.mark.keras_free
 def test_input_is_never_replaced_without_its_own_flag(tmp_path, capsys):
     src = good(tmp_path, "in.safetensors")
     os.link(src, tmp_path / "alias.safetensors")  # another name, the same file
@@ -222,6 +234,7 @@ def test_input_is_never_replaced_without_its_own_flag(tmp_path, capsys):
     assert open_checkpoint(src).layout == "keras"
 
 
+@pytest.mark.keras_free
 def test_folder_at_the_output_name(tmp_path, capsys):
     src = good(tmp_path, "in.safetensors")
     os.mkdir(tmp_path / "out.safetensors")
@@ -231,6 +244,7 @@ def test_folder_at_the_output_name(tmp_path, capsys):
     assert code == 2 and "folder" in err
 
 
+@pytest.mark.keras_free
 def test_sharded_overwrite_removes_the_shards_only_the_old_index_listed(tmp_path):
     tensors = {f"l{i}.weight": np.full((4, 4), i, np.float32) for i in range(6)}  # 64 bytes each
     out = tmp_path / "m.safetensors"
@@ -244,6 +258,7 @@ def test_sharded_overwrite_removes_the_shards_only_the_old_index_listed(tmp_path
         assert sorted(ckpt) == sorted(tensors)
 
 
+@pytest.mark.keras_free
 def test_commit_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
     """Two runs without overwrite: the one that commits second is refused, and the first one's file kept."""
     with Staging() as stage:
@@ -256,6 +271,7 @@ def test_commit_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["b.bin"] and (tmp_path / "b.bin").read_bytes() == b"theirs"
 
 
+@pytest.mark.keras_free
 def test_commit_without_hard_links_still_refuses_an_existing_name(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -276,6 +292,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.keras_free
 def test_stale_partials_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     host = staging._HOST
     dead = tmp_path / f".out.safetensors.wp-{host}-{_dead_pid()}-0123abcd.partial"
@@ -288,6 +305,7 @@ def test_stale_partials_of_dead_writers_are_removed_and_live_ones_kept(tmp_path)
     assert not dead.exists() and alive.exists() and elsewhere.exists() and legacy.exists()
 
 
+@pytest.mark.keras_free
 def test_os_errors_while_writing_are_named_and_leave_nothing(tmp_path, monkeypatch):
     src = good(tmp_path, "in.safetensors")
     before = listing(tmp_path)
@@ -301,6 +319,7 @@ def test_os_errors_while_writing_are_named_and_leave_nothing(tmp_path, monkeypat
         assert listing(tmp_path) == before
 
 
+@pytest.mark.keras_free
 def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     import collections
 
@@ -312,6 +331,7 @@ def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["in.safetensors"]
 
 
+@pytest.mark.keras_free
 def test_read_only_folder_is_refused_up_front(tmp_path, monkeypatch):
     src = good(tmp_path, "in.safetensors")
     monkeypatch.setattr(os, "access", lambda path, mode: False)
@@ -320,6 +340,7 @@ def test_read_only_folder_is_refused_up_front(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["in.safetensors"]
 
 
+@pytest.mark.keras_free
 def test_file_size_limit_mid_write_is_exit_2_and_leaves_nothing(tmp_path):
     """A real OS error mid-write (ulimit -f: EFBIG), through the command."""
     src = tmp_path / "in.safetensors"
@@ -337,6 +358,7 @@ def test_file_size_limit_mid_write_is_exit_2_and_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["in.safetensors"]
 
 
+@pytest.mark.keras_free
 def test_save_plan_onto_an_existing_file_is_refused_before_converting(tmp_path, capsys):
     src = good(tmp_path, "in.safetensors")
     (tmp_path / "plan.json").write_text("mine")
@@ -346,7 +368,8 @@ def test_save_plan_onto_an_existing_file_is_refused_before_converting(tmp_path, 
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, even when the suite runs under nohup (SIG_IGN)
 import weightport.converter.formats.fileio as fileio
 real = fileio.blocks_checked
 def slow(source, where):  # a slow disk: each block takes a while
@@ -373,6 +396,7 @@ def big_input(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.keras_free
 def test_killed_conversion_leaves_nothing_after_the_next_run(tmp_path, big_input, sig):
     src = tmp_path / "in.safetensors"
     os.link(big_input, src)
@@ -401,6 +425,7 @@ def test_killed_conversion_leaves_nothing_after_the_next_run(tmp_path, big_input
     assert sha256(src) == digest
 
 
+@pytest.mark.keras_free
 def test_signal_handlers_are_restored_and_only_installed_over_the_default(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
     mine = lambda *a: None  # noqa: E731
@@ -424,6 +449,7 @@ def torch_file(tmp_path, weight, bias=None, name="src.safetensors"):
     return path
 
 
+@pytest.mark.keras_free
 def test_overflowing_cast_is_refused_naming_the_tensor_and_value(tmp_path, capsys):
     weight = np.full((5, 7), 0.5, np.float32)
     weight[2, 3] = 1e6
@@ -438,6 +464,7 @@ def test_overflowing_cast_is_refused_naming_the_tensor_and_value(tmp_path, capsy
     assert np.isinf(wp.load(tmp_path / "half.safetensors")["fc.weight"][2, 3]) and not report.exact
 
 
+@pytest.mark.keras_free
 def test_live_port_refuses_an_overflow_before_changing_anything(tmp_path):
     import torch
 
@@ -454,6 +481,7 @@ def test_live_port_refuses_an_overflow_before_changing_anything(tmp_path):
     assert torch.isinf(lin.weight[4, 6])
 
 
+@pytest.mark.keras_free
 def test_rounding_cast_is_reported_function_preserving_not_bitwise(tmp_path):
     import torch
 
@@ -481,6 +509,7 @@ def test_rounding_into_a_bfloat16_keras_model_is_reported(tmp_path):
     assert not report.exact and "bfloat16" in str(report) and "function-preserving" in str(report)
 
 
+@pytest.mark.keras_free
 def test_nan_and_inf_in_the_source_are_warned_naming_the_tensors(tmp_path):
     import torch
 

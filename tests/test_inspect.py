@@ -27,6 +27,7 @@ def run_cli(*args):
     return out.returncode, out.stdout, out.stderr
 
 
+@pytest.mark.keras_free
 def test_table_lists_every_tensor_and_the_totals(tmp_path, capsys):
     path = tmp_path / "model.safetensors"
     write_checkpoint(path, TENSORS, metadata={"weightport_layout": "torch"})
@@ -41,6 +42,7 @@ def test_table_lists_every_tensor_and_the_totals(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "model.npz", "model.weights.h5", "model.pt"])
+@pytest.mark.keras_free
 def test_json_output_matches_the_file(tmp_path, filename):
     path = tmp_path / filename
     write_checkpoint(path, TENSORS)
@@ -73,6 +75,7 @@ def test_no_framework_is_imported_for_non_torch_files(tmp_path, filename):
     assert "IMPORTED []" in out.stdout
 
 
+@pytest.mark.keras_free
 def test_two_gigabyte_file_is_inspected_from_its_header(tmp_path, monkeypatch, capsys):
     """A sparse 2 GB safetensors file: inspect reads the header only, fast."""
     header, offset = {}, 0
@@ -103,6 +106,7 @@ def test_two_gigabyte_file_is_inspected_from_its_header(tmp_path, monkeypatch, c
     assert elapsed < 0.3, f"inspect took {elapsed:.3f} s"
 
 
+@pytest.mark.keras_free
 def test_pt_inspect_refuses_unsafe_pickle_unless_trusted(tmp_path):
     import fractions
 
@@ -115,6 +119,7 @@ def test_pt_inspect_refuses_unsafe_pickle_unless_trusted(tmp_path):
     assert code == 0 and "fc.weight" in out and "format: torch" in out
 
 
+@pytest.mark.keras_free
 def test_unreadable_input_exits_2(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00")
     code, out, err = run_cli("inspect", tmp_path / "junk.safetensors")

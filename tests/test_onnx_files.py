@@ -11,6 +11,8 @@ onnx = pytest.importorskip("onnx")
 import weightport as wp  # noqa: E402
 from weightport.errors import FormatError, WeightportError  # noqa: E402
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 W = np.arange(35, dtype="float32").reshape(5, 7) / 10  # Gemm transB=1: (out, in)
 B = np.arange(5, dtype="float32")
 

@@ -31,11 +31,13 @@ def undecided(monkeypatch):
     (BIG, True, False, False, False),   # --no-progress
     (BIG, True, True, True, False),     # quiet=True in Python always wins
 ])
+@pytest.mark.keras_free
 def test_when_a_bar_is_wanted(monkeypatch, total, tty, forced, quiet, want):
     monkeypatch.setattr(progress, "forced", forced)
     assert progress.wanted(total, quiet, Stream(tty)) is want
 
 
+@pytest.mark.keras_free
 def test_a_terminal_reporting_zero_columns_still_gets_a_bar(monkeypatch):
     err = Stream(True)
     monkeypatch.setattr("sys.stderr", err)

@@ -10,6 +10,8 @@ import weightport.mappings
 from weightport.mappings import rule as rule_module
 from weightport.mappings.rule import Registry, Rule, registry
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 AT_COLLECTION = list(registry)  # before any test registers a rule of its own
 
 

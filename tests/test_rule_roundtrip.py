@@ -16,6 +16,8 @@ import pytest
 from weightport.mappings.rule import Rule, registry
 from weightport.mappings.transforms import IDENTITY
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 RULES = [rule.name for rule in registry]
 # layouts a rule recognises only to refuse them (it has no links there)
 REFUSED = {("batch_normalization", "equinox")}

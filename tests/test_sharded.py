@@ -15,6 +15,8 @@ from sharded import SHARD, cli, contents, make_source, partials
 from weightport.converter import shards
 from weightport.converter.executors import InlineExecutor
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 
 def spawn_pool(n=2):
     return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))

@@ -7,6 +7,8 @@ import pytest
 import weightport as wp
 from sharded import SHARD, cli, contents, make_source, partials
 
+pytestmark = pytest.mark.keras_free  # never imports Keras: runs under one backend (conftest.py)
+
 distributed = pytest.importorskip("distributed")
 
 
