@@ -21,10 +21,11 @@ from .engine import Watch, live_bytes, translate
 
 class Route:
     """How one pair will be moved, settled before anything is: ``slots`` (target slot -> (source slot, view
-    steps)) for a direct copy, or None for the general path; ``destinations`` are its target's tensors."""
+    steps)) for a direct copy, or None for the general path; ``destinations`` are its target's tensors,
+    written in place; ``fresh`` (slot -> (shape, dtype)) the buffers its target adopts instead."""
 
-    def __init__(self, slots=None, destinations=None):
-        self.slots, self.destinations = slots, destinations or {}
+    def __init__(self, slots=None, destinations=None, fresh=None):
+        self.slots, self.destinations, self.fresh = slots, destinations or {}, fresh or {}
 
 
 def run_into_live(pairs, plan=None, *, allow_overflow: bool = False, progress=None) -> list:
@@ -103,8 +104,10 @@ def check(p, allow_overflow: bool) -> Route:
             if slot in target_dtypes:
                 cast_checked(array, target_dtypes[slot], f"{p.source.label} -> {p.target.label} slot {slot!r}")
     destinations = fw.destinations(obj, list(shapes))
-    slots = direct.routes(p, destinations, source_dtypes, target_dtypes) if destinations else None
-    return Route(slots, destinations)
+    fresh = {} if destinations else fw.fresh(obj, list(shapes))
+    into = destinations or fresh
+    slots = direct.routes(p, into, source_dtypes, target_dtypes) if into else None
+    return Route(slots, destinations, fresh)
 
 
 def held_dtypes(p, slots) -> dict:
@@ -153,19 +156,27 @@ def aliased(pairs, taken) -> bool:
 # -- converting and assigning ------------------------------------------------------------------------------
 
 def assign_direct(p, route: Route, watch: Watch) -> dict:
-    """Copy each source tensor of ``p`` straight into its target tensor; the target tensors written."""
+    """Copy each source tensor of ``p`` straight into its target tensor (or a fresh buffer its target then
+    adopts); the target tensors written. NaN/Inf are counted on each copy just made, where the bytes are the
+    source's (same dtype, moved only), so the source is not read a second time for it."""
     native = p.source.read(p.rule, p.source_hp)
-    watch.source(p, native)
-    written = {}
+    written, counted = {}, {}
     for slot, (src_slot, steps) in route.slots.items():
-        dst = route.destinations[slot]
+        dst = route.destinations.get(slot)
+        if dst is None:
+            dst = direct.empty_aligned(*route.fresh[slot])
         view = direct.viewed(np.asarray(native[src_slot]), steps)
         if tuple(view.shape) != tuple(dst.shape):
             raise WeightportError(f"{p.source.label} -> {p.target.label}: rule {p.rule.name!r} said slot {slot!r} "
                                   f"is {tuple(dst.shape)} but its tensor is {tuple(view.shape)} (a bug in the "
                                   "rule's shapes); the target may be partly changed")
         direct.copy_into(dst, view)
+        if src_slot not in counted:
+            counted[src_slot] = direct.nonfinite_in(dst)
         written[slot] = dst
+    watch.source(p, native, counted)
+    if route.fresh:
+        p.target.framework.adopt(p.target.obj, written)
     return written
 
 

@@ -33,15 +33,16 @@ class Watch:
         else:
             warnings.warn(text, WeightportWarning, stacklevel=4)
 
-    def source(self, p, native: dict) -> None:
-        """Report NaN/Inf in the source tensors of ``p`` (each tensor once)."""
+    def source(self, p, native: dict, counted: dict | None = None) -> None:
+        """Report NaN/Inf in the source tensors of ``p`` (each tensor once); ``counted`` (slot -> (NaN, Inf))
+        holds counts already taken elsewhere (on a copy just made), which are not scanned again."""
         found = []
         for slot, array in native.items():
             key = (id(p), slot)
             if key in self._scanned:
                 continue
             self._scanned.add(key)
-            nans, infs = nonfinite(array)
+            nans, infs = counted[slot] if counted and slot in counted else nonfinite(array)
             if nans or infs:
                 name = getattr(p.source, "names", {}).get(slot, slot)
                 found.append(f"{name!r} ({', '.join(t for t in (f'{nans} NaN' * bool(nans), f'{infs} Inf' * bool(infs)) if t)})")
