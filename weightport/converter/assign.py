@@ -76,21 +76,23 @@ def run_with_progress(pairs, plan, *, allow_overflow: bool = False, quiet: bool 
 
 # -- before anything is converted --------------------------------------------------------------------------
 
-def expected_shapes(p) -> dict:
-    """The target-layout shapes ``p``'s translation will have, from the shapes alone where the rule can say;
-    else by translating this one pair (which raises the usual error for a tensor the source lacks)."""
+def expected_shapes(p) -> tuple:
+    """(the target-layout shapes ``p``'s translation will have, the translation or None): from the shapes alone
+    where the rule can say; else by translating this one pair (which raises the usual error for a tensor the
+    source lacks), handed back so that the cast check does not translate it again."""
     if p.source_shapes is not None:
         try:
-            return p.rule.native_shapes(p.target.layout, p.target_hp, p.source_shapes)
+            return p.rule.native_shapes(p.target.layout, p.target_hp, p.source_shapes), None
         except (KeyError, ValueError):
             pass
-    return {slot: tuple(a.shape) for slot, a in translate(p).items()}
+    arrays = translate(p)
+    return {slot: tuple(a.shape) for slot, a in arrays.items()}, arrays
 
 
 def check(p, allow_overflow: bool) -> Route:
     """Refuse ``p`` now if its shapes do not fit the target or a cast would overflow; else its Route."""
     fw, obj = p.target.framework, p.target.obj
-    shapes = expected_shapes(p)
+    shapes, translated = expected_shapes(p)
     held = fw.shapes(obj, list(shapes))
     for slot, shape in shapes.items():
         if slot in held and tuple(shape) != tuple(held[slot]):
@@ -100,7 +102,7 @@ def check(p, allow_overflow: bool) -> Route:
     target_dtypes = {s: np.dtype(d) for s, d in held_dtypes(p, list(shapes)).items()}
     source_dtypes = {s: np.dtype(d) for s, d in p.source.dtypes(p.rule, p.source_hp).items()}
     if not allow_overflow and _may_overflow(source_dtypes, target_dtypes):
-        for slot, array in translate(p).items():  # this one layer, converted and dropped: only checked
+        for slot, array in (translated or translate(p)).items():  # this one layer, converted and dropped
             if slot in target_dtypes:
                 cast_checked(array, target_dtypes[slot], f"{p.source.label} -> {p.target.label} slot {slot!r}")
     destinations = fw.destinations(obj, list(shapes))
