@@ -101,3 +101,4 @@ def test_jax_adoption_needs_one_cpu_device_and_alignment():
     off = (-raw.ctypes.data) % 64 + 4
     skewed = raw[off:off + 48].view(np.float32).reshape(4, 3)
     assert direct.adopted_by_jax(skewed, like) is None  # negative control: unaligned is copied instead
+

@@ -114,11 +114,16 @@ def empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def give_back_freed() -> None:
-    """Return freed heap memory to the system (glibc's ``malloc_trim``; nothing elsewhere). A jax variable's old
-    value was allocated on jax's own threads, whose malloc arenas the main thread never reuses: without this,
-    every replaced value would stay in the process's memory until it exits."""
-    global _TRIM
+def give_back_freed(nbytes: int) -> None:
+    """Return freed heap memory to the system (glibc's ``malloc_trim``; nothing elsewhere) once ``nbytes``
+    freed add up to 64 MiB (a trim walks every arena). A jax variable's old value was allocated on jax's own
+    threads, whose malloc arenas the main thread never reuses: without this, every replaced value would stay
+    in the process's memory until it exits."""
+    global _TRIM, _FREED
+    _FREED += nbytes
+    if _FREED < (64 << 20):
+        return
+    _FREED = 0
     if _TRIM is None:
         import ctypes
         import ctypes.util
@@ -131,7 +136,7 @@ def give_back_freed() -> None:
         _TRIM(0)
 
 
-_TRIM = None
+_TRIM, _FREED = None, 0
 
 
 def adopted_by_jax(buffer: np.ndarray, like):

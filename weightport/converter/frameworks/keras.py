@@ -108,7 +108,7 @@ class KerasFramework(Framework):
         for slot, var in zip(list(arrays), self._variables(layer, list(arrays))):
             adopted = direct.adopted_by_jax(arrays[slot], var.value)
             var.assign(adopted if adopted is not None else arrays[slot])
-        direct.give_back_freed()  # the old values, just released
+        direct.give_back_freed(sum(int(a.nbytes) for a in arrays.values()))  # the old values, just released
 
     def write(self, layer, arrays: dict) -> None:
         keras = _keras()
@@ -125,7 +125,7 @@ class KerasFramework(Framework):
         if not on_torch:
             from .. import direct
 
-            direct.give_back_freed()  # the old values, just released
+            direct.give_back_freed(sum(int(np.asarray(a).nbytes) for a in arrays.values()))  # the old values
 
     def count_weights(self, layer):
         return len(layer.weights)
