@@ -262,10 +262,16 @@ def is_array(x) -> bool:
 
 
 def placed_like(array, old):
-    """``array`` with ``old``'s dtype, on ``old``'s device(s) when ``old`` is a jax array."""
+    """``array`` with ``old``'s dtype, on ``old``'s device(s) when ``old`` is a jax array; never sharing
+    ``array``'s memory. On a CPU the values are copied once, into a buffer jax then takes without a copy."""
+    from . import direct
+
     value = cast(np.asarray(array), np.dtype(old.dtype))
     if is_jax_array(old):
         import jax
 
-        return jax.device_put(np.array(value, copy=True), old.sharding)  # never share the source's memory
+        fresh = direct.empty_aligned(value.shape, value.dtype)
+        direct.copy_into(fresh, value)
+        adopted = direct.adopted_by_jax(fresh, old)
+        return adopted if adopted is not None else jax.device_put(fresh, old.sharding)
     return np.array(value, copy=True)

@@ -21,10 +21,11 @@ from .engine import Watch, live_bytes, translate
 
 class Route:
     """How one pair will be moved, settled before anything is: ``slots`` (target slot -> (source slot, view
-    steps)) for a direct copy, or None for the general path; ``destinations`` are its target's tensors."""
+    steps)) for a direct copy, or None for the general path; ``destinations`` are its target's tensors,
+    written in place; ``fresh`` (slot -> (shape, dtype)) the buffers its target adopts instead."""
 
-    def __init__(self, slots=None, destinations=None):
-        self.slots, self.destinations = slots, destinations or {}
+    def __init__(self, slots=None, destinations=None, fresh=None):
+        self.slots, self.destinations, self.fresh = slots, destinations or {}, fresh or {}
 
 
 def run_into_live(pairs, plan=None, *, allow_overflow: bool = False, progress=None) -> list:
@@ -75,21 +76,23 @@ def run_with_progress(pairs, plan, *, allow_overflow: bool = False, quiet: bool 
 
 # -- before anything is converted --------------------------------------------------------------------------
 
-def expected_shapes(p) -> dict:
-    """The target-layout shapes ``p``'s translation will have, from the shapes alone where the rule can say;
-    else by translating this one pair (which raises the usual error for a tensor the source lacks)."""
+def expected_shapes(p) -> tuple:
+    """(the target-layout shapes ``p``'s translation will have, the translation or None): from the shapes alone
+    where the rule can say; else by translating this one pair (which raises the usual error for a tensor the
+    source lacks), handed back so that the cast check does not translate it again."""
     if p.source_shapes is not None:
         try:
-            return p.rule.native_shapes(p.target.layout, p.target_hp, p.source_shapes)
+            return p.rule.native_shapes(p.target.layout, p.target_hp, p.source_shapes), None
         except (KeyError, ValueError):
             pass
-    return {slot: tuple(a.shape) for slot, a in translate(p).items()}
+    arrays = translate(p)
+    return {slot: tuple(a.shape) for slot, a in arrays.items()}, arrays
 
 
 def check(p, allow_overflow: bool) -> Route:
     """Refuse ``p`` now if its shapes do not fit the target or a cast would overflow; else its Route."""
     fw, obj = p.target.framework, p.target.obj
-    shapes = expected_shapes(p)
+    shapes, translated = expected_shapes(p)
     held = fw.shapes(obj, list(shapes))
     for slot, shape in shapes.items():
         if slot in held and tuple(shape) != tuple(held[slot]):
@@ -99,12 +102,14 @@ def check(p, allow_overflow: bool) -> Route:
     target_dtypes = {s: np.dtype(d) for s, d in held_dtypes(p, list(shapes)).items()}
     source_dtypes = {s: np.dtype(d) for s, d in p.source.dtypes(p.rule, p.source_hp).items()}
     if not allow_overflow and _may_overflow(source_dtypes, target_dtypes):
-        for slot, array in translate(p).items():  # this one layer, converted and dropped: only checked
+        for slot, array in (translated or translate(p)).items():  # this one layer, converted and dropped
             if slot in target_dtypes:
                 cast_checked(array, target_dtypes[slot], f"{p.source.label} -> {p.target.label} slot {slot!r}")
     destinations = fw.destinations(obj, list(shapes))
-    slots = direct.routes(p, destinations, source_dtypes, target_dtypes) if destinations else None
-    return Route(slots, destinations)
+    fresh = {} if destinations else fw.fresh(obj, list(shapes))
+    into = destinations or fresh
+    slots = direct.routes(p, into, source_dtypes, target_dtypes) if into else None
+    return Route(slots, destinations, fresh)
 
 
 def held_dtypes(p, slots) -> dict:
@@ -153,19 +158,27 @@ def aliased(pairs, taken) -> bool:
 # -- converting and assigning ------------------------------------------------------------------------------
 
 def assign_direct(p, route: Route, watch: Watch) -> dict:
-    """Copy each source tensor of ``p`` straight into its target tensor; the target tensors written."""
+    """Copy each source tensor of ``p`` straight into its target tensor (or a fresh buffer its target then
+    adopts); the target tensors written. NaN/Inf are counted on each copy just made, where the bytes are the
+    source's (same dtype, moved only), so the source is not read a second time for it."""
     native = p.source.read(p.rule, p.source_hp)
-    watch.source(p, native)
-    written = {}
+    written, counted = {}, {}
     for slot, (src_slot, steps) in route.slots.items():
-        dst = route.destinations[slot]
+        dst = route.destinations.get(slot)
+        if dst is None:
+            dst = direct.empty_aligned(*route.fresh[slot])
         view = direct.viewed(np.asarray(native[src_slot]), steps)
         if tuple(view.shape) != tuple(dst.shape):
             raise WeightportError(f"{p.source.label} -> {p.target.label}: rule {p.rule.name!r} said slot {slot!r} "
                                   f"is {tuple(dst.shape)} but its tensor is {tuple(view.shape)} (a bug in the "
                                   "rule's shapes); the target may be partly changed")
         direct.copy_into(dst, view)
+        if src_slot not in counted:
+            counted[src_slot] = direct.nonfinite_in(dst)
         written[slot] = dst
+    watch.source(p, native, counted)
+    if route.fresh:
+        p.target.framework.adopt(p.target.obj, written)
     return written
 
 

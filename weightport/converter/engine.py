@@ -34,10 +34,12 @@ class Watch:
         else:
             warnings.warn(text, WeightportWarning, stacklevel=4)
 
-    def source(self, p, native: dict) -> None:
-        """Report NaN/Inf in the source tensors of ``p`` (each tensor once)."""
+    def source(self, p, native: dict, counted: dict | None = None) -> None:
+        """Report NaN/Inf in the source tensors of ``p`` (each tensor once); ``counted`` (slot -> (NaN, Inf))
+        holds counts already taken elsewhere (on a copy just made), which are not scanned again."""
         todo = {slot: a for slot, a in native.items() if (id(p), slot) not in self._scanned}
-        self.counted(p, *[(slot, *nonfinite(a)) for slot, a in todo.items()])
+        self.counted(p, *[(slot, *(counted[slot] if counted and slot in counted else nonfinite(a)))
+                          for slot, a in todo.items()])
 
     def counted(self, p, *counts) -> None:
         """Report (slot, NaN count, Inf count) of source tensors of ``p`` counted elsewhere (each tensor once)."""

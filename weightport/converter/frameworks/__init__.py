@@ -61,6 +61,15 @@ class Framework:
         assigning it; {} where the framework replaces values instead (jax) or computes them (weight_norm)."""
         return {}
 
+    def fresh(self, layer, slots) -> dict:
+        """slot -> (shape, dtype) of weights ``layer`` takes as new arrays it keeps without copying (``adopt``):
+        one copy into a fresh buffer is then the whole move. {} where it copies what it is given."""
+        return {}
+
+    def adopt(self, layer, arrays: dict) -> None:
+        """Make the fresh buffers ``arrays`` (slot -> array, from ``fresh``'s specs) ``layer``'s weights."""
+        raise NotImplementedError
+
     def activation_after(self, siblings, index: int):
         """The activation applied right after ``siblings[index]`` by the next sibling, where this framework
         spells activations as layers of their own (torch's nn.GELU after a Linear); None otherwise."""

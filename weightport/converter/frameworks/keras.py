@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from ...errors import ShapeMismatchError, UsageError
-from ..arrays import cast, numpy_to_torch, to_numpy
+from ..arrays import cast, dtype_of, is_jax_array, numpy_to_torch, placed_like, to_numpy
 from ...mappings.rule import rules_for
 from . import Framework
 
@@ -81,8 +81,6 @@ class KerasFramework(Framework):
         return {s: tuple(v.shape) for s, v in zip(slots, self._variables(layer, slots))}
 
     def dtypes(self, layer, slots) -> dict:
-        from ..arrays import dtype_of
-
         return {s: dtype_of(v.dtype) for s, v in zip(slots, self._variables(layer, slots))}
 
     def destinations(self, layer, slots) -> dict:
@@ -96,16 +94,44 @@ class KerasFramework(Framework):
                 found[slot] = value
         return found
 
+    def fresh(self, layer, slots) -> dict:
+        """Under jax, each variable whose value lives on one CPU device: a fresh aligned buffer written once
+        becomes its value with no further copy (``adopt``). {} elsewhere."""
+        if _keras().backend.backend() != "jax":
+            return {}
+        found = {}
+        for slot, var in zip(slots, self._variables(layer, slots)):
+            value = var.value
+            devices = getattr(getattr(value, "sharding", None), "device_set", ())
+            if (getattr(var, "_layout", None) is None and len(devices) == 1
+                    and next(iter(devices)).platform == "cpu"):
+                found[slot] = (tuple(value.shape), dtype_of(var.dtype))
+        return found
+
+    def adopt(self, layer, arrays: dict) -> None:
+        from .. import direct
+
+        for slot, var in zip(list(arrays), self._variables(layer, list(arrays))):
+            adopted = direct.adopted_by_jax(arrays[slot], var.value)
+            var.assign(adopted if adopted is not None else arrays[slot])
+        direct.give_back_freed(sum(int(a.nbytes) for a in arrays.values()))  # the old values, just released
+
     def write(self, layer, arrays: dict) -> None:
         keras = _keras()
         slots = list(arrays)
         on_torch = keras.backend.backend() == "torch"
         for slot, var in zip(slots, self._variables(layer, slots)):
-            from ..arrays import dtype_of
-
             value = cast(np.asarray(arrays[slot]), dtype_of(var.dtype))
-            # a copy: jax may adopt a numpy buffer as it is, which would tie the variable to the source's memory
-            var.assign(numpy_to_torch(value) if on_torch else np.array(value, copy=True))
+            if on_torch:
+                var.assign(numpy_to_torch(value))
+            elif is_jax_array(var.value) and getattr(var, "_layout", None) is None:
+                var.assign(placed_like(value, var.value))  # one copy, which jax adopts on a CPU
+            else:  # a copy: jax may adopt a numpy buffer, which would tie the variable to the source's memory
+                var.assign(np.array(value, copy=True))
+        if not on_torch:
+            from .. import direct
+
+            direct.give_back_freed(sum(int(np.asarray(a).nbytes) for a in arrays.values()))  # the old values
 
     def count_weights(self, layer):
         return len(layer.weights)
