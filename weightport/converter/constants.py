@@ -41,7 +41,7 @@ def filled(left_t, source_constants, notes: list) -> tuple:
             continue
         rule, hp = b.candidates[0]
         current = np.asarray(b.read(rule, hp)[hp["slot"]])
-        if np.array_equal(current, value.astype(current.dtype)):
+        if _same(current, value.astype(current.dtype)):
             notes.append(f"target weight {b.label} is not trained; it already holds what the source computes "
                          "under that name, and was left as it is")
             continue
@@ -52,11 +52,18 @@ def filled(left_t, source_constants, notes: list) -> tuple:
     return made, rest
 
 
+def _same(a, b) -> bool:
+    """Equal, or for floats equal up to the last bits two implementations computing one formula may differ in."""
+    if np.issubdtype(a.dtype, np.floating):
+        return bool(np.allclose(a, b, rtol=1e-6, atol=0.0))
+    return bool(np.array_equal(a, b))
+
+
 def _source_value(b, source_constants: dict):
     """The one value the source holds under ``b``'s name and shape, else None (none, or several that differ)."""
     hp = b.candidates[0][1]
     found = [a for a in source_constants.get(hp["slot"], []) if tuple(a.shape) == tuple(hp["shape"])]
-    if not found or any(not np.array_equal(found[0], a) for a in found[1:]):
+    if not found or any(not _same(found[0], a) for a in found[1:]):
         return None
     return found[0]
 
