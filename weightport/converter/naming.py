@@ -142,7 +142,8 @@ def template(path: str) -> str:
 
 # words naming different members of one family: layers they name are not each other's
 FAMILIES = (frozenset({"attention", "mlp"}), frozenset({"query", "key", "value", "output"}),
-            frozenset({"up", "down", "gate"}), frozenset({"tokemb", "posemb"}), frozenset({"#1", "#2", "#3"}))
+            frozenset({"up", "down", "gate"}), frozenset({"tokemb", "posemb"}), frozenset({"#1", "#2", "#3"}),
+            frozenset({"encoder", "decoder"}))
 
 
 def clash(a: frozenset, b: frozenset) -> bool:
