@@ -262,10 +262,9 @@ def _settled_parts(layer, options) -> tuple:
     else:
         _, nodes, _ = sides.live_nodes(layer, "model", strict=True)
         parts = [(n.framework, n.obj, *n.candidates[0]) for n in nodes]
-    chosen = rule_options.parse(options).get("packed_qkv")
+    parsed = rule_options.parse(options)
     for part_fw, obj, r, h in parts:
-        if chosen and r.unsettled(h):
-            h["packing"] = chosen
+        rule_options.settle_hp(r, h, parsed)
         why = r.unsettled(h)
         if why:
             raise UsageError(f"{part_fw.display_name(obj)}: {why}")

@@ -108,17 +108,22 @@ def parse_dtype(text: str) -> str:
     return text
 
 
+def key_values(pairs, flag: str, usage: str) -> dict:
+    """{key: value} from a repeated ``flag KEY=VALUE``; ``usage`` says what KEY=VALUE means in the error."""
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag} takes {usage}, got {pair!r}")
+        found[key] = value
+    return found
+
+
 def parse_hints(pairs) -> dict | None:
     """{source path: target path} from repeated ``--hint SOURCE=TARGET``."""
     if not pairs:
         return None
-    hints = {}
-    for pair in pairs:
-        source, sep, target = pair.partition("=")
-        if not sep or not source or not target:
-            raise UsageError(f"--hint takes SOURCE=TARGET (a source layer path, a target layer path), got {pair!r}")
-        hints[source] = target
-    return hints
+    return key_values(pairs, "--hint", "SOURCE=TARGET (a source layer path, a target layer path)")
 
 
 def parse_options(pairs) -> dict | None:
@@ -126,13 +131,8 @@ def parse_options(pairs) -> dict | None:
     numbers become ints; which names and values are known is checked by ``options=`` itself."""
     if not pairs:
         return None
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise UsageError(f"--option takes KEY=VALUE (e.g. rope=interleaved->half, head_dim=64), got {pair!r}")
-        options[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
-    return options
+    found = key_values(pairs, "--option", "KEY=VALUE (e.g. rope=interleaved->half, head_dim=64)")
+    return {key.strip(): int(value) if value.strip().isdigit() else value.strip() for key, value in found.items()}
 
 
 def check_destination(path: str) -> None:

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .pairs import describe
+from .pairs import Fixed, describe
 from .plan import Pair
 
 
@@ -46,7 +46,8 @@ def filled(left_t, source_constants, notes: list) -> tuple:
                          "under that name, and was left as it is")
             continue
         shapes = b.canonical_shapes(rule, hp)
-        made.append(Pair(Given(b, value.astype(current.dtype)), b, rule, hp, hp, shapes, shapes, "constant"))
+        given = Fixed(b, {hp["slot"]: value.astype(current.dtype)}, f"(computed {hp['slot']})")
+        made.append(Pair(given, b, rule, hp, hp, shapes, shapes, "constant"))
         notes.append(f"target weight {describe(b)} is not trained; it was set to what the source computes under "
                      "that name")
     return made, rest
@@ -66,21 +67,3 @@ def _source_value(b, source_constants: dict):
     if not found or any(not _same(found[0], a) for a in found[1:]):
         return None
     return found[0]
-
-
-class Given:
-    """The source of a target weight set to a value the source model holds outside its weights."""
-
-    def __init__(self, target, value):
-        self.target, self.value = target, value
-        self.path = self.label = f"(computed {target.candidates[0][1]['slot']})"
-        self.layout, self.candidates = target.layout, target.candidates
-
-    def canonical_shapes(self, rule, hp):
-        return self.target.canonical_shapes(rule, hp)
-
-    def dtypes(self, rule, hp) -> dict:
-        return {hp["slot"]: self.value.dtype}
-
-    def read(self, rule, hp) -> dict:
-        return {hp["slot"]: self.value}

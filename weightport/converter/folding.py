@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeMismatchError
-from .pairs import describe
+from .pairs import Fixed, describe
 from .plan import Pair
 
 
@@ -75,7 +75,8 @@ def zero_targets(left_t, pairs, target_flow, notes: list) -> tuple:
             continue
         rule, hp = b.candidates[0]
         shapes = b.canonical_shapes(rule, hp)
-        made.append(Pair(Zeros(b), b, rule, hp, hp, shapes, shapes, "zeros"))
+        zeros = {slot: np.zeros_like(np.asarray(t)) for slot, t in b.read(rule, hp).items()}
+        made.append(Pair(Fixed(b, zeros, f"(zeros for {b.label})"), b, rule, hp, hp, shapes, shapes, "zeros"))
         notes.append(f"target layer {describe(b)} has no counterpart in the source; every token reads its only "
                      "row, in the same sum as a table both have, so it was set to zeros to keep the function")
     return made, rest
@@ -115,21 +116,3 @@ class Folded:
         at = np.result_type(table.dtype, np.float32)  # float32 sums as keras-hub's converter does; bf16 rounded once
         canonical[0] = (table.astype(at) + np.asarray(row, dtype=at)[0]).astype(table.dtype)
         return rule.from_canonical(self.base.layout, hp, canonical)
-
-
-class Zeros:
-    """The source of a target table set to zeros: its own tensors, zeroed (see the module)."""
-
-    def __init__(self, target):
-        self.target = target
-        self.path = self.label = f"(zeros for {target.label})"
-        self.layout, self.candidates = target.layout, target.candidates
-
-    def canonical_shapes(self, rule, hp):
-        return self.target.canonical_shapes(rule, hp)
-
-    def dtypes(self, rule, hp) -> dict:
-        return {s: a.dtype for s, a in self.read(rule, hp).items()}
-
-    def read(self, rule, hp) -> dict:
-        return {s: np.zeros_like(np.asarray(a)) for s, a in self.target.read(rule, hp).items()}

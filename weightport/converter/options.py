@@ -54,8 +54,13 @@ def settle(nodes, options: dict) -> None:
     for node in nodes:
         for n in (node, *getattr(node, "parts", ())):
             for rule, hp in n.candidates:
-                if options.get("packed_qkv") and rule.unsettled(hp):
-                    hp["packing"] = options["packed_qkv"]
+                settle_hp(rule, hp, options)
+
+
+def settle_hp(rule, hp: dict, options: dict) -> None:
+    """One layer's ``hp`` settled by ``options`` (see ``settle``), in place."""
+    if options.get("packed_qkv") and rule.unsettled(hp):
+        hp["packing"] = options["packed_qkv"]
 
 
 def apply(plan, pairs, options: dict) -> None:

@@ -111,3 +111,23 @@ def refuse_unsettled(p) -> None:
         why = p.rule.unsettled(hp)
         if why:
             raise UsageError(f"{p.source.label} -> {p.target.label}: {why}. Nothing was changed")
+
+
+class Fixed:
+    """The source of a target layer set to values no source tensor holds (zeros for a table the source lacks,
+    state the source model computes): a node of the matcher's protocol reading ``arrays`` (slot -> array, in
+    the target's layout)."""
+
+    def __init__(self, target, arrays: dict, label: str):
+        self.target, self.arrays = target, arrays
+        self.path = self.label = label
+        self.layout, self.candidates = target.layout, target.candidates
+
+    def canonical_shapes(self, rule, hp):
+        return self.target.canonical_shapes(rule, hp)
+
+    def dtypes(self, rule, hp) -> dict:
+        return {s: a.dtype for s, a in self.arrays.items()}
+
+    def read(self, rule, hp) -> dict:
+        return dict(self.arrays)
