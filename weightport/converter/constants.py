@@ -5,6 +5,9 @@ Such a target weight is filled only from what the source model itself holds unde
 (a torch model's non-persistent buffers included): left as it is where it already holds those values, set
 to them where it does not (keras-hub's CLIP starts its ``position_ids`` at zeros). Where the source holds no
 such tensor (a bare file), nothing shows the target's value is right, and it is refused as before.
+
+A source weight at the very same path (keras-hub's DINOv2 keeps the position table it loads and saves
+beside the trainable one it computes with; transformers' holds one) fills it too, from a file as well.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import re
 
 import numpy as np
 
-from .pairs import Fixed, describe
+from .pairs import Fixed, describe, pair
 from .plan import Pair
 
 
@@ -27,15 +30,22 @@ def held(model) -> dict:
     return found
 
 
-def filled(left_t, source_constants, notes: list) -> tuple:
+def filled(left_t, source_constants, notes: list, source_nodes=()) -> tuple:
     """(pairs setting each untrained target weight the source holds the values of, the rest of ``left_t``);
-    ``source_constants()`` gives ``held(source model)``, asked for only where such a weight is left."""
+    ``source_constants()`` gives ``held(source model)``, asked for only where such a weight is left;
+    ``source_nodes`` are all the source's nodes, paired or not."""
     made, rest = [], []
     if not any(getattr(b, "untrained", False) for b in left_t):
         return made, list(left_t)
     source_constants = source_constants()
     for b in left_t:
         value = _source_value(b, source_constants) if getattr(b, "untrained", False) else None
+        same_path = _same_path(b, source_nodes) if value is None and getattr(b, "untrained", False) else None
+        if same_path is not None:
+            made.append(same_path)
+            notes.append(f"target weight {describe(b)} is not trained; it was set from the source's weight at the "
+                         f"same path, {same_path.source.label}")
+            continue
         if value is None:
             rest.append(b)
             continue
@@ -51,6 +61,24 @@ def filled(left_t, source_constants, notes: list) -> tuple:
         notes.append(f"target weight {describe(b)} is not trained; it was set to what the source computes under "
                      "that name")
     return made, rest
+
+
+def _same_path(b, source_nodes):
+    """A pair from the one source weight whose path is ``b``'s (``a.b`` and ``a/b`` alike, either one a
+    longer model prefix of the other, two parts at least) with the same shapes, else None."""
+    mine = _parts(b.path)
+    found = [a for a in source_nodes if getattr(a, "loose", False) and _tail_equal(_parts(a.path), mine)]
+    made = [p for a in found if (p := pair(a, b, "state")) is not None and p.shapes_agree]
+    return made[0] if len(made) == 1 else None
+
+
+def _parts(path: str) -> list:
+    return [p for p in re.split(r"[./]", path) if p]
+
+
+def _tail_equal(a: list, b: list) -> bool:
+    n = min(len(a), len(b))
+    return n >= 2 and a[-n:] == b[-n:]
 
 
 def _same(a, b) -> bool:

@@ -101,7 +101,7 @@ class Pairing:
                 self.take(cls, cls.src[0], cls.tgt[0], "shape")
         while any(c.open for c in self.classes):
             if not (self.by_flow() or self.by_names() or self.by_position() or self.by_ordinal()
-                    or self.by_activation()):
+                    or self.by_activation() or self.by_training()):
                 break
 
     def regroup_by_shared(self) -> None:
@@ -206,6 +206,23 @@ class Pairing:
                               [b for b in cls.tgt if not any(b in g[1] for g in groups)])
             if rest.src or rest.tgt:
                 self.classes.append(rest)
+        return progress
+
+    def by_training(self) -> bool:
+        """Last: a class whose members are trained on one side and computed state on the other (keras-hub's
+        DINOv2 computes with a trainable position table and keeps a non-trainable one to load and save) splits
+        by that: trained pairs with trained, state with state. A file's tensors count as trained."""
+        progress = False
+        for cls in list(self.classes):
+            kept = lambda n: bool(getattr(n, "untrained", False))  # noqa: E731
+            if not cls.open or len({kept(n) for n in cls.src + cls.tgt}) < 2:
+                continue
+            self.classes.remove(cls)
+            for flag in (False, True):
+                sub = LookAlikes([a for a in cls.src if kept(a) == flag], [b for b in cls.tgt if kept(b) == flag])
+                if len(sub.src) == 1 and len(sub.tgt) == 1:
+                    progress |= self.take(sub, sub.src[0], sub.tgt[0], "training")
+                self.classes.append(sub)
         return progress
 
     def by_position(self) -> bool:

@@ -110,7 +110,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
                                  left_s, left_t, flows, strict)
         left_t = _left_alone(left_t, plan)
-        computed, left_t = constants.filled(left_t, source_constants or dict, plan.issues)
+        computed, left_t = constants.filled(left_t, source_constants or dict, plan.issues, source_nodes)
         pairs += computed
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)

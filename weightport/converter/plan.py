@@ -17,8 +17,10 @@ EVIDENCE = {
     "position": "block position",
     "ordinal": "ordinal and run order",
     "activation": "dataflow (activation)",
+    "training": "trained vs computed state",
     "zeros": "zeros (the source has none)",
     "constant": "what the source computes",
+    "state": "same path (state kept beside a trained copy)",
 }
 
 
