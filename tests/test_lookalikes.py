@@ -137,10 +137,9 @@ def test_without_dataflow_look_alikes_are_refused_not_guessed(monkeypatch):
     assert "layer2.0.downsample.1" in message and "stack1_block0_0_bn" in message and "hints={" in message
     for a, b in zip(before, k.get_weights()):
         np.testing.assert_array_equal(a, b)
-    # the printed hint line is valid Python; names that number blocks unalike (layer2.0 against stack1_block0)
-    # guess nothing, and the message says so rather than pairing in the order listed
-    hint = eval(message.split("hints=", 1)[1].strip().splitlines()[0])  # noqa: S307
-    assert isinstance(hint, dict) and "layer2.0.bn1" not in hint and "names do not even guess the rest" in message
+    # names that number blocks unalike (layer2.0 against stack1_block0) guess nothing, and the message says so
+    # rather than pairing in the order listed or printing an empty hint
+    assert "Names do not even guess which is which" in message and "hints={source path: target path}" in message
 
 
 def test_from_the_checkpoint_file_refuses_or_ports_exactly(tmp_path):

@@ -270,12 +270,18 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
     why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
         "neither their names nor the dataflow of a traced run tell which is which" if traced else
         f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
+    if not guess:
+        advice = ("\nThe target was not changed. Names do not even guess which is which: pass "
+                  "hints={source path: target path} for each of them (after checking the outputs, with check= or "
+                  "wp.verify)")
+    else:
+        advice = ("\nThe target was not changed. The likeliest pairing (by block numbers and names) is a guess"
+                  + ("" if len(guess) == sum(len(c.src) for c in classes) else ", and names do not even guess the rest")
+                  + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
+                  + f"  hints={guess!r}")
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
-        + "\nThe target was not changed. The likeliest pairing (by block numbers and names) is a guess"
-        + ("" if len(guess) == sum(len(c.src) for c in classes) else ", and names do not even guess the rest")
-        + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
-        + f"  hints={guess!r}")
+        + advice)
 
 
 def _likely_pairs(src, tgt) -> dict:

@@ -15,14 +15,15 @@ import re
 # phrases first (they span separators), then single words
 PHRASES = (
     # pre-norm decoders (Hugging Face's Llama family): the block's input norm feeds attention, the norm after
-    # attention feeds the MLP; "post_attention" must not read as "attention"
+    # attention feeds the MLP; "post_attention" must not read as "attention". Gemma 2 adds a norm on the
+    # attention's output under that very name: the literal name stays a word too, so it agrees most with itself
     (r"input_(layer_?)?norm", "attention_norm"),
-    (r"post_attention_(layer_?)?norm", "mlp_norm"),
+    (r"post_attention_(layer_?)?norm", "mlp_norm_postattention"),
     (r"embed_tokens?|word_embeddings?|token_embeddings?|tok_embeddings?|wte", "tokemb"),
     (r"position_embeddings?|pos_embed(dings?)?|wpe", "posemb"),
     (r"(layer|rms|batch|group)_?norm(alization)?", "norm"),
     (r"self_attn|self_attention|attn|sa", "attention"),
-    (r"feed_?forward|ffn|ff", "mlp"),
+    (r"feed_?forward|ffn|ffw|ff", "mlp"),
     (r"up_proj|c_fc|fc_?1|intermediate", "up"),
     (r"down_proj|fc_?2", "down"),
     (r"gate_proj", "gate"),
