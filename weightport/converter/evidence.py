@@ -11,6 +11,7 @@ from ..errors import MatchError
 from . import naming
 from .flow import UNKNOWN
 from .plan import EVIDENCE
+from .name_groups import group_by, name_groups
 from .pairs import pair, shapes_or_none, words
 
 
@@ -100,8 +101,8 @@ class Pairing:
             if len(cls.src) == 1 and len(cls.tgt) == 1:
                 self.take(cls, cls.src[0], cls.tgt[0], "shape")
         while any(c.open for c in self.classes):
-            if not (self.by_flow() or self.by_names() or self.by_position() or self.by_ordinal()
-                    or self.by_activation() or self.by_training()):
+            if not (self.by_flow() or self.by_names() or self.by_position() or self.by_block()
+                    or self.by_ordinal() or self.by_activation() or self.by_training()):
                 break
 
     def regroup_by_shared(self) -> None:
@@ -179,8 +180,8 @@ class Pairing:
         for cls in self.classes:
             if not cls.open:
                 continue
-            mine = _group(cls.src, lambda a: _neighbours(mine_of.get(a.path), paired))
-            theirs = _group(cls.tgt, lambda b: _neighbours(theirs_of.get(b.path), targets))
+            mine = group_by(cls.src, lambda a: _neighbours(mine_of.get(a.path), paired))
+            theirs = group_by(cls.tgt, lambda b: _neighbours(theirs_of.get(b.path), targets))
             for key, members in mine.items():
                 if len(members) == 1 and len(theirs.get(key, [])) == 1:
                     progress |= self.take(cls, members[0], theirs[key][0], evidence)
@@ -192,7 +193,7 @@ class Pairing:
         for cls in list(self.classes):
             if not cls.open:
                 continue
-            groups = [g for g in _name_groups(cls.src, cls.tgt) if self.same_degrees(*g)]
+            groups = [g for g in name_groups(cls.src, cls.tgt) if self.same_degrees(*g)]
             if not groups:
                 continue
             progress = True
@@ -247,6 +248,30 @@ class Pairing:
                         "settle it; check the outputs (check= or wp.verify) or pass hints=")
                 for a, b in zip(mine, theirs):
                     progress |= self.take(cls, a, b, "position")
+        return progress
+
+    def by_block(self) -> bool:
+        """A class mixing members of repeated blocks with others (each block's last norm and the model's final
+        one) splits by block numbers, where both sides have the same blocks with as many members in each:
+        members alone in their block (or alone outside every block) on both sides pair."""
+        progress = False
+        for cls in list(self.classes):
+            if not cls.open or len({naming.template(a.path) for a in cls.src}) < 2:
+                continue  # one template: by_position's
+            number = naming.common_numbering([a.path for a in cls.src], [b.path for b in cls.tgt])
+            mine, theirs = group_by(cls.src, lambda a: number(a.path)), group_by(cls.tgt, lambda b: number(b.path))
+            if mine.keys() != theirs.keys() or any(len(mine[k]) != len(theirs[k]) for k in mine):
+                continue
+            alone = [(mine[k][0], theirs[k][0]) for k in mine if len(mine[k]) == 1]
+            if any(naming.clash(words(a), words(b)) for a, b in alone) or not (
+                    all(self.same_degrees([a], [b]) for a, b in alone) or self.differ_alike(*zip(*alone))):
+                continue
+            self.classes.remove(cls)
+            for k in mine:
+                sub = LookAlikes(mine[k], theirs[k])
+                if len(sub.src) == 1:
+                    progress |= self.take(sub, sub.src[0], sub.tgt[0], "position")
+                self.classes.append(sub)
         return progress
 
     def by_ordinal(self) -> bool:
@@ -344,64 +369,3 @@ def _blocks(nodes, rank) -> list:
     for n in nodes:
         found.setdefault(naming.numbers(n.path), []).append(n)
     return [sorted(found[k], key=rank) for k in sorted(found)]
-
-
-def _group(nodes, key) -> dict:
-    out: dict = {}
-    for n in nodes:
-        k = key(n)
-        if k is not None:
-            out.setdefault(k, []).append(n)
-    return out
-
-
-def _distinguishing(nodes) -> dict:
-    """node -> the words of its path that not every member of its class has."""
-    found = {id(n): words(n) for n in nodes}
-    common = frozenset.intersection(*found.values()) if len(found) > 1 else frozenset()
-    return {id(n): found[id(n)] - common for n in nodes}
-
-
-def _score(a: frozenset, b: frozenset) -> int:
-    return sum(1 for x in a if any(naming.agree(x, y) for y in b))
-
-
-def _name_groups(src, tgt) -> list:
-    """[(source members, target members)] that names pair group to group, each with equal counts; [] if none.
-
-    Members are grouped by their distinguishing words; a source group and a
-    target group pair when each is the other's unique best match by agreeing
-    words, and one group left on each side (of equal size) takes the rest.
-    A split that leaves every member in one group says nothing and is [].
-    """
-    words_s, words_t = _distinguishing(src), _distinguishing(tgt)
-    mine = _group(src, lambda a: words_s[id(a)])
-    theirs = _group(tgt, lambda b: words_t[id(b)])
-    if len(mine) == 1 and len(theirs) == 1:
-        return []
-    full = {**{ws: words(m[0]) for ws, m in mine.items()}, **{("t", wt): words(m[0]) for wt, m in theirs.items()}}
-
-    def score(ws, wt):
-        return -1 if naming.clash(full[ws], full[("t", wt)]) else _score(ws, wt)
-    found, left_s, left_t = [], dict(mine), dict(theirs)
-    changed = True
-    while changed:
-        changed = False
-        for ws, members in list(left_s.items()):
-            scores = {wt: score(ws, wt) for wt in left_t}
-            best = max(scores.values(), default=0)
-            tops = [wt for wt, s in scores.items() if s == best]
-            if best == 0 or len(tops) != 1:
-                continue
-            wt = tops[0]
-            back = [w for w in left_s if score(w, wt) >= best]
-            if back != [ws] or len(members) != len(left_t[wt]):
-                continue
-            found.append((members, left_t.pop(wt)))
-            del left_s[ws]
-            changed = True
-    if len(left_s) == 1 and len(left_t) == 1 and found:
-        ((ws, members),), ((wt, others),) = left_s.items(), left_t.items()
-        if len(members) == len(others) and score(ws, wt) >= 0:
-            found.append((members, others))
-    return found
