@@ -19,7 +19,7 @@ import difflib
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import constants, folding, naming
+from . import constants, folding, naming, splits
 from .evidence import Pairing
 from .pairs import describe, fmt_shapes, pair, refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -71,7 +71,7 @@ def _positional(src, tgt) -> list | None:
 
 
 def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None,
-          strict_config: bool = False, source_constants=None) -> tuple:
+          strict_config: bool = False, source_constants=None, options: dict | None = None) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
     strict_config: configuration differences that are only warned about
@@ -80,7 +80,8 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     shapes and no configuration error; source layers the target does not ask
     for (a head) are reported and warned about, unless ``strict="both"``,
     which refuses them too. strict=False keeps what pairs and reports the
-    rest. ``flows``: see ``Pairing``; ``source_constants()``: ``constants.held`` of the source model.
+    rest. ``flows``: see ``Pairing``; ``source_constants()``: ``constants.held`` of the source model;
+    ``options``: rule options (``converter.options``), for packed projections split here (``splits``).
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
@@ -95,6 +96,11 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += same
     else:
         pairing = Pairing(src, tgt, flows)
+        split, used, images = splits.split(src, tgt, pairing.side_flow, options or {})
+        if split:
+            pairs += split
+            src, tgt = [n for n in src if id(n) not in used], [n for n in tgt if id(n) not in used]
+            pairing = pairing.without(used, images)
         ambiguous = pairing.run()
         pairs += pairing.pairs
         plan.issues += pairing.notes

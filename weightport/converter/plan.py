@@ -17,6 +17,7 @@ EVIDENCE = {
     "position": "block position",
     "ordinal": "ordinal and run order",
     "activation": "dataflow (activation)",
+    "split": "a packed layer's name and sizes",
     "zeros": "zeros (the source has none)",
     "constant": "what the source computes",
 }
