@@ -88,3 +88,37 @@ class SliceFramework:
 
     def write(self, obj, arrays: dict) -> None:
         self.inner.write(self.part.base.obj, self.part.patched(arrays))
+
+
+class Assembled:
+    """The packed layer's whole tensors, assembled from the pairs that fill its parts (``parts``: pairs whose
+    targets are Slices of one layer): a file is written tensor by tensor, not column by column. Its layout is
+    the canonical one."""
+
+    layout = "keras"
+
+    def __init__(self, parts: list, translate):
+        self.parts, self.translate = parts, translate
+        first = parts[0].target
+        self.rule, self.hp, self.base = first.base_rule, first.base_hp, first.base
+        self.path = self.label = " + ".join(p.source.label for p in parts)
+        self.candidates = [(self.rule, self.hp)]
+
+    def canonical_shapes(self, rule, hp):
+        return self.base.canonical_shapes(self.rule, self.hp)
+
+    def dtypes(self, rule, hp) -> dict:
+        found = self.parts[0].source.dtypes(self.parts[0].rule, self.parts[0].source_hp)
+        dtype = next(iter(found.values()), np.dtype("float32"))
+        return {s: dtype for s in rule.native_slots(self.layout, hp)}
+
+    def read(self, rule, hp) -> dict:
+        whole = None
+        for p in self.parts:
+            part = self.rule.to_canonical(p.target.layout, p.target.part_hp, self.translate(p))
+            if whole is None:
+                whole = [np.zeros(tuple(s), np.asarray(a).dtype) for s, a in zip(self.canonical_shapes(None, None),
+                                                                                  part)]
+            for full, mine in zip(whole, part):
+                full[..., p.target.columns] = mine
+        return dict(zip(self.rule.canonical(self.hp), whole))

@@ -24,11 +24,11 @@ import re
 
 import numpy as np
 
-from ..errors import MatchError, UsageError
+from ..errors import AmbiguityError, MatchError, UsageError
 from ..mappings.einsum_dense import head_count
 from . import naming
 from .pairs import pair
-from .slices import Slice
+from .slices import Assembled, Slice
 
 ATTENTION = ("query", "key", "value")
 # a word spelling several roles at once, as packed names do
@@ -142,33 +142,45 @@ def _partners(roles, view, members, packed):
 
 
 def split(src, tgt, side_flow, options: dict) -> tuple:
-    """(pairs, used node ids, dataflow images) for every ``Split`` found; refuses one whose layout is unsettled.
+    """(pairs, used node ids, dataflow images) for every ``Split`` found; refuses, before anything is changed,
+    where a split's layout is unsettled (one message for all, with the options that settle them).
 
     ``side_flow(side)``: the traced Flow of the source (0) or target (1), or
     None. The images map a path to the other side's paths its layer stands for
     (the packed layer for its partners, or the reverse), for pairing by dataflow.
     """
-    pairs, used, images = [], set(), {}
+    pairs, used, images, unsettled = [], set(), {}, {}
     for s in find(src, tgt):
         flow = side_flow(0 if s.packed_is_source else 1) if _needs_flow(s, options) else None
-        packing, order = settle(s, options, flow)
-        rule, hp = linear_view(s.packed)[:2]
-        for partner, columns, role in zip(s.partners, s.columns(packing, order), s.roles):
-            part = Slice(s.packed, rule, hp, columns, role)
-            part.candidates = [(r, {**part.part_hp} if r is rule else _linear_hp(part.part_hp))
-                               for r, _ in partner.candidates if part.layout in r.layouts()]
-            found = pair(part, partner, "split") if s.packed_is_source else pair(partner, part, "split")
-            if found is None or not found.shapes_agree:
-                raise MatchError(f"{s.packed.label} packs {list(s.roles)}, and {partner.label} is named for "
-                                 f"{role!r} with {s.sizes[s.partners.index(partner)]} outputs, but no rule moves the "
-                                 "part between them; the target was not changed. Pass hints= or strict=False")
-            pairs.append(found)
+        settled = settle(s, options, flow)
+        if isinstance(settled, str):
+            unsettled.setdefault(settled, []).append(s)
+            continue
+        pairs += _pairs(s, *settled)
         used |= {id(s.packed)} | {id(p) for p in s.partners}
         if s.packed_is_source:
             images[s.packed.path] = frozenset(p.path for p in s.partners)
         else:
             images.update({p.path: frozenset({s.packed.path}) for p in s.partners})
+    if unsettled:
+        raise AmbiguityError(_unsettled(unsettled))
     return pairs, used, images
+
+
+def _pairs(s: Split, packing: str, order) -> list:
+    rule, hp = linear_view(s.packed)[:2]
+    found = []
+    for partner, columns, role, size in zip(s.partners, s.columns(packing, order), s.roles, s.sizes):
+        part = Slice(s.packed, rule, hp, columns, role)
+        part.candidates = [(r, {**part.part_hp} if r is rule else _linear_hp(part.part_hp))
+                           for r, _ in partner.candidates if part.layout in r.layouts()]
+        p = pair(part, partner, "split") if s.packed_is_source else pair(partner, part, "split")
+        if p is None or not p.shapes_agree:
+            raise MatchError(f"{s.packed.label} packs {list(s.roles)}, and {partner.label} is named for {role!r} "
+                             f"with {size} outputs, but no rule moves that part between them; the target was not "
+                             "changed. Pass hints= or strict=False")
+        found.append(p)
+    return found
 
 
 def _linear_hp(hp: dict) -> dict:
@@ -187,7 +199,8 @@ def _one_order(s: Split) -> bool:
 
 
 def settle(s: Split, options: dict, flow) -> tuple:
-    """(packing, order of the partners' blocks) for ``s``, from ``options`` or the packed side's traced run."""
+    """(packing, order of the partners' blocks) for ``s``, from ``options`` or the packed side's traced run;
+    else the name of the option that would settle it."""
     n = len(s.partners)
     if s.attention:
         packing = options.get("packed_qkv") or ("blocks" if _one_order(s) else traced_packing(s, flow))
@@ -195,25 +208,38 @@ def settle(s: Split, options: dict, flow) -> tuple:
             raise UsageError(f"{s.packed.label}: option packed_qkv='per_head' needs parts of one size and head "
                              f"count, but {[p.label for p in s.partners]} have {s.sizes} outputs in {s.heads} heads; "
                              "nothing was changed")
-        if packing is None:
-            raise UsageError(_unsettled(s, "whether the parts lie one after another or head by head",
-                                        "{'packed_qkv': 'blocks'} (one after another) or {'packed_qkv': 'per_head'}"))
-        return packing, list(range(n))
+        return (packing, list(range(n))) if packing else "packed_qkv"
     gate = options.get("gate_up")
     if gate is None or "gate" not in s.roles or n != 2:
         gate = traced_gate(s, flow) if "gate" in s.roles and n == 2 else None
     if gate is None:
-        raise UsageError(_unsettled(s, "which of its blocks is the gate (the one an activation reads)",
-                                    "{'gate_up': 'gate_first'} or {'gate_up': 'up_first'}"))
+        return "gate_up"
     g = s.roles.index("gate")
     return "blocks", [g, 1 - g] if gate == "gate_first" else [1 - g, g]
 
 
-def _unsettled(s: Split, what: str, options: str) -> str:
-    return (f"{s.packed.label} packs {', '.join(s.roles)} in one projection, which pairs with "
-            f"{', '.join(p.label for p in s.partners)} ({' + '.join(map(str, s.sizes))} outputs); {what} its weights "
-            f"cannot show, and no traced run of its model showed how its output is cut. Nothing was changed. Pass "
-            f"options={options}, or (a file) its own live model as model= so a run shows it")
+UNSETTLED = {
+    "packed_qkv": ("whether its parts lie one after another or head by head",
+                   "'blocks' (one after another) or 'per_head' (interleaved head by head)"),
+    "gate_up": ("which of its blocks is the gate (the one an activation reads)", "'gate_first' or 'up_first'"),
+}
+
+
+def _unsettled(found: dict) -> str:
+    """The refusal for splits whose layout nothing settled (``found``: option -> splits)."""
+    lines = []
+    for option, splits in found.items():
+        s = splits[0]
+        what, values = UNSETTLED[option]
+        more = f" (and {len(splits) - 1} more like it)" if len(splits) > 1 else ""
+        lines.append(f"  {s.packed.label}{more} packs {', '.join(s.roles)} in one projection that pairs with "
+                     f"{', '.join(p.label for p in s.partners)} ({' + '.join(map(str, s.sizes))} outputs): "
+                     f"{what} its weights cannot show; option {option!r}: {values}")
+    keys = ", ".join(f"{option!r}: ..." for option in found)
+    return ("packed projections split into separate layers, in an order nothing here shows (no traced run of the "
+            "packed side's model showed how it cuts their output):\n" + "\n".join(lines)
+            + f"\nNothing was changed. Pass options={{{keys}}} with the values above, or, from a file, its own "
+            "live model as model= so a run shows it")
 
 
 def traced_packing(s: Split, flow):
@@ -241,3 +267,34 @@ def traced_gate(s: Split, flow):
     if size != s.sizes[g] or offset not in (0, s.sizes[1 - g]):
         return None
     return "gate_first" if offset == 0 else "up_first"
+
+
+def assembled(plan, pairs) -> list:
+    """``pairs`` (and ``plan.steps``, in place) with the pairs filling parts of one packed target layer made
+    one pair writing its whole tensors, for a file."""
+    from .engine import translate
+    from .plan import Pair, Step, transform_text
+
+    groups: dict = {}
+    for p in pairs:
+        if isinstance(p.target, Slice):
+            groups.setdefault(id(p.target.base), []).append(p)
+    if not groups:
+        return pairs
+    out, steps, done = [], [], set()
+    for p, step in zip(pairs, plan.steps):
+        if not isinstance(p.target, Slice):
+            out.append(p)
+            steps.append(step)
+            continue
+        if id(p.target.base) in done:
+            continue
+        done.add(id(p.target.base))
+        source = Assembled(groups[id(p.target.base)], translate)
+        shapes = source.canonical_shapes(None, None)
+        whole = Pair(source, source.base, source.rule, source.hp, source.hp, shapes, shapes, "split")
+        out.append(whole)
+        steps.append(Step(source.label, source.base.label, source.rule.name, source.layout, source.base.layout,
+                          source.hp, source.hp, shapes, transform_text(whole), evidence="split"))
+    plan.steps[:] = steps
+    return out
