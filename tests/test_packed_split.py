@@ -166,3 +166,17 @@ def test_packed_names_spell_their_roles_in_order():
     assert splits.roles_of("layers.0.mlp.gate_up_proj") == ("gate", "up")
     assert splits.roles_of("attn.kv") == ("key", "value")
     assert splits.roles_of("attn.c_attn") is None and splits.roles_of("mlp.up_proj") is None
+
+
+def test_negative_control_a_gate_partner_no_activation_reads_is_refused(monkeypatch):
+    real = splits._partners
+
+    def swapped(roles, view, members, packed):  # as if the up projection were the one named gate
+        found = real(roles, view, members, packed)
+        return found[::-1] if found and roles == ("gate", "up") else found
+    monkeypatch.setattr(splits, "_partners", swapped)
+    kh = phi3_kh()
+    before = weights_of(kh)
+    with pytest.raises(wp.MatchError, match="activation"):
+        wp.port(phi3_hf(), kh)
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(kh)))

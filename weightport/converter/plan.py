@@ -84,7 +84,7 @@ class Pair:
 
 def transform_text(p: Pair) -> str:
     """How the tensors move, read in the port's direction: out of the source's layout, into the target's."""
-    parts = []
+    parts = [node.cut for node in (p.source, p.target) if getattr(node, "cut", None)]  # a packed layer's part
     for layout, hp, into in ((p.source.layout, p.source_hp, True), (p.target.layout, p.target_hp, False)):
         if layout != "keras":
             parts.append(f"{layout}: {p.rule.describe(layout, hp, into_canonical=into)}")

@@ -14,9 +14,11 @@ import numpy as np
 class Slice:
     """Columns ``columns`` of the packed node ``base`` (read as ``rule``/``hp``: a kernel (in, out), a bias)."""
 
-    def __init__(self, base, rule, hp, columns, role: str):
+    def __init__(self, base, rule, hp, columns, role: str, packing: str = "blocks"):
         self.base, self.base_rule, self.base_hp = base, rule, hp
         self.columns = np.asarray(columns)
+        self.cut = (f"{role}: outputs {self.columns[0]}..{self.columns[-1]} of {base.label}" if packing == "blocks"
+                    else f"{role}: {len(self.columns)} of {base.label}'s outputs, interleaved head by head")
         self.path = self.label = f"{base.label}[{role}]"
         self.layout = base.layout
         self.part_hp = {**hp, "units": len(self.columns)}

@@ -153,6 +153,8 @@ def split(src, tgt, side_flow, options: dict) -> tuple:
     for s in find(src, tgt):
         flow = side_flow(0 if s.packed_is_source else 1) if _needs_flow(s, options) else None
         settled = settle(s, options, flow)
+        if not isinstance(settled, str) and not s.attention:
+            _check_gate(s, side_flow(1 if s.packed_is_source else 0))
         if isinstance(settled, str):
             unsettled.setdefault(settled, []).append(s)
             continue
@@ -171,7 +173,7 @@ def _pairs(s: Split, packing: str, order) -> list:
     rule, hp = linear_view(s.packed)[:2]
     found = []
     for partner, columns, role, size in zip(s.partners, s.columns(packing, order), s.roles, s.sizes):
-        part = Slice(s.packed, rule, hp, columns, role)
+        part = Slice(s.packed, rule, hp, columns, role, packing)
         part.candidates = [(r, {**part.part_hp} if r is rule else _linear_hp(part.part_hp))
                            for r, _ in partner.candidates if part.layout in r.layouts()]
         p = pair(part, partner, "split") if s.packed_is_source else pair(partner, part, "split")
@@ -298,3 +300,18 @@ def assembled(plan, pairs) -> list:
                           source.hp, source.hp, shapes, transform_text(whole), evidence="split"))
     plan.steps[:] = steps
     return out
+
+
+def _check_gate(s: Split, flow) -> None:
+    """Refuse where the partners' own traced run contradicts their names: the one named ``gate`` must be the
+    one whose output an activation reads, the other not. Says nothing where that run is not seen whole."""
+    if flow is None or not (flow.complete and flow.sees_activations):
+        return
+    g = s.roles.index("gate")
+    read = [bool(flow.activated_readers.get(p.path)) for p in s.partners]
+    if read[g] and not read[1 - g]:
+        return
+    raise MatchError(f"{s.packed.label} packs {', '.join(s.roles)}, but of {s.partners[g].label} (named the gate) "
+                     f"and {s.partners[1 - g].label}, a traced run shows an activation reading "
+                     f"{'both' if all(read) else 'neither' if not any(read) else 'the other'}; the target was not "
+                     "changed. Pass hints= naming the pairs, or port this block by hand")
