@@ -89,8 +89,7 @@ class Pairing:
         return self._sides[side]
 
     def without(self, used: set, images: dict) -> "Pairing":
-        """A pairing of the nodes not in ``used`` (ids), sharing this one's traced runs; ``images`` (see
-        ``self.images``) stand for the pairs made of the nodes left out, as dataflow evidence."""
+        """A pairing of the nodes not in ``used`` (ids), sharing this one's runs; ``images``: see ``self.images``."""
         rest = Pairing([n for n in self.nodes[0] if id(n) not in used],
                        [n for n in self.nodes[1] if id(n) not in used], self._flows)
         rest.traced, rest._sides, rest.images = self.traced, self._sides, dict(images)
@@ -325,8 +324,7 @@ class Pairing:
 
 
 def _neighbours(paths, image: dict):
-    """The images of a layer's dataflow neighbours when every one is paired (``image``: path -> the paths it
-    stands for), else None."""
+    """The images of a layer's dataflow neighbours when every one is paired (``image``: path -> paths), else None."""
     if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
         return None
     return frozenset().union(*(image[p] for p in paths))

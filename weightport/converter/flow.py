@@ -180,7 +180,7 @@ def _offset(piece, whole):
         if piece.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr():
             return None
         return int(piece.storage_offset() - whole.storage_offset())
-    except (AttributeError, RuntimeError, TypeError):
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # no storage to compare (a subclass)
         return None
 
 

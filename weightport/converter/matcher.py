@@ -95,12 +95,9 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     if same is not None:
         pairs += same
     else:
-        pairing = Pairing(src, tgt, flows)
-        split, used, images = splits.split(src, tgt, pairing.side_flow, options or {})
-        if split:
-            pairs += split
-            src, tgt = [n for n in src if id(n) not in used], [n for n in tgt if id(n) not in used]
-            pairing = pairing.without(used, images)
+        pairing, split = _split_packed(src, tgt, flows, options or {})
+        pairs += split
+        src, tgt = pairing.nodes
         ambiguous = pairing.run()
         pairs += pairing.pairs
         plan.issues += pairing.notes
@@ -135,6 +132,13 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
+
+
+def _split_packed(src, tgt, flows, options: dict) -> tuple:
+    """(the Pairing of what is left, the pairs) once packed projections are split among separate layers."""
+    pairing = Pairing(src, tgt, flows)
+    split, used, images = splits.split(src, tgt, pairing.side_flow, options)
+    return (pairing.without(used, images) if split else pairing), split
 
 
 def _hinted(src, tgt, hints: dict, flows) -> list:

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from ..errors import AmbiguityError, MatchError, UsageError
+from ..errors import AmbiguityError, MatchError, UsageError, WeightportError
 from ..mappings.einsum_dense import head_count
 from . import naming
 from .pairs import pair
@@ -58,7 +58,7 @@ def linear_view(node):
         try:
             shapes = node.canonical_shapes(rule, hp)
             slots = rule.canonical(hp)
-        except Exception:  # noqa: BLE001 - a reading whose shapes need the other side says nothing here
+        except (WeightportError, KeyError, ValueError, TypeError):  # shapes only the other side can say
             continue
         if not shapes or slots[0] != "kernel" or len(slots) > 2:
             continue
@@ -116,8 +116,8 @@ def find(src, tgt) -> list:
             siblings.setdefault(_parent(n.path), []).append(n)
         for n in mine:
             roles, view = roles_of(n.path), linear_view(n)
-            if roles is None or view is None or id(n) in used:
-                continue
+            if roles is None or view is None or id(n) in used or len(n.canonical_shapes(*view[:2])[0]) != 2:
+                continue  # a packed kernel is cut along its one output axis
             groups = [g for g in (_partners(roles, view, members, n) for members in siblings.values()) if g]
             if len(groups) == 1 and not any(id(p) in used for p in groups[0]):
                 found.append(Split(n, groups[0], roles, is_source))
