@@ -130,15 +130,30 @@ def test_phi3_saved_as_a_torch_file_like_the_hf_model_loads_with_load_state_dict
     np.testing.assert_allclose(hf_out(loaded), kh_out(kh), atol=1e-4, rtol=1e-4)
 
 
-def test_negative_control_wrong_layouts_given_as_options_differ():
-    hf, kh = bloom_hf(), bloom_kh()
-    wp.port(hf, kh, options={"packed_qkv": "blocks"})  # Bloom packs head by head
+def test_negative_control_wrong_layouts_given_as_options_differ_from_a_file_and_are_refused_live(tmp_path):
+    hf = bloom_hf()
+    hf.save_pretrained(tmp_path)
+    kh = bloom_kh()
+    wp.port(tmp_path / "model.safetensors", kh, options={"packed_qkv": "blocks"})  # Bloom packs head by head
     assert np.abs(kh_out(kh) - hf_out(hf)).max() > 0.1
+    kh = bloom_kh()
+    before = weights_of(kh)
+    with pytest.raises(wp.UsageError, match="per_head"):  # the live model's run says otherwise
+        wp.port(hf, kh, options={"packed_qkv": "blocks"})
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(kh)))
     hf, kh = phi3_hf(), phi3_kh()
-    wp.port(hf, kh, options={"gate_up": "up_first"})  # Phi-3's gate block comes first
-    assert np.abs(kh_out(kh) - hf_out(hf)).max() > 0.1
+    with pytest.raises(wp.UsageError, match="gate_first"):
+        wp.port(hf, kh, options={"gate_up": "up_first"})  # Phi-3's gate block comes first
     with pytest.raises(wp.UsageError, match="per_head"):  # grouped-query parts differ in size: no head-by-head
         wp.port(hf, kh, options={"packed_qkv": "per_head"})
+
+
+def test_negative_control_the_gate_and_up_blocks_swapped_differ(tmp_path):
+    hf = phi3_hf()
+    hf.save_pretrained(tmp_path)
+    kh = phi3_kh()
+    wp.port(tmp_path / "model.safetensors", kh, options={"packed_qkv": "blocks", "gate_up": "up_first"})
+    assert np.abs(kh_out(kh) - hf_out(hf)).max() > 0.1
 
 
 def test_negative_control_with_no_traced_cut_the_layout_is_refused(monkeypatch):

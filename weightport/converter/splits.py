@@ -151,8 +151,7 @@ def split(src, tgt, side_flow, options: dict) -> tuple:
     """
     pairs, used, images, unsettled = [], set(), {}, {}
     for s in find(src, tgt):
-        flow = side_flow(0 if s.packed_is_source else 1) if _needs_flow(s, options) else None
-        settled = settle(s, options, flow)
+        settled = settle(s, options, side_flow(0 if s.packed_is_source else 1))
         if not isinstance(settled, str) and not s.attention:
             _check_gate(s, side_flow(1 if s.packed_is_source else 0))
         if isinstance(settled, str):
@@ -189,35 +188,38 @@ def _linear_hp(hp: dict) -> dict:
     return {k: v for k, v in hp.items() if k in ("units", "use_bias", "in_out")}
 
 
-def _needs_flow(s: Split, options: dict) -> bool:
-    if s.attention:
-        return not options.get("packed_qkv") and not _one_order(s)
-    return not options.get("gate_up")
-
-
 def _one_order(s: Split) -> bool:
     """Whether one after another and head by head are the same columns (every part a single head)."""
     return all(h == 1 for h in s.heads)
 
 
 def settle(s: Split, options: dict, flow) -> tuple:
-    """(packing, order of the partners' blocks) for ``s``, from ``options`` or the packed side's traced run;
-    else the name of the option that would settle it."""
+    """(packing, order of the partners' blocks) for ``s``, from ``options`` or the packed side's traced run
+    (``flow``; an option it contradicts is refused); else the name of the option that would settle it."""
     n = len(s.partners)
     if s.attention:
-        packing = options.get("packed_qkv") or ("blocks" if _one_order(s) else traced_packing(s, flow))
+        traced = None if _one_order(s) else traced_packing(s, flow)
+        packing = "blocks" if _one_order(s) else _agreed(s, "packed_qkv", options.get("packed_qkv"), traced)
         if packing == "per_head" and not (len(set(s.sizes)) == 1 and len(set(s.heads)) == 1 and s.heads[0]):
             raise UsageError(f"{s.packed.label}: option packed_qkv='per_head' needs parts of one size and head "
                              f"count, but {[p.label for p in s.partners]} have {s.sizes} outputs in {s.heads} heads; "
                              "nothing was changed")
         return (packing, list(range(n))) if packing else "packed_qkv"
-    gate = options.get("gate_up")
-    if gate is None or "gate" not in s.roles or n != 2:
-        gate = traced_gate(s, flow) if "gate" in s.roles and n == 2 else None
+    if "gate" not in s.roles or n != 2:
+        return "gate_up"
+    gate = _agreed(s, "gate_up", options.get("gate_up"), traced_gate(s, flow))
     if gate is None:
         return "gate_up"
     g = s.roles.index("gate")
     return "blocks", [g, 1 - g] if gate == "gate_first" else [1 - g, g]
+
+
+def _agreed(s: Split, option: str, given, traced):
+    """The option's value, or the traced run's; refused where both are known and differ."""
+    if given and traced and given != traced:
+        raise UsageError(f"{s.packed.label}: option {option}={given!r}, but a traced run of its model cuts its "
+                         f"output as {traced!r}; nothing was changed. Drop the option, or check the model")
+    return given or traced
 
 
 UNSETTLED = {
