@@ -64,6 +64,9 @@ def port(source, target, *, hints: dict | None = None, strict: bool = True, mode
             ``{"packed_qkv": "blocks"}`` or ``"per_head"``: how a torch attention module's one packed q/k/v
             Linear holds them (one after another as timm's ``qkv``; head by head as GPT-NeoX's and Bloom's
             ``query_key_value``); without it such a module is refused (GPT-2's Conv1D ``c_attn`` needs none).
+            A packed projection split into separate layers on the other side (``qkv_proj``, ``gate_up_proj``)
+            takes ``packed_qkv`` too, and ``{"gate_up": "gate_first"}`` or ``"up_first"``, where no traced run
+            of its live model shows how its output is cut (a file with no ``model=``).
 
     Returns:
         Report: the plan that ran (printed, a table of source -> target, rule, transform and shapes);

@@ -58,6 +58,8 @@ class Pairing:
         self.notes: list = []  # warnings about pairs made on weaker evidence
         self._flows, self._sides = flows, [_UNTRACED, _UNTRACED]
         self.nodes = (list(src), list(tgt))
+        self.traced = self.nodes  # the nodes a run is traced among (a pairing of what is left keeps the first's)
+        self.images: dict = {}  # source path -> target paths its layer stands for, paired outside (a split)
         target_classes = _classes(tgt)
         source_classes = _classes(src, target_classes)
         self.classes = [LookAlikes(source_classes.get(k, []), target_classes.get(k, []))
@@ -84,8 +86,15 @@ class Pairing:
 
     def side_flow(self, side: int):
         if self._sides[side] is _UNTRACED:
-            self._sides[side] = self._flows(*self.nodes, side) if self._flows is not None else None
+            self._sides[side] = self._flows(*self.traced, side) if self._flows is not None else None
         return self._sides[side]
+
+    def without(self, used: set, images: dict) -> "Pairing":
+        """A pairing of the nodes not in ``used`` (ids), sharing this one's runs; ``images``: see ``self.images``."""
+        rest = Pairing([n for n in self.nodes[0] if id(n) not in used],
+                       [n for n in self.nodes[1] if id(n) not in used], self._flows)
+        rest.traced, rest._sides, rest.images = self.traced, self._sides, dict(images)
+        return rest
 
     # -- the steps -------------------------------------------------------------------
     def run(self) -> list:
@@ -174,8 +183,8 @@ class Pairing:
     def by_neighbours(self, mine_of: dict, theirs_of: dict, evidence: str) -> bool:
         """Pair each open look-alike whose neighbours (``mine_of``/``theirs_of``: path -> paths), all paired,
         are the images of exactly one partner's, and no other member's."""
-        paired = self.paths()
-        targets = {t: t for t in paired.values()}
+        paired = {**{s: frozenset({t}) for s, t in self.paths().items()}, **self.images}
+        targets = {t: frozenset({t}) for ts in paired.values() for t in ts}
         progress = False
         for cls in self.classes:
             if not cls.open:
@@ -357,10 +366,10 @@ class Pairing:
 
 
 def _neighbours(paths, image: dict):
-    """The images of a layer's dataflow neighbours when every one is paired (``image``: path -> pair), else None."""
+    """The images of a layer's dataflow neighbours when every one is paired (``image``: path -> paths), else None."""
     if paths is None or UNKNOWN in paths or not all(p in image for p in paths):
         return None
-    return frozenset(image[p] for p in paths)
+    return frozenset().union(*(image[p] for p in paths))
 
 
 def _blocks(nodes, rank) -> list:

@@ -38,6 +38,11 @@ class Flow:
     # ``sees_activations``
     activated: dict = field(default_factory=dict)
     sees_activations: bool = False
+    # path -> how operations read that layer's very output: (operation, output shape, offset into it) for
+    # each piece they made (a slice, a chunk, a view), where the backend can say; kept where ``sees_activations``
+    cuts: dict = field(default_factory=dict)
+    # path -> the (offset, size) pieces of its output, cut along the last axis, that passed an activation
+    activated_cuts: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -85,6 +90,8 @@ class Provenance:
         self._of: dict = {}
         self._through: dict = {}  # id -> the origins whose values reached this tensor through an activation
         self._kept: list = []
+        self._outputs: dict = {}  # id -> the path of the layer whose very output this tensor is
+        self._pieces: dict = {}  # id -> (path, offset, size): a piece cut from a layer's output along its last axis
 
     def tensors(self, tree):
         if self.is_tensor(tree):
@@ -137,10 +144,44 @@ class Provenance:
     def leave(self, paths, outputs, activates: bool = False) -> None:
         """The layer's outputs come from it (through an activation where it applies one itself)."""
         self.mark(outputs, {paths[-1]}, through={paths[-1]} if activates else set())
+        first = next(self.tensors(outputs), None)
+        if first is not None:
+            self._outputs[id(first)] = paths[-1]
         if self.capture is not None and paths[-1] not in self.flow.outputs:
             first = next(self.tensors(outputs), None)
             if first is not None:
                 self.flow.outputs[paths[-1]] = self.capture(first)
+
+
+    def cut(self, name: str, inputs, outputs, offset_of) -> None:
+        """Record how an operation reads a layer's very output (``Flow.cuts``); ``offset_of(piece, whole)`` is
+        where a piece starts in the whole's memory, or None where it is not a view of it."""
+        whole = next(self.tensors(inputs), None)
+        path = self._outputs.get(id(whole)) if whole is not None else None
+        if path is None:
+            return
+        for piece in self.tensors(outputs):
+            offset = offset_of(piece, whole)
+            self.flow.cuts.setdefault(path, []).append((name, tuple(piece.shape), offset))
+            if offset is not None and tuple(piece.shape[:-1]) == tuple(whole.shape[:-1]):
+                self._pieces[id(piece)] = (path, offset, int(piece.shape[-1]))
+
+    def activate(self, inputs) -> None:
+        """An activation reads ``inputs``: a piece of a layer's output among them is marked (``activated_cuts``)."""
+        for t in self.tensors(inputs):
+            if id(t) in self._pieces:
+                path, offset, size = self._pieces[id(t)]
+                self.flow.activated_cuts.setdefault(path, set()).add((offset, size))
+
+
+def _offset(piece, whole):
+    """Where torch tensor ``piece`` starts inside ``whole``'s memory (elements), if it is a view of it."""
+    try:
+        if piece.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr():
+            return None
+        return int(piece.storage_offset() - whole.storage_offset())
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # no storage to compare (a subclass)
+        return None
 
 
 @contextlib.contextmanager
@@ -152,7 +193,11 @@ def torch_operations(prov: Provenance):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            prov.propagate((args, kwargs), out, getattr(func, "__name__", "") in ACTIVATIONS)
+            name = getattr(func, "__name__", "")
+            prov.propagate((args, kwargs), out, name in ACTIVATIONS)
+            prov.cut(name, args, out, _offset)
+            if name in ACTIVATIONS:
+                prov.activate(args)
             return out
 
     with Follow():

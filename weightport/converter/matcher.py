@@ -19,7 +19,7 @@ import difflib
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import constants, folding, naming
+from . import constants, folding, naming, splits
 from .evidence import Pairing
 from .pairs import describe, fmt_shapes, pair, refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -71,7 +71,7 @@ def _positional(src, tgt) -> list | None:
 
 
 def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = True, flows=None,
-          strict_config: bool = False, source_constants=None) -> tuple:
+          strict_config: bool = False, source_constants=None, options: dict | None = None) -> tuple:
     """Pair the nodes; return (Plan, [Pair]) or raise without touching anything.
 
     strict_config: configuration differences that are only warned about
@@ -80,7 +80,8 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     shapes and no configuration error; source layers the target does not ask
     for (a head) are reported and warned about, unless ``strict="both"``,
     which refuses them too. strict=False keeps what pairs and reports the
-    rest. ``flows``: see ``Pairing``; ``source_constants()``: ``constants.held`` of the source model.
+    rest. ``flows``: see ``Pairing``; ``source_constants()``: ``constants.held`` of the source model;
+    ``options``: rule options (``converter.options``), for packed projections split here (``splits``).
     """
     src, tgt = _expanded(source_nodes, target_nodes), _expanded(target_nodes, source_nodes)
     source_nodes, target_nodes = list(src), list(tgt)
@@ -94,7 +95,9 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     if same is not None:
         pairs += same
     else:
-        pairing = Pairing(src, tgt, flows)
+        pairing, split = _split_packed(src, tgt, flows, options or {})
+        pairs += split
+        src, tgt = pairing.nodes
         ambiguous = pairing.run()
         pairs += pairing.pairs
         plan.issues += pairing.notes
@@ -129,6 +132,13 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
+
+
+def _split_packed(src, tgt, flows, options: dict) -> tuple:
+    """(the Pairing of what is left, the pairs) once packed projections are split among separate layers."""
+    pairing = Pairing(src, tgt, flows)
+    split, used, images = splits.split(src, tgt, pairing.side_flow, options)
+    return (pairing.without(used, images) if split else pairing), split
 
 
 def _hinted(src, tgt, hints: dict, flows) -> list:

@@ -18,7 +18,8 @@ from . import naming
 from .plan import transform_text
 
 ORDERS = {"interleaved->half": "source", "half->interleaved": "target"}  # which side stores interleaved
-KNOWN = {"rope": tuple(ORDERS), "head_dim": int, "rotary_dim": int, "packed_qkv": ("blocks", "per_head")}
+KNOWN = {"rope": tuple(ORDERS), "head_dim": int, "rotary_dim": int, "packed_qkv": ("blocks", "per_head"),
+         "gate_up": ("gate_first", "up_first")}
 ROLES = frozenset({"query", "key"})
 # one tensor holding queries, keys (and values) together: which of its rows are whose, weights cannot show
 PACKED = re.compile(r"(^|_)(c_attn|w?qkv(_proj)?|query_key_value|in_proj|w?kv(_proj)?|key_value)$")

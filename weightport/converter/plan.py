@@ -18,6 +18,7 @@ EVIDENCE = {
     "ordinal": "ordinal and run order",
     "activation": "dataflow (activation)",
     "training": "trained vs computed state",
+    "split": "a packed layer's name and sizes",
     "zeros": "zeros (the source has none)",
     "constant": "what the source computes",
     "state": "same path (state kept beside a trained copy)",
@@ -85,7 +86,7 @@ class Pair:
 
 def transform_text(p: Pair) -> str:
     """How the tensors move, read in the port's direction: out of the source's layout, into the target's."""
-    parts = []
+    parts = [node.cut for node in (p.source, p.target) if getattr(node, "cut", None)]  # a packed layer's part
     for layout, hp, into in ((p.source.layout, p.source_hp, True), (p.target.layout, p.target_hp, False)):
         if layout != "keras":
             parts.append(f"{layout}: {p.rule.describe(layout, hp, into_canonical=into)}")

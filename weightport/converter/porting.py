@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
-from . import assign, checking, constants, engine, matcher, options, planning, sides, tracing, weight_norm
+from . import (assign, checking, constants, engine, matcher, options, planning, sides, splits, tracing,
+               weight_norm)
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -44,7 +45,7 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
     try:
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
                                     flows=tracing.flows(traced, target, check), strict_config=strict_config,
-                                    source_constants=lambda: constants.held(traced))
+                                    source_constants=lambda: constants.held(traced), options=rule_options)
     except MatchError as refused:
         hint = sides.own_model_hint(src) if traced is None and not src.live else ""
         if not hint:
@@ -98,7 +99,9 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         options.settle(src_nodes + tgt_nodes, rule_options or {})
         flows = tracing.flows(src.obj if src.live else source_model, like)
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows,
-                                    source_constants=lambda: constants.held(src.obj if src.live else source_model))
+                                    source_constants=lambda: constants.held(src.obj if src.live else source_model),
+                                    options=rule_options)
+        pairs = splits.assembled(plan, pairs)  # a packed layer's parts, filled from separate ones, written whole
         weight_norm.split_on_write(plan, pairs)  # a weight_norm layer's file holds its g and v
         plan.unmatched_target += tgt_notes
         names = sides.names_for(like, like_fw, destination)

@@ -1,0 +1,319 @@
+"""One packed projection on one side against several separate ones on the other: split (or merged) by rows.
+
+Implementations pack projections that read the same input into one matrix
+(q, k and v in ``qkv_proj`` / ``query_key_value``; an MLP's gate and up in
+``gate_up_proj``) where others keep a layer each. A packed layer pairs with
+separate ones when its last name spells their roles (``qkv``, ``query_key_value``,
+``gate_up``), exactly one sibling on the other side is named for each role,
+all read as many features with or without a bias, and their output sizes add
+up to the packed one's. Each partner then pairs with a ``Slice``: the packed
+layer's output columns that hold its part, read from it (or written into it).
+
+What weights cannot show is settled by evidence or refused:
+- q/k/v one after another (``blocks``) or head by head (``per_head``): the
+  ``packed_qkv`` option, else how a traced torch run of the packed side cuts
+  its output (slices at the blocks' offsets, or a view to (heads, parts,
+  head_dim)). A part of one head (or where both orders are one) needs neither.
+- which block of a gate/up pair is the gate: the ``gate_up`` option, else the
+  traced run, which shows which piece of the packed output passes the
+  activation. The parts follow the order the name spells (q, k, v) otherwise.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import AmbiguityError, MatchError, UsageError, WeightportError
+from ..mappings.einsum_dense import head_count
+from . import naming
+from .pairs import pair
+from .slices import Assembled, Slice
+
+ATTENTION = ("query", "key", "value")
+# a word spelling several roles at once, as packed names do
+BUNDLES = {"qkv": ATTENTION, "wqkv": ATTENTION, "kv": ATTENTION[1:], "wkv": ATTENTION[1:], "qk": ATTENTION[:2]}
+ROLES = frozenset(ATTENTION) | {"gate", "up"}
+
+
+def roles_of(path: str):
+    """The roles a packed layer's last name spells, in order (``gate_up_proj`` -> gate, up), or None."""
+    last = re.split(r"[./]", str(path))[-1].lower()
+    found = []
+    for token in re.split(r"[^a-z]+", last):
+        if token in BUNDLES:
+            found += BUNDLES[token]
+        elif token:
+            found += sorted(naming.words(token) & ROLES)
+    return tuple(found) if len(found) >= 2 and len(set(found)) == len(found) else None
+
+
+def _parent(path: str) -> str:
+    return re.split(r"[./](?=[^./]*$)", str(path))[0] if re.search(r"[./]", str(path)) else ""
+
+
+def linear_view(node):
+    """(rule, hp, in features, out features, bias) of a node read as one (in, out) projection, else None."""
+    for rule, hp in node.candidates:
+        try:
+            shapes = node.canonical_shapes(rule, hp)
+            slots = rule.canonical(hp)
+        except (WeightportError, KeyError, ValueError, TypeError):  # shapes only the other side can say
+            continue
+        if not shapes or slots[0] != "kernel" or len(slots) > 2:
+            continue
+        kernel = shapes[0]
+        n = hp.get("inputs", 1) if hp.get("kernel_shape") else 1
+        order = hp.get("permutation") or range(len(kernel))
+        ordered = [kernel[i] for i in order]
+        fan_in, fan_out = int(np.prod(ordered[:n])), int(np.prod(ordered[n:]))
+        if len(kernel) == 2 or hp.get("kernel_shape"):
+            return rule, hp, fan_in, fan_out, len(slots) == 2
+    return None
+
+
+class Split:
+    """A packed node and its partners on the other side, in the order the packed name spells their roles."""
+
+    def __init__(self, packed, partners, roles, packed_is_source: bool):
+        self.packed, self.partners, self.roles = packed, partners, roles
+        self.packed_is_source = packed_is_source
+        self.sizes = [linear_view(p)[3] for p in partners]
+        self.heads = [_heads(p) for p in partners]
+
+    @property
+    def attention(self) -> bool:
+        return set(self.roles) <= set(ATTENTION)
+
+    def columns(self, packing: str, order) -> list:
+        """For each partner, the packed output columns holding its part: ``blocks`` one after another in
+        ``order`` (partner indices), or ``per_head`` interleaved head by head."""
+        if packing == "per_head":
+            heads, n = self.heads[0], len(self.sizes)
+            d = self.sizes[0] // heads
+            return [(np.arange(heads)[:, None] * n * d + i * d + np.arange(d)[None, :]).ravel() for i in range(n)]
+        out, start = [None] * len(self.sizes), 0
+        for i in order:
+            out[i] = np.arange(start, start + self.sizes[i])
+            start += self.sizes[i]
+        return out
+
+
+def _heads(node):
+    for _, hp in node.candidates:
+        h = head_count(hp)
+        if h:
+            return h
+    return None
+
+
+def find(src, tgt) -> list:
+    """Every ``Split`` the names and sizes show (see the module docstring), each node in one at most."""
+    found, used = [], set()
+    for mine, theirs, is_source in ((src, tgt, True), (tgt, src, False)):
+        siblings: dict = {}
+        for n in theirs:
+            siblings.setdefault(_parent(n.path), []).append(n)
+        for n in mine:
+            roles, view = roles_of(n.path), linear_view(n)
+            if roles is None or view is None or id(n) in used or len(n.canonical_shapes(*view[:2])[0]) != 2:
+                continue  # a packed kernel is cut along its one output axis
+            groups = [g for g in (_partners(roles, view, members, n) for members in siblings.values()) if g]
+            if len(groups) == 1 and not any(id(p) in used for p in groups[0]):
+                found.append(Split(n, groups[0], roles, is_source))
+                used |= {id(n)} | {id(p) for p in groups[0]}
+    return found
+
+
+def _partners(roles, view, members, packed):
+    """The members named for ``roles`` (one each) that fit the packed ``view``, in role order; else None."""
+    if naming.numbers(_parent(packed.path)) != naming.numbers(_parent(members[0].path) or members[0].path):
+        return None
+    chosen = []
+    for role in roles:
+        named = [m for m in members if role in naming.words(re.split(r"[./]", m.path)[-1])]
+        if len(named) != 1 or named[0] in chosen:
+            return None
+        chosen.append(named[0])
+    views = [linear_view(m) for m in chosen]
+    if any(v is None or v[2] != view[2] or v[4] != view[4] for v in views) or sum(v[3] for v in views) != view[3]:
+        return None
+    return chosen
+
+
+def split(src, tgt, side_flow, options: dict) -> tuple:
+    """(pairs, used node ids, dataflow images) for every ``Split`` found; refuses, before anything is changed,
+    where a split's layout is unsettled (one message for all, with the options that settle them).
+
+    ``side_flow(side)``: the traced Flow of the source (0) or target (1), or
+    None. The images map a path to the other side's paths its layer stands for
+    (the packed layer for its partners, or the reverse), for pairing by dataflow.
+    """
+    pairs, used, images, unsettled = [], set(), {}, {}
+    for s in find(src, tgt):
+        settled = settle(s, options, side_flow(0 if s.packed_is_source else 1))
+        if not isinstance(settled, str) and not s.attention:
+            _check_gate(s, side_flow(1 if s.packed_is_source else 0))
+        if isinstance(settled, str):
+            unsettled.setdefault(settled, []).append(s)
+            continue
+        pairs += _pairs(s, *settled)
+        used |= {id(s.packed)} | {id(p) for p in s.partners}
+        if s.packed_is_source:
+            images[s.packed.path] = frozenset(p.path for p in s.partners)
+        else:
+            images.update({p.path: frozenset({s.packed.path}) for p in s.partners})
+    if unsettled:
+        raise AmbiguityError(_unsettled(unsettled))
+    return pairs, used, images
+
+
+def _pairs(s: Split, packing: str, order) -> list:
+    rule, hp = linear_view(s.packed)[:2]
+    found = []
+    for partner, columns, role, size in zip(s.partners, s.columns(packing, order), s.roles, s.sizes):
+        part = Slice(s.packed, rule, hp, columns, role, packing)
+        part.candidates = [(r, {**part.part_hp} if r is rule else _linear_hp(part.part_hp))
+                           for r, _ in partner.candidates if part.layout in r.layouts()]
+        p = pair(part, partner, "split") if s.packed_is_source else pair(partner, part, "split")
+        if p is None or not p.shapes_agree:
+            raise MatchError(f"{s.packed.label} packs {list(s.roles)}, and {partner.label} is named for {role!r} "
+                             f"with {size} outputs, but no rule moves that part between them; the target was not "
+                             "changed. Pass hints= or strict=False")
+        found.append(p)
+    return found
+
+
+def _linear_hp(hp: dict) -> dict:
+    return {k: v for k, v in hp.items() if k in ("units", "use_bias", "in_out")}
+
+
+def _one_order(s: Split) -> bool:
+    """Whether one after another and head by head are the same columns (every part a single head)."""
+    return all(h == 1 for h in s.heads)
+
+
+def settle(s: Split, options: dict, flow) -> tuple:
+    """(packing, order of the partners' blocks) for ``s``, from ``options`` or the packed side's traced run
+    (``flow``; an option it contradicts is refused); else the name of the option that would settle it."""
+    n = len(s.partners)
+    if s.attention:
+        traced = None if _one_order(s) else traced_packing(s, flow)
+        packing = "blocks" if _one_order(s) else _agreed(s, "packed_qkv", options.get("packed_qkv"), traced)
+        if packing == "per_head" and not (len(set(s.sizes)) == 1 and len(set(s.heads)) == 1 and s.heads[0]):
+            raise UsageError(f"{s.packed.label}: option packed_qkv='per_head' needs parts of one size and head "
+                             f"count, but {[p.label for p in s.partners]} have {s.sizes} outputs in {s.heads} heads; "
+                             "nothing was changed")
+        return (packing, list(range(n))) if packing else "packed_qkv"
+    if "gate" not in s.roles or n != 2:
+        return "gate_up"
+    gate = _agreed(s, "gate_up", options.get("gate_up"), traced_gate(s, flow))
+    if gate is None:
+        return "gate_up"
+    g = s.roles.index("gate")
+    return "blocks", [g, 1 - g] if gate == "gate_first" else [1 - g, g]
+
+
+def _agreed(s: Split, option: str, given, traced):
+    """The option's value, or the traced run's; refused where both are known and differ."""
+    if given and traced and given != traced:
+        raise UsageError(f"{s.packed.label}: option {option}={given!r}, but a traced run of its model cuts its "
+                         f"output as {traced!r}; nothing was changed. Drop the option, or check the model")
+    return given or traced
+
+
+UNSETTLED = {
+    "packed_qkv": ("whether its parts lie one after another or head by head",
+                   "'blocks' (one after another) or 'per_head' (interleaved head by head)"),
+    "gate_up": ("which of its blocks is the gate (the one an activation reads)", "'gate_first' or 'up_first'"),
+}
+
+
+def _unsettled(found: dict) -> str:
+    """The refusal for splits whose layout nothing settled (``found``: option -> splits)."""
+    lines = []
+    for option, splits in found.items():
+        s = splits[0]
+        what, values = UNSETTLED[option]
+        more = f" (and {len(splits) - 1} more like it)" if len(splits) > 1 else ""
+        lines.append(f"  {s.packed.label}{more} packs {', '.join(s.roles)} in one projection that pairs with "
+                     f"{', '.join(p.label for p in s.partners)} ({' + '.join(map(str, s.sizes))} outputs): "
+                     f"{what} its weights cannot show; option {option!r}: {values}")
+    keys = ", ".join(f"{option!r}: ..." for option in found)
+    return ("packed projections split into separate layers, in an order nothing here shows (no traced run of the "
+            "packed side's model showed how it cuts their output):\n" + "\n".join(lines)
+            + f"\nNothing was changed. Pass options={{{keys}}} with the values above, or, from a file, its own "
+            "live model as model= so a run shows it")
+
+
+def traced_packing(s: Split, flow):
+    """``blocks`` or ``per_head`` as the traced run cut the packed output, else None: slices at each block's
+    offset and size, or a view to (heads, parts, head_dim) on its last axes."""
+    cuts = (flow.cuts.get(s.packed.path) if flow is not None else None) or []
+    n, heads = len(s.sizes), s.heads[0]
+    blocks = {(int(c[0]), len(c)) for c in s.columns("blocks", range(n))}
+    pieces = {(offset, shape[-1]) for _, shape, offset in cuts if offset is not None and shape}
+    if blocks <= pieces:
+        return "blocks"
+    d = s.sizes[0] // heads if heads and s.sizes[0] % heads == 0 else None
+    if d and len(set(s.sizes)) == 1 and any(tuple(shape[-3:]) == (heads, n, d) for _, shape, _ in cuts):
+        return "per_head"
+    return None
+
+
+def traced_gate(s: Split, flow):
+    """``gate_first`` or ``up_first`` from the piece of the packed output an activation read, else None."""
+    found = (flow.activated_cuts.get(s.packed.path) if flow is not None else None) or set()
+    if len(found) != 1:
+        return None
+    offset, size = next(iter(found))
+    g = s.roles.index("gate")
+    if size != s.sizes[g] or offset not in (0, s.sizes[1 - g]):
+        return None
+    return "gate_first" if offset == 0 else "up_first"
+
+
+def assembled(plan, pairs) -> list:
+    """``pairs`` (and ``plan.steps``, in place) with the pairs filling parts of one packed target layer made
+    one pair writing its whole tensors, for a file."""
+    from .engine import translate
+    from .plan import Pair, Step, transform_text
+
+    groups: dict = {}
+    for p in pairs:
+        if isinstance(p.target, Slice):
+            groups.setdefault(id(p.target.base), []).append(p)
+    if not groups:
+        return pairs
+    out, steps, done = [], [], set()
+    for p, step in zip(pairs, plan.steps):
+        if not isinstance(p.target, Slice):
+            out.append(p)
+            steps.append(step)
+            continue
+        if id(p.target.base) in done:
+            continue
+        done.add(id(p.target.base))
+        source = Assembled(groups[id(p.target.base)], translate)
+        shapes = source.canonical_shapes(None, None)
+        whole = Pair(source, source.base, source.rule, source.hp, source.hp, shapes, shapes, "split")
+        out.append(whole)
+        steps.append(Step(source.label, source.base.label, source.rule.name, source.layout, source.base.layout,
+                          source.hp, source.hp, shapes, transform_text(whole), evidence="split"))
+    plan.steps[:] = steps
+    return out
+
+
+def _check_gate(s: Split, flow) -> None:
+    """Refuse where the partners' own traced run contradicts their names: the one named ``gate`` must be the
+    one whose output an activation reads, the other not. Says nothing where that run is not seen whole."""
+    if flow is None or not (flow.complete and flow.sees_activations):
+        return
+    g = s.roles.index("gate")
+    read = [bool(flow.activated_readers.get(p.path)) for p in s.partners]
+    if read[g] and not read[1 - g]:
+        return
+    raise MatchError(f"{s.packed.label} packs {', '.join(s.roles)}, but of {s.partners[g].label} (named the gate) "
+                     f"and {s.partners[1 - g].label}, a traced run shows an activation reading "
+                     f"{'both' if all(read) else 'neither' if not any(read) else 'the other'}; the target was not "
+                     "changed. Pass hints= naming the pairs, or port this block by hand")
