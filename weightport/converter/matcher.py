@@ -118,20 +118,25 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
         pairs += zeroed
-        if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
-            _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
-        if strict:
-            _refuse_dropped_inputs(left_s)
-        if left_s:
-            listed = ", ".join(a.label for a in left_s[:8]) + (" ..." if len(left_s) > 8 else "")
-            plan.issues.append(f"{len(left_s)} source layer(s) have no counterpart in the target and were not "
-                               f"ported: {listed}")
-        plan.unmatched_source += [describe(a) for a in left_s]
-        plan.unmatched_target += [describe(b) for b in left_t]
+        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict)
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
+
+
+def _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict) -> None:
+    """Refuse what ``strict`` does not allow to stay unpaired; report the rest in ``plan``."""
+    if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
+        _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
+    if strict:
+        _refuse_dropped_inputs(left_s)
+    if left_s:
+        listed = ", ".join(a.label for a in left_s[:8]) + (" ..." if len(left_s) > 8 else "")
+        plan.issues.append(f"{len(left_s)} source layer(s) have no counterpart in the target and were not "
+                           f"ported: {listed}")
+    plan.unmatched_source += [describe(a) for a in left_s]
+    plan.unmatched_target += [describe(b) for b in left_t]
 
 
 def _split_packed(src, tgt, flows, options: dict) -> tuple:
