@@ -130,6 +130,25 @@ class TorchFramework(Framework):
         finally:
             model.train(was_training)
 
+    def sample_inputs(self, model, refs) -> list:
+        """What the first layer reads, positionally; each followed by a keyword call that also fills the other
+        inputs ``forward`` declares (an encoder-decoder reads the decoder's token ids too), tried where the
+        first fails."""
+        found = super().sample_inputs(model, refs)
+        tables = [r for r in refs if not getattr(r, "loose", False) and r.candidates[0][0].reads_inputs]
+        ids = [x for r in tables[:1] for x in r.candidates[0][0].sample_inputs(
+            self.layout, r.candidates[0][1], r.canonical_shapes(*r.candidates[0]))]
+        rows = [r.canonical_shapes(*r.candidates[0])[0][0] for r in tables if r.canonical_shapes(*r.candidates[0])]
+        if ids and rows:  # ids every table can look up (a decoder's position table may be the smallest)
+            ids = [ids[0] % min(rows)]
+        out = []
+        for x in found:
+            out.append(x)
+            keywords = _keyword_inputs(model, x, ids[0] if ids else None)
+            if keywords is not None:
+                out.append(keywords)
+        return out
+
     def trace(self, model, refs, inputs, capture: bool = False):
         """Flow of one run on ``inputs``: hooks mark each layer's outputs, torch's function mode follows them."""
         import torch
@@ -154,6 +173,29 @@ class TorchFramework(Framework):
             for h in hooks:
                 h.remove()
         return prov.flow
+
+
+def _keyword_inputs(model, first, ids):
+    """``forward``'s inputs by name: ``first`` for its first parameter, and for each other one that names an
+    input (required, or ``*input*`` but not embeddings: ``decoder_input_ids``) token ``ids`` where its name says
+    ids, else an array like ``first``. None where ``forward`` declares no second input."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind is params[0].POSITIONAL_ONLY:
+        return None
+    found = {params[0].name: first}
+    for p in params[1:]:
+        words = set(p.name.lower().split("_"))
+        if p.default is p.empty or (words & {"input", "inputs"} and not words & {"embeds", "embeddings", "mask"}):
+            if "ids" in words and ids is None:
+                return None
+            found[p.name] = ids if "ids" in words else first
+    return found if len(found) > 1 else None
 
 
 def _to_numpy_tree(out):

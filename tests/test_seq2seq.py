@@ -1,0 +1,124 @@
+"""Encoder-decoder models (T5, Whisper: transformers against keras-hub) port live both ways with no hints.
+
+Neither model runs on one input: the torch side's ``forward`` also needs the
+decoder's token ids, the Keras side takes a dict of encoder and decoder
+inputs. Both are traced from the inputs each model declares, and the
+dataflow tells apart what names cannot (a T5 block's three numbered norms;
+Whisper's self- and cross-attention projections, q/v/out alike in shape).
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import weightport as wp
+from test_real_models import randomized
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+transformers = pytest.importorskip("transformers")
+keras_hub = pytest.importorskip("keras_hub")
+
+ENC = np.random.default_rng(6).integers(2, 90, (2, 9))
+DEC = np.random.default_rng(8).integers(2, 90, (2, 5))
+MELS = np.random.default_rng(9).standard_normal((2, 16, 32)).astype("float32")  # (batch, mel bins, frames)
+
+
+def t5_hf():
+    """T5 with q/k/v 48x40 and an MLP 48x64, so no projection is square or shaped like another kind."""
+    cfg = transformers.T5Config(vocab_size=101, d_model=48, d_kv=10, d_ff=64, num_layers=2, num_heads=4,
+                                feed_forward_proj="relu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
+                                tie_word_embeddings=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return transformers.T5Model(cfg)
+
+
+def t5_kh():
+    return keras_hub.models.T5Backbone(vocabulary_size=101, num_layers=2, num_heads=4, hidden_dim=48,
+                                       intermediate_dim=64, key_value_dim=10, dropout=0.0, activation="relu",
+                                       use_gated_activation=False, tie_embedding_weights=True)
+
+
+def t5_outputs(hf, kh):
+    with torch.no_grad():
+        a = hf(input_ids=torch.from_numpy(ENC), decoder_input_ids=torch.from_numpy(DEC)).last_hidden_state.numpy()
+    b = kh({"encoder_token_ids": ENC, "encoder_padding_mask": np.ones_like(ENC), "decoder_token_ids": DEC,
+            "decoder_padding_mask": np.ones_like(DEC)})["decoder_sequence_output"]
+    return a, keras.ops.convert_to_numpy(b)
+
+
+def whisper_hf():
+    cfg = transformers.WhisperConfig(vocab_size=101, num_mel_bins=16, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, d_model=48, max_source_positions=16,
+                                     max_target_positions=32, dropout=0.0, attention_dropout=0.0,
+                                     activation_dropout=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     decoder_start_token_id=1, begin_suppress_tokens=None)
+    return transformers.WhisperModel(cfg)
+
+
+def whisper_kh():
+    return keras_hub.models.WhisperBackbone(vocabulary_size=101, num_layers=2, num_heads=4, hidden_dim=48,
+                                            intermediate_dim=64, num_mels=16, max_encoder_sequence_length=32,
+                                            max_decoder_sequence_length=32)
+
+
+def whisper_outputs(hf, kh):
+    with torch.no_grad():
+        a = hf(input_features=torch.from_numpy(MELS), decoder_input_ids=torch.from_numpy(DEC)).last_hidden_state
+    b = kh({"encoder_features": MELS.transpose(0, 2, 1), "decoder_token_ids": DEC,
+            "decoder_padding_mask": np.ones_like(DEC)})["decoder_sequence_output"]
+    return a.numpy(), keras.ops.convert_to_numpy(b)
+
+
+def port(source, target):
+    """``wp.port`` with its configuration warnings kept out of the test's output (Whisper's explicit padding
+    before keras-hub's second conv reads as a padding difference)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return wp.port(source, target)
+
+
+def swap(model, first, second):
+    """Exchange the weights of two look-alike Keras layers (by variable path): what a wrong pairing would do."""
+    by_path = {v.path: v for v in model.weights}
+    for slot in ("kernel", "bias"):
+        a, b = by_path.get(f"{first}/{slot}"), by_path.get(f"{second}/{slot}")
+        if a is None:
+            continue
+        va, vb = keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value)
+        a.assign(vb)
+        b.assign(va)
+
+
+@pytest.mark.parametrize("make_hf, make_kh, outputs, first, second", [
+    (t5_hf, t5_kh, t5_outputs, "transformer_decoder_layer_0/self_attention/query_projector",
+     "transformer_decoder_layer_0/cross_attention/query_projector"),
+    (whisper_hf, whisper_kh, whisper_outputs, "transformer_decoder_layer_0/self_attention/value",
+     "transformer_decoder_layer_0/cross_attention/value"),
+], ids=["t5", "whisper"])
+def test_live_both_ways_without_hints(make_hf, make_kh, outputs, first, second):
+    hf, kh = randomized(make_hf(), 1), make_kh()
+    report = port(hf, kh)
+    assert len(report.steps) > 40 and not report.unmatched_target
+    assert any(s.evidence == "structure" for s in report.steps)  # the traced runs settled some look-alikes
+    a, b = outputs(hf, kh)
+    assert np.abs(a).max() > 0.1 and np.abs(a - b).max() < 1e-4
+    # negative control: the self- and cross-attention projections that look alike, crossed, change the output
+    swap(kh, first, second)
+    a, b = outputs(hf, kh)
+    assert np.abs(a - b).max() > 1e-2
+    swap(kh, first, second)
+    back = randomized(make_hf(), 2)  # Keras -> torch, into other random weights
+    port(kh, back)
+    a, b = outputs(back, kh)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_without_a_run_the_same_look_alikes_are_refused(tmp_path):
+    """T5's bare file (no model to run) leaves the look-alikes unsettled: refused, the target unchanged."""
+    kh = t5_kh()
+    randomized(t5_hf(), 1).save_pretrained(tmp_path)
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in kh.weights]
+    with pytest.raises(wp.AmbiguityError, match="cannot be paired safely"):
+        port(tmp_path / "model.safetensors", kh)
+    assert all(np.array_equal(x, keras.ops.convert_to_numpy(v.value)) for x, v in zip(before, kh.weights))
