@@ -70,12 +70,12 @@ def whisper_outputs(hf, kh):
     return a.numpy(), keras.ops.convert_to_numpy(b)
 
 
-def port(source, target):
+def port(source, target, **kw):
     """``wp.port`` with its configuration warnings kept out of the test's output (Whisper's explicit padding
     before keras-hub's second conv reads as a padding difference)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return wp.port(source, target)
+        return wp.port(source, target, **kw)
 
 
 def swap(model, first, second):
@@ -114,11 +114,16 @@ def test_live_both_ways_without_hints(make_hf, make_kh, outputs, first, second):
     assert np.abs(a - b).max() < 1e-4
 
 
-def test_without_a_run_the_same_look_alikes_are_refused(tmp_path):
-    """T5's bare file (no model to run) leaves the look-alikes unsettled: refused, the target unchanged."""
-    kh = t5_kh()
-    randomized(t5_hf(), 1).save_pretrained(tmp_path)
+def test_a_bare_file_is_refused_and_ported_through_its_own_model(tmp_path):
+    """T5's file alone (no model to run) leaves the look-alikes unsettled: refused, the target unchanged, with the
+    line that builds its own model; given that model, the file ports as the live model does."""
+    source, kh = randomized(t5_hf(), 1), t5_kh()
+    source.save_pretrained(tmp_path)
     before = [keras.ops.convert_to_numpy(v.value).copy() for v in kh.weights]
-    with pytest.raises(wp.AmbiguityError, match="cannot be paired safely"):
+    with pytest.raises(wp.AmbiguityError, match=r"cannot be paired safely(.|\n)*model=transformers\.T5Model"):
         port(tmp_path / "model.safetensors", kh)
     assert all(np.array_equal(x, keras.ops.convert_to_numpy(v.value)) for x, v in zip(before, kh.weights))
+    model = transformers.T5Model(transformers.AutoConfig.from_pretrained(tmp_path))
+    port(tmp_path / "model.safetensors", kh, model=model)
+    a, b = t5_outputs(source, kh)
+    assert np.abs(a - b).max() < 1e-4
