@@ -134,17 +134,11 @@ class TorchFramework(Framework):
         """What the first layer reads, positionally; each followed by a keyword call that also fills the other
         inputs ``forward`` declares (an encoder-decoder reads the decoder's token ids too), tried where the
         first fails."""
-        found = super().sample_inputs(model, refs)
-        tables = [r for r in refs if not getattr(r, "loose", False) and r.candidates[0][0].reads_inputs]
-        ids = [x for r in tables[:1] for x in r.candidates[0][0].sample_inputs(
-            self.layout, r.candidates[0][1], r.canonical_shapes(*r.candidates[0]))]
-        rows = [r.canonical_shapes(*r.candidates[0])[0][0] for r in tables if r.canonical_shapes(*r.candidates[0])]
-        if ids and rows:  # ids every table can look up (a decoder's position table may be the smallest)
-            ids = [ids[0] % min(rows)]
+        ids = _token_ids(self.layout, refs)
         out = []
-        for x in found:
+        for x in super().sample_inputs(model, refs):
             out.append(x)
-            keywords = _keyword_inputs(model, x, ids[0] if ids else None)
+            keywords = _keyword_inputs(model, x, ids)
             if keywords is not None:
                 out.append(keywords)
         return out
@@ -173,6 +167,20 @@ class TorchFramework(Framework):
             for h in hooks:
                 h.remove()
         return prov.flow
+
+
+def _token_ids(layout: str, refs):
+    """Token ids the model's first input table reads, each below every table's row count (a decoder's position
+    table may be the smallest); None where it has no table."""
+    tables = [(ref, *ref.candidates[0]) for ref in refs
+              if not getattr(ref, "loose", False) and ref.candidates[0][0].reads_inputs]
+    shapes = [ref.canonical_shapes(rule, hp) for ref, rule, hp in tables]
+    rows = [found[0][0] for found in shapes if found]
+    if not rows:
+        return None
+    _, rule, hp = tables[0]
+    sample = rule.sample_inputs(layout, hp, shapes[0])
+    return sample[0] % min(rows) if sample else None
 
 
 def _keyword_inputs(model, first, ids):
