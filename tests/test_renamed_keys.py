@@ -103,4 +103,5 @@ def test_pairing_rules():
     assert renames.pair({"a.0.q_proj.weight": shape}, {"a.1.query.weight": shape}) == {}  # another block
     assert renames.pair({"a.0.q_proj.weight": shape}, {"a.0.query.weight": (48, 40)}) == {}  # another shape
     assert renames.pair({"a.0.q_proj.bias": (48,)}, {"a.0.query.weight": (48,)}) == {}  # another slot
-    assert renames.pair({"a.0.x.weight": shape}, {"a.0.y.weight": shape, "a.0.z.weight": shape}) == {}  # a tie
+    assert renames.pair({"a.0.x.weight": shape}, {"a.0.y.weight": shape}) == {}  # x is not y, though both in a.0
+    assert renames.pair({"a.0.x.weight": shape}, {"a.0.y.x.weight": shape, "a.0.z.x.weight": shape}) == {}  # a tie

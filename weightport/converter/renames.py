@@ -8,8 +8,8 @@ tensors otherwise than the live model's ``state_dict`` (DINOv2's file keeps
 ``LayerNorm.gamma``/``beta`` for ``.weight``/``.bias``). Rather than read any
 library's table, the names are paired by what they share: the same shape, the
 same last component (``gamma``/``beta`` are TensorFlow's names for a norm's
-``weight``/``bias``), the same block numbers, and words that agree
-(``query``/``q_proj``). A name with no such partner, or with several, stays
+``weight``/``bias``), the same block numbers, and module paths whose words
+agree, every word of the shorter found in the longer (``query``/``q_proj``). A name with no such partner, or with several, stays
 missing and the port is refused as before.
 """
 from __future__ import annotations
@@ -32,10 +32,12 @@ def _key(name: str, shape) -> tuple:
 
 
 def _score(wa: frozenset, wb: frozenset) -> int:
-    """How many words of two module paths agree; -1 where a word clashes (query against key)."""
-    if naming.clash(wa, wb):
+    """How many words of two module paths agree; -1 where a word clashes (query against key) or where the path
+    with fewer words says something the other does not (``encoder.adapter`` is not ``encoder.pooler``)."""
+    short, long = sorted((wa, wb), key=len)
+    if naming.clash(wa, wb) or not all(any(naming.agree(x, y) for y in long) for x in short):
         return -1
-    return sum(1 for x in wa if any(naming.agree(x, y) for y in wb))
+    return len(short)
 
 
 def pair(wanted: dict, spare: dict) -> dict:
