@@ -9,8 +9,9 @@ tensors otherwise than the live model's ``state_dict`` (DINOv2's file keeps
 library's table, the names are paired by what they share: the same shape, the
 same last component (``gamma``/``beta`` are TensorFlow's names for a norm's
 ``weight``/``bias``), the same block numbers, and module paths whose words
-agree, every word of the shorter found in the longer (``query``/``q_proj``). A name with no such partner, or with several, stays
-missing and the port is refused as before.
+agree, every word of the shorter found in the longer (``query``/``q_proj``).
+A name with no such partner, or with several, stays missing and the port is
+refused as before.
 """
 from __future__ import annotations
 
