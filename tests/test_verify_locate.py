@@ -48,3 +48,32 @@ def test_output_selects_one_of_several():
     assert not wp.verify(lstm, k, x, output=(lambda out: out[0][:, ::-1], None)).ok  # negative control
     with pytest.raises(wp.UsageError, match="output=5"):
         wp.verify(lstm, k, x, output=(5, None))
+
+
+class _TwoOutputs(torch.nn.Module):
+    """A Linear whose forward returns (output, a second array), as HF models return several."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = torch.nn.Linear(7, 5)
+
+    def forward(self, x):
+        y = self.dense(x)
+        return y, y.sum(-1)
+
+
+def test_an_index_into_a_single_tensor_output_is_that_output_not_its_first_row():
+    t = _TwoOutputs()
+    randomize_torch(t)
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5)])
+    wp.port(t, k)
+    x = np.random.default_rng(7).standard_normal((3, 7)).astype("float32")
+    # the same index for both: the tuple's first output, and the Keras model's only one (not its first row)
+    result = wp.verify(t, k, x, output=0)
+    assert result.ok and result.outputs == 1
+    assert wp.verify(t, k, x, output=(0, -1)).ok
+    kernel, bias = k.layers[0].get_weights()
+    k.layers[0].set_weights([kernel, bias + 0.05])
+    assert not wp.verify(t, k, x, output=0).ok  # negative control: a damaged model still fails
+    with pytest.raises(wp.UsageError, match="returns one array"):
+        wp.verify(t, k, x, output=(0, 1))  # a second output the Keras model does not have

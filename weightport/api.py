@@ -363,7 +363,8 @@ def verify(a, b, inputs, *, atol: float = 1e-5, rtol: float = 1e-4, locate: bool
             the layers are paired again.
         output: which output to compare when a model returns several (torch
             RNNs return ``(output, (h, c))``): an index, a key or a callable,
-            for both models, or a pair ``(output_a, output_b)``.
+            for both models, or a pair ``(output_a, output_b)``. A model that
+            returns one array takes index 0 as that array (never its first row).
 
     Returns:
         VerifyResult: ``.ok`` (also its truth value), ``.max_abs_diff``,

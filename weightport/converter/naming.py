@@ -22,6 +22,9 @@ PHRASES = (
     (r"embed_tokens?|word_embeddings?|token_embeddings?|tok_embeddings?|wte", "tokemb"),
     (r"position_embeddings?|pos_embed(dings?)?|wpe", "posemb"),
     (r"(layer|rms|batch|group)_?norm(alization)?", "norm"),
+    # a decoder's attention over the encoder's output: named for the encoder by Hugging Face (BART, Whisper:
+    # ``encoder_attn``; T5: ``EncDecAttention``), "cross" elsewhere; "encoder" there must not place it in the encoder
+    (r"encoder_attn|enc_dec_attention|encdec_attention|cross_attn|crossattention", "cross_attention"),
     (r"self_attn|self_attention|attn|sa", "attention"),
     (r"feed_?forward|ffn|ffw|ff", "mlp"),
     (r"up_proj|c_fc|fc_?1|intermediate", "up"),
@@ -126,13 +129,29 @@ def level_numbers(path: str) -> tuple:
 def common_numbering(src: list, tgt: list):
     """How to number two sides' look-alike paths in repeated blocks: by all their numbers, or, where that
     numbers the sides unalike, by path levels alone, if those tell each side's paths apart and number both
-    sides alike (a Keras name suffix counts models built before, not blocks)."""
+    sides alike (a Keras name suffix counts models built before, not blocks), or by the numbers that vary
+    within each side, if those do."""
     if sorted(map(numbers, src)) == sorted(map(numbers, tgt)):
         return numbers
     by_level = [sorted(map(level_numbers, side)) for side in (src, tgt)]
     if by_level[0] == by_level[1] and len(set(by_level[0])) == len(src):
         return level_numbers
+    varying = {**_varying_numbers(src), **_varying_numbers(tgt)}
+    if len(varying) == len(src) + len(tgt) and sorted(varying[p] for p in src) == sorted(varying[p] for p in tgt) \
+            and len({varying[p] for p in src}) == len(src):
+        return lambda path: varying.get(path, numbers(path))
     return numbers
+
+
+def _varying_numbers(paths: list) -> dict:
+    """path -> its numbers without those every path of the side shares (T5's ``block.3.layer.1``: every
+    cross-attention is sub-layer 1, so only the block's number tells them apart); {} where the paths hold
+    different counts of numbers."""
+    found = [numbers(p) for p in paths]
+    if len({len(n) for n in found}) != 1:
+        return {}
+    keep = [i for i in range(len(found[0])) if len({n[i] for n in found}) > 1]
+    return {p: tuple(n[i] for i in keep) for p, n in zip(paths, found)}
 
 
 def template(path: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
-from . import (assign, checking, constants, engine, matcher, options, planning, sides, splits, tracing,
+from . import (assign, checking, constants, engine, matcher, options, planning, renames, sides, splits, tracing,
                weight_norm)
 from .frameworks import require_adapter
 from .plan import Report
@@ -52,7 +52,8 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
             raise
         raise type(refused)(f"{refused}{hint}") from None
     options.apply(plan, pairs, rule_options or {})
-    plan.unmatched_source += src_notes
+    plan.issues += [n for n in src_notes if renames.NOTE in n]  # said, as weaker evidence is
+    plan.unmatched_source += [n for n in src_notes if renames.NOTE not in n]
     plan.unmatched_target += tgt_notes
     saved = checking.snapshot(pairs) if check is not None else None
     assign.run_with_progress(pairs, plan, allow_overflow=allow_overflow, quiet=quiet)
@@ -115,6 +116,7 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         sep = separator(layout)
         names_of = lambda p, slot: f"{p.target.path}{sep}{slot}" if p.target.path else slot  # noqa: E731
     options.apply(plan, pairs, rule_options or {})
-    plan.unmatched_source += src_notes
+    plan.issues += [n for n in src_notes if renames.NOTE in n]  # said, as weaker evidence is
+    plan.unmatched_source += [n for n in src_notes if renames.NOTE not in n]
     return engine.write_file(pairs, names_of, plan, destination, layout, like=like, **written)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import ShapeMismatchError, UnsupportedLayerError, UsageError
 from ..layouts import separator
-from . import weight_norm
+from . import renames, weight_norm
 from .arrays import is_floating
 from .checkpoint import Checkpoint, as_sources
 from .frameworks import adapter_for, require_adapter, walk
@@ -119,15 +119,17 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
         fw, live, _ = live_nodes(model, "model", strict)
         if ckpt.layout not in (None, fw.layout):
             raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
-        nodes, missing = model_nodes(ckpt, live, _stored_once(ckpt, fw.tensor_aliases(model),
-                                                              names_for(model, fw, ckpt.path or "")))
+        names_of = _stored_once(ckpt, fw.tensor_aliases(model), names_for(model, fw, ckpt.path or ""))
+        names_of, renamed = renames.read_renamed(ckpt, fw, live, names_of)  # keys renamed on save (transformers 5)
+        nodes, missing = model_nodes(ckpt, live, names_of)
         if missing and strict:
             raise ShapeMismatchError(f"{where} lacks tensors the model needs: {', '.join(missing[:5])}"
                                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                                      + "; nothing was written or changed")
         used = {n for node in nodes for n in node.names.values()}
         leftovers = [n for n in ckpt if n not in used]
-        return nodes, [f"{m}: missing" for m in missing] + [f"{n}: not in the model" for n in leftovers]
+        return nodes, ([f"{m}: missing" for m in missing] + [f"{n}: not in the model" for n in leftovers]
+                       + renames.notes(where, renamed))
     if ckpt.layout is None:
         raise UsageError(f"cannot tell whether {where} holds torch- or keras-layout tensors from its names; "
                          "pass model= (a live model in the file's layout)")

@@ -1,9 +1,10 @@
 """Both sides of a port, run once: the dataflow the matcher pairs look-alikes by, and each layer's output.
 
 Tracing is evidence, never a requirement: a side that is a checkpoint, or a
-model that cannot run on the made-up input (one built from its first layer
-or its input specs), gives no flow, and the matcher then relies on weaker
-evidence or refuses.
+model that cannot run on the made-up inputs (built from its first layer and
+input tables, and from the inputs it declares: a Keras functional model's
+specs, a torch ``forward``'s other inputs such as a decoder's token ids),
+gives no flow, and the matcher then relies on weaker evidence or refuses.
 """
 from __future__ import annotations
 

@@ -102,11 +102,20 @@ class Divergence:
 
 
 def pick(out, which):
-    """One output of a model's outputs: an index, a key, or a callable applied to them all."""
+    """One output of a model's outputs: an index, a key, or a callable applied to them all.
+
+    A model that returns a single array has one output: index 0 (or -1) is that
+    array, never its first row (slicing the batch would compare the wrong thing).
+    """
     if which is None:
         return out
     if callable(which):
         return which(out)
+    if not isinstance(out, (dict, list, tuple)):  # one tensor is the only output: an index must not slice it
+        if isinstance(which, int) and not isinstance(which, bool) and which in (0, -1):
+            return out
+        raise UsageError(f"output={which!r} selects among several outputs, but the model returns one array of "
+                         f"shape {tuple(np.shape(out))}; give output=0 (or none) for it")
     try:
         return out[which]
     except (KeyError, IndexError, TypeError) as exc:

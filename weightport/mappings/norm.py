@@ -309,7 +309,11 @@ class RMSNormRule(Rule):
         return {"scale": True, "axis": tuple(range(-len(w), 0))}
 
     def infer_keras(self, shapes):
-        return {"scale": True} if set(shapes) == {"scale"} and shape_of(shapes, "scale") else None
+        # a custom Keras layer keeping its scale as ``weight`` (keras-hub's T5LayerNorm) reads like torch's
+        name = next(iter(shapes)) if len(shapes) == 1 else None
+        if name not in ("scale", "weight") or not shape_of(shapes, name):
+            return None
+        return {"scale": True} if name == "scale" else {"scale": True, "slot_names": {"scale": "weight"}}
 
     def config_flax(self, module):
         return _maybe({"epsilon": float(module.epsilon), "scale": bool(module.use_scale)}, "axis",

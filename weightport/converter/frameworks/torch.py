@@ -130,6 +130,19 @@ class TorchFramework(Framework):
         finally:
             model.train(was_training)
 
+    def sample_inputs(self, model, refs) -> list:
+        """What the first layer reads, positionally; each followed by a keyword call that also fills the other
+        inputs ``forward`` declares (an encoder-decoder reads the decoder's token ids too), tried where the
+        first fails."""
+        ids = _token_ids(self.layout, refs)
+        out = []
+        for x in super().sample_inputs(model, refs):
+            out.append(x)
+            keywords = _keyword_inputs(model, x, ids)
+            if keywords is not None:
+                out.append(keywords)
+        return out
+
     def trace(self, model, refs, inputs, capture: bool = False):
         """Flow of one run on ``inputs``: hooks mark each layer's outputs, torch's function mode follows them."""
         import torch
@@ -154,6 +167,43 @@ class TorchFramework(Framework):
             for h in hooks:
                 h.remove()
         return prov.flow
+
+
+def _token_ids(layout: str, refs):
+    """Token ids the model's first input table reads, each below every table's row count (a decoder's position
+    table may be the smallest); None where it has no table."""
+    tables = [(ref, *ref.candidates[0]) for ref in refs
+              if not getattr(ref, "loose", False) and ref.candidates[0][0].reads_inputs]
+    shapes = [ref.canonical_shapes(rule, hp) for ref, rule, hp in tables]
+    rows = [found[0][0] for found in shapes if found]
+    if not rows:
+        return None
+    _, rule, hp = tables[0]
+    sample = rule.sample_inputs(layout, hp, shapes[0])
+    return sample[0] % min(rows) if sample else None
+
+
+def _keyword_inputs(model, first, ids):
+    """``forward``'s inputs by name: ``first`` for its first parameter, and for each other one that names an
+    input (required, or ``*input*`` but not embeddings: ``decoder_input_ids``) token ``ids`` where its name says
+    ids, else an array like ``first``. None where ``forward`` declares no second input."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind is params[0].POSITIONAL_ONLY:
+        return None
+    found = {params[0].name: first}
+    for p in params[1:]:
+        words = set(p.name.lower().split("_"))
+        if p.default is p.empty or (words & {"input", "inputs"} and not words & {"embeds", "embeddings", "mask"}):
+            if "ids" in words and ids is None:
+                return None
+            found[p.name] = ids if "ids" in words else first
+    return found if len(found) > 1 else None
 
 
 def _to_numpy_tree(out):
