@@ -203,3 +203,48 @@ def test_chunked_copy_crosses_chunk_boundaries_and_refuses_a_short_file(tmp_path
     assert (tmp_path / "dst").read_bytes() == b"head" + data[7:10007]
     with open(tmp_path / "dst2", "wb") as f, pytest.raises(FormatError, match="ended inside"):
         fileio.append_range_read(f, (str(tmp_path / "src"), 10000, 1000), chunk=256)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "<u2", "<u4", "<u8"])
+def test_wide_transposes_move_every_bit_pattern(dtype):
+    """16 bytes at a time, then split: every value's bits land where ``a.T`` puts them (NaN payloads, signalling
+    NaNs, subnormals as float32), for blocks that start anywhere and workers' column ranges of any size."""
+    rng = np.random.default_rng(3)
+    size = np.dtype(dtype).itemsize
+    a = rng.integers(0, 256, size=(70, 96 * size), dtype=np.uint8).view(dtype)  # 96 columns of any itemsize
+    if size == 4:
+        a[0, :6] = [0x7F800001, 0xFF800001, 0x7FA00000, 0x00000001, 0x7FC00001, 0xFFFFFFFF]  # as float32: sNaN...
+    values = a.view({4: np.float32, 8: np.float64}.get(size, a.dtype))
+    expected = values.T.copy()
+    for first, rows, lo, hi in [(0, 96, 0, 70), (16, 32, 3, 61), (48, 48, 17, 18), (95, 1, 0, 70), (8, 24, 0, 0)]:
+        block = np.zeros((rows, 70), values.dtype)
+        fast_transpose.fill_transposed(values, first, block, lo, hi)
+        assert block.view(a.dtype)[:, lo:hi].tobytes() == expected.view(a.dtype)[first:first + rows, lo:hi].tobytes()
+        assert not block.view(a.dtype)[:, :lo].any() and not block.view(a.dtype)[:, hi:].any()  # nothing else
+    out = np.empty_like(expected)
+    for _ in fast_transpose.transposed_rows(values, rows=32, out=out):
+        pass
+    assert out.tobytes() == expected.tobytes()
+    assert out.tobytes() != values.reshape(expected.shape).tobytes()  # negative control: not a reshape
+
+
+def test_nan_and_inf_in_streamed_kernels_are_counted_exactly(tmp_path, monkeypatch):
+    """Each worker sums the part it filled; a part whose sum is not finite is counted value by value, so the
+    counts are exact across many blocks, and finite values whose sum overflows raise no alarm."""
+    lin, big = torch.nn.Linear(40, 300), torch.nn.Linear(40, 300)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(300, 40))
+        lin.weight[5, 3] = lin.weight[150, 39] = lin.weight[299, 0] = float("nan")
+        lin.weight[0, 0], lin.weight[200, 20] = float("inf"), float("-inf")
+        big.weight.fill_(3e38)  # finite, but any sum of two overflows
+    wp.save(lin, tmp_path / "bad.safetensors")
+    wp.save(big, tmp_path / "big.safetensors")
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)  # blocks of 16 rows: the bad values in several
+    with pytest.warns(wp.WeightportWarning, match=r"'weight' \(3 NaN, 2 Inf\)"):
+        wp.convert(tmp_path / "bad.safetensors", tmp_path / "bad_k.safetensors", to="keras")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wp.WeightportWarning)
+        wp.convert(tmp_path / "big.safetensors", tmp_path / "big_k.safetensors", to="keras")
+    assert (wp.load(tmp_path / "big_k.safetensors")["kernel"] == np.float32(3e38)).all()

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ShapeMismatchError, WeightportWarning
 from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks
 from ..mappings.transforms import IDENTITY, Chain, Reshape, Transpose, transpose_copy
-from .arrays import cast, cast_checked, nonfinite
+from .arrays import cast, cast_checked, is_floating, nonfinite, sums_finite
 
 
 class Watch:
@@ -125,7 +125,7 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
     ``pairs``), NaN/Inf in the source and rounding casts are said there as the
     tensors are written.
     """
-    from .arrays import cast_dtype, is_floating
+    from .arrays import cast_dtype
     from .checkpoint import TensorSource
 
     watch = Watch(pairs, plan, allow_overflow)
@@ -193,9 +193,9 @@ def _cast_blocks(watch, p, where, a, dtype, slot=None, shape=None):
     inner = math.prod(shape[1:])  # a block must hold whole slices: rows of a.T, a multiple of this many values
     step = inner // math.gcd(inner, a.shape[0]) if inner else 1
     rows = None if len(shape) == 2 else max(step, block_rows(a.shape[0], a.dtype.itemsize) // step * step)
-    counts = [0, 0]
-    for block in transposed_blocks(a, a.dtype, **({"rows": rows} if rows else {})):
-        if slot is not None:  # the block is still warm in cache: cheaper than a pass over the source
+    counts, scan = [0, 0], slot is not None and is_floating(a.dtype)
+    for block, finite in transposed_blocks(a, a.dtype, rows, check=sums_finite if scan else None):
+        if scan and not all(finite):  # each part's sum, taken as it was filled, proves most blocks finite
             nans, infs = nonfinite(block)
             counts[0], counts[1] = counts[0] + nans, counts[1] + infs
         yield watch.cast(p, where, block.reshape((-1,) + shape[1:]), dtype)
@@ -268,15 +268,21 @@ def _slot_reader(p, slot, watch=None, flat=None):
     return read
 
 
-def transposed_blocks(a, dtype, rows: int | None = None):
-    """``a.T`` cast to ``dtype``, as consecutive row blocks; the next blocks are computed while the last is written.
+def transposed_blocks(a, dtype, rows: int | None = None, check=None):
+    """(``a.T`` cast to ``dtype``, [``check`` of each part]) as consecutive row blocks; the next blocks are
+    computed while the last is written.
 
     Worker threads fill a few buffers ahead (``threaded_blocks``: numpy
     releases the GIL while copying), so transposing runs on every core and
-    overlaps writing. A block is valid until the next one is asked for.
+    overlaps writing; each applies ``check`` (if given) to the part it just
+    filled. A block is valid until the next one is asked for.
     """
-    for block in threaded_blocks(np.asarray(a), rows=rows):
-        yield cast(block, dtype)
+    for block, results in threaded_blocks(np.asarray(a), rows=rows, check=check or _unchecked):
+        yield cast(block, dtype), results
+
+
+def _unchecked(part):
+    return True
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
