@@ -1,9 +1,11 @@
 """The file engine's streamed write path, byte for byte against a plain numpy conversion of the same file.
 
-The engine transposes in worker threads a few blocks ahead of the writer, in
-reused buffers; these tests force many small blocks (with a tail that is not a
-whole block) so that every part of that pipeline runs, and compare the whole
-output file with one built from ``source.T`` by numpy.
+The engine transposes in worker threads: for safetensors, each worker fills a
+part and writes it itself (``pwrite`` at its offset, in any order); for other
+formats and casts, a few blocks ahead of one writer, in reused buffers. These
+tests force many small parts and blocks (with a tail that is not a whole one)
+so that every part of both pipelines runs, and compare the whole output file
+with one built from ``source.T`` by numpy.
 """
 import json
 import os
@@ -82,6 +84,7 @@ def _convert(tmp_path, monkeypatch, dtype=None, name="k.safetensors"):
     if not src.exists():
         wp.save(net, src)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)  # blocks of 16 rows: many blocks, a short tail
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)  # parts of 16 rows, put by several workers
     wp.convert(src, tmp_path / name, net, to="keras", dtype=dtype)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     return state, tmp_path / name
@@ -119,6 +122,7 @@ def test_block_sizes_do_not_change_the_bytes(tmp_path, monkeypatch):
     """Default blocks (one or two per tensor here) and 16-row blocks write the same file."""
     _, small = _convert(tmp_path, monkeypatch, name="small.safetensors")
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 32 << 20)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 32 << 20)
     wp.convert(tmp_path / "t.safetensors", tmp_path / "big.safetensors", _model(), to="keras")
     assert small.read_bytes() == (tmp_path / "big.safetensors").read_bytes()
 
@@ -155,6 +159,7 @@ def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     src = tmp_path / "t.safetensors"
     wp.save(net, src)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)
     original, calls = fast_transpose.fill_transposed, []
 
     def failing(a, first, block, lo=0, hi=None):
@@ -186,6 +191,7 @@ def test_stored_bytes_across_file_systems_are_copied_through_a_small_buffer(tmp_
 
     monkeypatch.setattr(os, "copy_file_range", cross_device)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)
     wp.convert(tmp_path / "t.safetensors", tmp_path / "fallback.safetensors", _model(), to="keras")
     assert (tmp_path / "fallback.safetensors").read_bytes() == normal.read_bytes()
     assert translated == []  # every tensor here is stored bytes or a streamed transpose
@@ -248,3 +254,52 @@ def test_nan_and_inf_in_streamed_kernels_are_counted_exactly(tmp_path, monkeypat
         warnings.simplefilter("error", wp.WeightportWarning)
         wp.convert(tmp_path / "big.safetensors", tmp_path / "big_k.safetensors", to="keras")
     assert (wp.load(tmp_path / "big_k.safetensors")["kernel"] == np.float32(3e38)).all()
+
+
+def test_parts_written_by_the_workers_equal_the_one_writer_stream(tmp_path, monkeypatch):
+    """The safetensors writer's parts path (workers pwrite their own parts) and the streamed blocks path give the
+    same file byte for byte; parts really arrived out of order from several threads."""
+    import threading
+
+    from weightport.converter import checkpoint
+    from weightport.converter.formats import fileio
+
+    puts, original = [], fileio.fill_at
+
+    def recording(fd, source, start, where):
+        real = source._fill  # noqa: SLF001
+
+        def fill(put):
+            real(lambda offset, part: puts.append((source.name, offset, threading.get_ident())) or put(offset, part))
+
+        source._fill = fill  # noqa: SLF001 - the test watches the parts go by
+        return original(fd, source, start, where)
+
+    monkeypatch.setattr(fileio, "fill_at", recording)
+    _, parts = _convert(tmp_path, monkeypatch, name="parts.safetensors")
+    assert len({t for _, _, t in puts}) > 1  # more than one worker put parts
+    order = [o for n, o, _ in puts if n == "up/kernel"]
+    assert len(order) > 2 and sorted(order) == sorted(set(order))  # every part once
+    monkeypatch.setattr(checkpoint.TensorSource, "fillable", property(lambda self: False))
+    _, stream = _convert(tmp_path, monkeypatch, name="stream.safetensors")
+    assert parts.read_bytes() == stream.read_bytes()
+
+
+def test_a_part_outside_its_tensor_is_refused_and_leaves_nothing(tmp_path):
+    """``fill_at`` holds each part to the tensor's dtype and byte range, and counts every byte."""
+    from weightport.converter.checkpoint import TensorSource
+    from weightport.converter.formats import write_checkpoint
+    from weightport.errors import FormatError
+
+    def source(fill):
+        return TensorSource("w", (4, 8), np.float32, lambda: np.zeros((4, 8), np.float32), fill=fill)
+
+    good = np.arange(32, dtype=np.float32).reshape(4, 8)
+    write_checkpoint(tmp_path / "ok.safetensors", [source(lambda put: [put(64, good[2:]), put(0, good[:2])])])
+    assert np.array_equal(wp.load(tmp_path / "ok.safetensors")["w"], good)  # out of order, in place
+    for fill, words in [(lambda put: put(96, good[:2]), "at byte 96"),
+                        (lambda put: put(0, good.astype(np.float64)), "float64"),
+                        (lambda put: put(0, good[:2]), "produced 64 of its 128 bytes")]:
+        with pytest.raises(FormatError, match=words):
+            write_checkpoint(tmp_path / "bad.safetensors", [source(fill)])
+        assert sorted(os.listdir(tmp_path)) == ["ok.safetensors"]

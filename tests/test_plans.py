@@ -58,6 +58,10 @@ def test_streamed_transpose_in_many_blocks_matches(tmp_path, monkeypatch):
         return iter(blocks)
 
     monkeypatch.setattr(engine, "transposed_blocks", small_blocks)
+    from weightport.converter.checkpoint import TensorSource
+
+    # the one-writer stream (safetensors is written in parts by the workers otherwise: test_file_engine.py)
+    monkeypatch.setattr(TensorSource, "fillable", property(lambda self: False))
     for out in ("k.safetensors", "k.npz"):
         wp.convert(tmp_path / "t.safetensors", tmp_path / out, to="keras")
     ckpt = wp.load(tmp_path / "k.safetensors")

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ..errors import ShapeMismatchError, WeightportWarning
-from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks
+from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks, transposed_parts
 from ..mappings.transforms import IDENTITY, Chain, Reshape, Transpose, transpose_copy
 from .arrays import cast, cast_checked, is_floating, nonfinite, sums_finite
 
@@ -163,7 +163,9 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
                         lambda r=read, d=dt, w=where, p=p, t=shape: watch.cast(
                             p, w, transpose_copy(r(), (1, 0)).reshape(t), d),
                         blocks=lambda r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _cast_blocks(
-                            watch, p, w, r(), d, s, t), origin=origin)
+                            watch, p, w, r(), d, s, t),
+                        fill=lambda put, r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _fill_parts(
+                            watch, p, w, r(), d, s, t, put), origin=origin)
                 else:
                     source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
                                           origin=origin)
@@ -201,6 +203,22 @@ def _cast_blocks(watch, p, where, a, dtype, slot=None, shape=None):
         yield watch.cast(p, where, block.reshape((-1,) + shape[1:]), dtype)
     if slot is not None:
         watch.counted(p, (slot, *counts))
+
+
+def _fill_parts(watch, p, where, a, dtype, slot, shape, put):
+    """The streamed transpose of 2-D ``a`` handed to ``put(byte offset, part)`` by worker threads, each part
+    summed for NaN/Inf as it is filled (source tensor ``slot`` counted value by value only where a sum is not
+    finite); through ``_cast_blocks``, in order, where a cast is due."""
+    a = np.asarray(a)
+    if a.dtype != np.dtype(dtype):
+        offset = 0
+        for block in _cast_blocks(watch, p, where, a, dtype, slot, shape):
+            put(offset, block)
+            offset += block.nbytes
+        return
+    scan = is_floating(a.dtype)
+    finite = transposed_parts(a, put, check=sums_finite if scan else None)
+    watch.counted(p, (slot, *(nonfinite(a) if scan and not all(finite) else (0, 0))))
 
 
 def _scan_stored(watch, p, src_slot):

@@ -105,6 +105,9 @@ def _scratch(n: int) -> np.ndarray:
     return held[:n]
 
 
+STRIP_ELEMENTS = 1024  # wide elements per numpy call in the gathering pass, at least (fewer: call overhead rules)
+
+
 def _fill_wide(a, first, block, lo, hi, chunk: int = 256):
     """``fill_transposed`` in two cache-sized passes over ``chunk`` source rows at a time.
 
@@ -117,11 +120,12 @@ def _fill_wide(a, first, block, lo, hi, chunk: int = 256):
     rows, bits = len(block) // group, np.dtype(f"u{a.dtype.itemsize}")
     wide = a[:, first:first + len(block)].view(WIDE)  # (source rows, rows): group values each
     out = block.view(bits)
+    strip = 16 * max(1, STRIP_ELEMENTS // (16 * rows))  # few output rows: more source rows per numpy call
     for c0 in range(lo, hi, chunk):
         c1 = min(c0 + chunk, hi)
         scratch = _scratch(rows * (c1 - c0)).reshape(rows, c1 - c0)
-        for i in range(c0, c1, 16):
-            end = min(i + 16, c1)
+        for i in range(c0, c1, strip):
+            end = min(i + strip, c1)
             scratch[:, i - c0:end - c0] = wide[i:end].T
         values = scratch.view(bits).reshape(rows, c1 - c0, group)
         for r in range(group):
@@ -256,3 +260,72 @@ def threaded_blocks(a: np.ndarray, rows: int | None = None, workers: int | None 
             pool.shutdown(wait=True)
         if scratch is not None:
             scratch.give_back()
+
+
+PART_BYTES = 2 << 20  # one part of a.T: small enough to stay in its worker's cache until it is written out
+
+
+def part_rows(n_in: int, itemsize: int) -> int:
+    """Rows of ``a.T`` per part: about ``PART_BYTES``, 16 to 512 (fewer cost more per value), a multiple of 16."""
+    rows = PART_BYTES // max(1, n_in * itemsize)
+    return int(min(512, max(16, rows - rows % 16)))
+
+
+def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int | None = None, check=None) -> list:
+    """Hand all of ``a.T`` (2-D) to ``put(byte offset, part)`` in parts of ``rows`` rows, from worker threads.
+
+    Each worker transposes the next part into its own small buffer and calls
+    ``put`` itself, so a writer copies the part from the cache of the core
+    that just filled it (a copy from another core's buffer costs about twice
+    the system time). ``put`` must be thread-safe and done with the part when
+    it returns. With ``check``, each worker applies it to each part it filled
+    and the results are returned. The first failure stops every worker and
+    is raised.
+    """
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    a = np.asarray(a)
+    n_in, n_out = a.shape
+    rows = rows or part_rows(n_in, a.dtype.itemsize)
+    count = -(-n_out // rows)
+    workers = max(1, min(workers or os.cpu_count() or 1, 4, count))
+    kept = _SCRATCH.get()
+    pool = kept.pool(workers) if kept is not None else ThreadPoolExecutor(max_workers=workers)
+    parts, failed, results = itertools.count(), threading.Event(), []
+
+    def work():
+        buffer = _part_buffer(rows * n_in * a.dtype.itemsize)
+        for k in iter(parts.__next__, None):
+            first = k * rows
+            if first >= n_out or failed.is_set():
+                return
+            block = buffer[:min(rows, n_out - first) * n_in * a.dtype.itemsize].view(a.dtype).reshape(-1, n_in)
+            try:
+                fill_transposed(a, first, block)
+                if check is not None:
+                    results.append(check(block))
+                put(first * n_in * a.dtype.itemsize, block)
+            except BaseException:
+                failed.set()
+                raise
+
+    futures = [pool.submit(work) for _ in range(workers)]
+    try:
+        wait(futures)
+        for future in futures:
+            future.result()
+    finally:
+        failed.set()
+        wait(futures)
+        if kept is None:
+            pool.shutdown(wait=True)
+    return results
+
+
+def _part_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of this thread's own part buffer (kept for its next part and tensor)."""
+    held = getattr(_LOCAL, "part", None)
+    if held is None or held.size < nbytes:
+        held = _LOCAL.part = np.empty(nbytes, np.uint8)
+    return held[:nbytes]
