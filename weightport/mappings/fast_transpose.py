@@ -262,7 +262,7 @@ def threaded_blocks(a: np.ndarray, rows: int | None = None, workers: int | None 
             scratch.give_back()
 
 
-PART_BYTES = 2 << 20  # one part of a.T: small enough to stay in its worker's cache until it is written out
+PART_BYTES = 4 << 20  # one part of a.T: written out by its worker while still in its cache (L2 or L3)
 
 
 def part_rows(n_in: int, itemsize: int) -> int:
