@@ -1,9 +1,11 @@
 """The file engine's streamed write path, byte for byte against a plain numpy conversion of the same file.
 
-The engine transposes in worker threads a few blocks ahead of the writer, in
-reused buffers; these tests force many small blocks (with a tail that is not a
-whole block) so that every part of that pipeline runs, and compare the whole
-output file with one built from ``source.T`` by numpy.
+The engine transposes in worker threads: for safetensors, each worker fills a
+part and writes it itself (``pwrite`` at its offset, in any order); for other
+formats and casts, a few blocks ahead of one writer, in reused buffers. These
+tests force many small parts and blocks (with a tail that is not a whole one)
+so that every part of both pipelines runs, and compare the whole output file
+with one built from ``source.T`` by numpy.
 """
 import json
 import os
@@ -82,6 +84,7 @@ def _convert(tmp_path, monkeypatch, dtype=None, name="k.safetensors"):
     if not src.exists():
         wp.save(net, src)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)  # blocks of 16 rows: many blocks, a short tail
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)  # parts of 16 rows, put by several workers
     wp.convert(src, tmp_path / name, net, to="keras", dtype=dtype)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     return state, tmp_path / name
@@ -119,6 +122,7 @@ def test_block_sizes_do_not_change_the_bytes(tmp_path, monkeypatch):
     """Default blocks (one or two per tensor here) and 16-row blocks write the same file."""
     _, small = _convert(tmp_path, monkeypatch, name="small.safetensors")
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 32 << 20)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 32 << 20)
     wp.convert(tmp_path / "t.safetensors", tmp_path / "big.safetensors", _model(), to="keras")
     assert small.read_bytes() == (tmp_path / "big.safetensors").read_bytes()
 
@@ -155,6 +159,7 @@ def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     src = tmp_path / "t.safetensors"
     wp.save(net, src)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)
     original, calls = fast_transpose.fill_transposed, []
 
     def failing(a, first, block, lo=0, hi=None):
@@ -186,6 +191,7 @@ def test_stored_bytes_across_file_systems_are_copied_through_a_small_buffer(tmp_
 
     monkeypatch.setattr(os, "copy_file_range", cross_device)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)
     wp.convert(tmp_path / "t.safetensors", tmp_path / "fallback.safetensors", _model(), to="keras")
     assert (tmp_path / "fallback.safetensors").read_bytes() == normal.read_bytes()
     assert translated == []  # every tensor here is stored bytes or a streamed transpose
@@ -203,3 +209,97 @@ def test_chunked_copy_crosses_chunk_boundaries_and_refuses_a_short_file(tmp_path
     assert (tmp_path / "dst").read_bytes() == b"head" + data[7:10007]
     with open(tmp_path / "dst2", "wb") as f, pytest.raises(FormatError, match="ended inside"):
         fileio.append_range_read(f, (str(tmp_path / "src"), 10000, 1000), chunk=256)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "<u2", "<u4", "<u8"])
+def test_wide_transposes_move_every_bit_pattern(dtype):
+    """16 bytes at a time, then split: every value's bits land where ``a.T`` puts them (NaN payloads, signalling
+    NaNs, subnormals as float32), for blocks that start anywhere and workers' column ranges of any size."""
+    rng = np.random.default_rng(3)
+    size = np.dtype(dtype).itemsize
+    a = rng.integers(0, 256, size=(70, 96 * size), dtype=np.uint8).view(dtype)  # 96 columns of any itemsize
+    if size == 4:
+        a[0, :6] = [0x7F800001, 0xFF800001, 0x7FA00000, 0x00000001, 0x7FC00001, 0xFFFFFFFF]  # as float32: sNaN...
+    values = a.view({4: np.float32, 8: np.float64}.get(size, a.dtype))
+    expected = values.T.copy()
+    for first, rows, lo, hi in [(0, 96, 0, 70), (16, 32, 3, 61), (48, 48, 17, 18), (95, 1, 0, 70), (8, 24, 0, 0)]:
+        block = np.zeros((rows, 70), values.dtype)
+        fast_transpose.fill_transposed(values, first, block, lo, hi)
+        assert block.view(a.dtype)[:, lo:hi].tobytes() == expected.view(a.dtype)[first:first + rows, lo:hi].tobytes()
+        assert not block.view(a.dtype)[:, :lo].any() and not block.view(a.dtype)[:, hi:].any()  # nothing else
+    out = np.empty_like(expected)
+    for _ in fast_transpose.transposed_rows(values, rows=32, out=out):
+        pass
+    assert out.tobytes() == expected.tobytes()
+    assert out.tobytes() != values.reshape(expected.shape).tobytes()  # negative control: not a reshape
+
+
+def test_nan_and_inf_in_streamed_kernels_are_counted_exactly(tmp_path, monkeypatch):
+    """Each worker sums the part it filled; a part whose sum is not finite is counted value by value, so the
+    counts are exact across many blocks, and finite values whose sum overflows raise no alarm."""
+    lin, big = torch.nn.Linear(40, 300), torch.nn.Linear(40, 300)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(300, 40))
+        lin.weight[5, 3] = lin.weight[150, 39] = lin.weight[299, 0] = float("nan")
+        lin.weight[0, 0], lin.weight[200, 20] = float("inf"), float("-inf")
+        big.weight.fill_(3e38)  # finite, but any sum of two overflows
+    wp.save(lin, tmp_path / "bad.safetensors")
+    wp.save(big, tmp_path / "big.safetensors")
+    monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)  # blocks of 16 rows: the bad values in several
+    with pytest.warns(wp.WeightportWarning, match=r"'weight' \(3 NaN, 2 Inf\)"):
+        wp.convert(tmp_path / "bad.safetensors", tmp_path / "bad_k.safetensors", to="keras")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wp.WeightportWarning)
+        wp.convert(tmp_path / "big.safetensors", tmp_path / "big_k.safetensors", to="keras")
+    assert (wp.load(tmp_path / "big_k.safetensors")["kernel"] == np.float32(3e38)).all()
+
+
+def test_parts_written_by_the_workers_equal_the_one_writer_stream(tmp_path, monkeypatch):
+    """The safetensors writer's parts path (workers pwrite their own parts) and the streamed blocks path give the
+    same file byte for byte; parts really arrived out of order from several threads."""
+    import threading
+
+    from weightport.converter import checkpoint
+    from weightport.converter.formats import fileio
+
+    puts, original = [], fileio.fill_at
+
+    def recording(fd, source, start, where):
+        real = source._fill  # noqa: SLF001
+
+        def fill(put):
+            real(lambda offset, part: puts.append((source.name, offset, threading.get_ident())) or put(offset, part))
+
+        source._fill = fill  # noqa: SLF001 - the test watches the parts go by
+        return original(fd, source, start, where)
+
+    monkeypatch.setattr(fileio, "fill_at", recording)
+    _, parts = _convert(tmp_path, monkeypatch, name="parts.safetensors")
+    assert len({t for _, _, t in puts}) > 1  # more than one worker put parts
+    order = [o for n, o, _ in puts if n == "up/kernel"]
+    assert len(order) > 2 and sorted(order) == sorted(set(order))  # every part once
+    monkeypatch.setattr(checkpoint.TensorSource, "fillable", property(lambda self: False))
+    _, stream = _convert(tmp_path, monkeypatch, name="stream.safetensors")
+    assert parts.read_bytes() == stream.read_bytes()
+
+
+def test_a_part_outside_its_tensor_is_refused_and_leaves_nothing(tmp_path):
+    """``fill_at`` holds each part to the tensor's dtype and byte range, and counts every byte."""
+    from weightport.converter.checkpoint import TensorSource
+    from weightport.converter.formats import write_checkpoint
+    from weightport.errors import FormatError
+
+    def source(fill):
+        return TensorSource("w", (4, 8), np.float32, lambda: np.zeros((4, 8), np.float32), fill=fill)
+
+    good = np.arange(32, dtype=np.float32).reshape(4, 8)
+    write_checkpoint(tmp_path / "ok.safetensors", [source(lambda put: [put(64, good[2:]), put(0, good[:2])])])
+    assert np.array_equal(wp.load(tmp_path / "ok.safetensors")["w"], good)  # out of order, in place
+    for fill, words in [(lambda put: put(96, good[:2]), "at byte 96"),
+                        (lambda put: put(0, good.astype(np.float64)), "float64"),
+                        (lambda put: put(0, good[:2]), "produced 64 of its 128 bytes")]:
+        with pytest.raises(FormatError, match=words):
+            write_checkpoint(tmp_path / "bad.safetensors", [source(fill)])
+        assert sorted(os.listdir(tmp_path)) == ["ok.safetensors"]

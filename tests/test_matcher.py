@@ -119,3 +119,23 @@ def test_a_keras_layer_is_named_by_its_variables_path_with_or_without_the_models
     report = wp.port(t, k, hints={"0": "seq/fc2", "1": "fc1"})  # deliberately crossed: hints win
     assert {s.source: s.target for s in report.steps} == {"0": "fc2", "1": "fc1"}
     np.testing.assert_array_equal(k.layers[1].get_weights()[0], t[0].weight.detach().numpy().T)
+
+
+def test_models_are_traced_only_when_a_pair_rests_on_names_or_order(monkeypatch):
+    """The README's MLP pairs by its distinct shapes alone: neither model runs (the dataflow check is for pairs
+    made by name or position). Negative control: look-alike (D, D) layers paired by name are still traced."""
+    from weightport.converter import tracing
+
+    runs = []
+    original = tracing.trace
+    monkeypatch.setattr(tracing, "trace", lambda *a, **k: runs.append(a[0]) or original(*a, **k))
+    mlp = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    randomize_torch(mlp)
+    dense = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3)])
+    wp.port(mlp, dense)
+    assert runs == []
+    np.testing.assert_array_equal(dense.layers[1].kernel.numpy(), mlp[2].weight.detach().numpy().T)
+    block = Block()
+    randomize_torch(block)
+    wp.port(block, keras_block())
+    assert runs  # the look-alikes' pairs by name were checked against the traced dataflow

@@ -52,12 +52,16 @@ def test_streamed_transpose_in_many_blocks_matches(tmp_path, monkeypatch):
     original = engine.transposed_blocks
     calls = []
 
-    def small_blocks(a, dtype, rows=256):
-        blocks = [b.copy() for b in original(a, dtype, rows=64)]
+    def small_blocks(a, dtype, rows=256, check=None):
+        blocks = [(b.copy(), finite) for b, finite in original(a, dtype, rows=64, check=check)]
         calls.append(len(blocks))
         return iter(blocks)
 
     monkeypatch.setattr(engine, "transposed_blocks", small_blocks)
+    from weightport.converter.checkpoint import TensorSource
+
+    # the one-writer stream (safetensors is written in parts by the workers otherwise: test_file_engine.py)
+    monkeypatch.setattr(TensorSource, "fillable", property(lambda self: False))
     for out in ("k.safetensors", "k.npz"):
         wp.convert(tmp_path / "t.safetensors", tmp_path / out, to="keras")
     ckpt = wp.load(tmp_path / "k.safetensors")
@@ -71,8 +75,8 @@ def test_transposed_blocks_reuse_buffers_but_yield_the_transpose():
     from weightport.converter.engine import transposed_blocks
 
     a = np.arange(37 * 1000, dtype=np.float32).reshape(37, 1000)
-    rows = [b.copy() for b in transposed_blocks(a, np.float32, rows=96)]
+    rows = [b.copy() for b, _ in transposed_blocks(a, np.float32, rows=96)]
     assert [len(b) for b in rows] == [96] * 10 + [40]
     np.testing.assert_array_equal(np.concatenate(rows), a.T)
-    half = np.concatenate([b.copy() for b in transposed_blocks(a, np.float16, rows=96)])
+    half = np.concatenate([b.copy() for b, _ in transposed_blocks(a, np.float16, rows=96)])
     assert half.dtype == np.float16 and np.array_equal(half, a.T.astype(np.float16))

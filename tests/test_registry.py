@@ -62,12 +62,33 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
         def load(self):
             return plugin
 
-    import importlib.metadata
+    import weightport.plugins
 
-    monkeypatch.setattr(importlib.metadata, "entry_points",
+    monkeypatch.setattr(weightport.plugins, "entry_points",
                         lambda group: [EntryPoint()] if group == "weightport.rules" else [])
     fresh = Registry()
     assert type(fresh.get("plugin-test")) is plugin
+
+
+def test_entry_points_are_parsed_only_where_a_package_names_the_group(tmp_path, monkeypatch):
+    """An installed package's entry_points.txt that names the group is found (as importlib gives it); where
+    none names it, importlib's full parse of every package's entry points is skipped."""
+    import importlib.metadata
+
+    from weightport.plugins import entry_points
+
+    info = tmp_path / "wp_plugin_probe-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wp-plugin-probe\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[weightport.probe-test]\nprobe = json:dumps\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = entry_points("weightport.probe-test")
+    assert [(ep.name, ep.value) for ep in found] == [("probe", "json:dumps")]
+    import json
+
+    assert found[0].load() is json.dumps
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: pytest.fail("parsed every package"))
+    assert entry_points("weightport.nobody-names-this") == []
 
 
 def test_non_rule_modules_register_nothing():

@@ -178,7 +178,7 @@ def nonfinite(a) -> tuple:
     nans = infs = 0
     for (chunk,) in _row_chunks(a):
         chunk = np.asarray(chunk)
-        if _sums_finite(chunk):
+        if sums_finite(chunk):
             continue
         if not np.isfinite(chunk).all():
             nans += int(np.isnan(chunk).sum())
@@ -186,7 +186,7 @@ def nonfinite(a) -> tuple:
     return nans, infs
 
 
-def _sums_finite(chunk) -> bool:
+def sums_finite(chunk) -> bool:
     """True when ``chunk``'s sum is finite, which proves every value finite (a NaN or an inf makes it NaN or
     inf); one vectorised pass, several times cheaper than ``isfinite``. False may be a sum that overflowed."""
     wide = np.float32 if chunk.dtype.itemsize < 4 else None  # 16- and 8-bit floats summed in float32

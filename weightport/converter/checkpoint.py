@@ -24,9 +24,10 @@ LAYOUT_KEY = "weightport_layout"
 class TensorSource:
     """One tensor whose shape and dtype are known up front and whose bytes load on demand."""
 
-    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks", "file_range", "origin", "_check")
+    __slots__ = ("name", "shape", "dtype", "_loader", "_blocks", "file_range", "origin", "_check", "_fill")
 
-    def __init__(self, name: str, shape, dtype, loader, blocks=None, file_range=None, origin=(), check=None):
+    def __init__(self, name: str, shape, dtype, loader, blocks=None, file_range=None, origin=(), check=None,
+                 fill=None):
         self.name = str(name)
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
@@ -38,6 +39,9 @@ class TensorSource:
         # the files this tensor is read from, so a writer can refuse to replace its own input
         self.origin = tuple(dict.fromkeys(tuple(origin) + ((file_range[0],) if file_range else ())))
         self._check = check  # run once before the stored bytes are copied as they are (a NaN/Inf scan)
+        # fill(put): the tensor's bytes handed out in parts, put(byte offset, C-contiguous array), from worker
+        # threads and in any order, so a writer can write each part where it belongs while it is in cache
+        self._fill = fill
 
     @classmethod
     def of(cls, name: str, value) -> "TensorSource":
@@ -66,9 +70,20 @@ class TensorSource:
         """Whether the tensor comes as a stream of row blocks (a streamed transpose), not as one stored array."""
         return self._blocks is not None
 
+    @property
+    def fillable(self) -> bool:
+        """Whether the tensor can be written in parts by ``fill``, straight from the threads that compute them."""
+        return self._fill is not None
+
+    def fill(self, put) -> None:
+        """Call ``put(byte offset, C-contiguous array)`` for parts covering the tensor's bytes exactly once, from
+        any thread, in any order (only for a ``fillable`` source)."""
+        self._fill(put)
+
     def guard(self, context) -> None:
-        """Run every later read of this tensor, whole or block by block, inside ``context()`` (a context manager)."""
-        load, blocks = self._loader, self._blocks
+        """Run every later read of this tensor, whole, block by block or in parts, inside ``context()`` (a context
+        manager)."""
+        load, blocks, fill = self._loader, self._blocks, self._fill
 
         def guarded_load():
             with context():
@@ -85,9 +100,15 @@ class TensorSource:
                         return
                 yield block
 
+        def guarded_fill(put):
+            with context():
+                fill(put)
+
         self._loader = guarded_load
         if blocks is not None:
             self._blocks = guarded_blocks
+        if fill is not None:
+            self._fill = guarded_fill
 
     def blocks(self):
         """The tensor as consecutive blocks of rows (axis 0), so a writer never needs all of it at once.

@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 
 from ..errors import ShapeMismatchError, WeightportWarning
-from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks
+from ..mappings.fast_transpose import block_rows, reusing_buffers, threaded_blocks, transposed_parts
 from ..mappings.transforms import IDENTITY, Chain, Reshape, Transpose, transpose_copy
-from .arrays import cast, cast_checked, nonfinite
+from .arrays import cast, cast_checked, is_floating, nonfinite, sums_finite
 
 
 class Watch:
@@ -125,7 +125,7 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
     ``pairs``), NaN/Inf in the source and rounding casts are said there as the
     tensors are written.
     """
-    from .arrays import cast_dtype, is_floating
+    from .arrays import cast_dtype
     from .checkpoint import TensorSource
 
     watch = Watch(pairs, plan, allow_overflow)
@@ -163,7 +163,9 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
                         lambda r=read, d=dt, w=where, p=p, t=shape: watch.cast(
                             p, w, transpose_copy(r(), (1, 0)).reshape(t), d),
                         blocks=lambda r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _cast_blocks(
-                            watch, p, w, r(), d, s, t), origin=origin)
+                            watch, p, w, r(), d, s, t),
+                        fill=lambda put, r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _fill_parts(
+                            watch, p, w, r(), d, s, t, put), origin=origin)
                 else:
                     source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
                                           origin=origin)
@@ -193,14 +195,30 @@ def _cast_blocks(watch, p, where, a, dtype, slot=None, shape=None):
     inner = math.prod(shape[1:])  # a block must hold whole slices: rows of a.T, a multiple of this many values
     step = inner // math.gcd(inner, a.shape[0]) if inner else 1
     rows = None if len(shape) == 2 else max(step, block_rows(a.shape[0], a.dtype.itemsize) // step * step)
-    counts = [0, 0]
-    for block in transposed_blocks(a, a.dtype, **({"rows": rows} if rows else {})):
-        if slot is not None:  # the block is still warm in cache: cheaper than a pass over the source
+    counts, scan = [0, 0], slot is not None and is_floating(a.dtype)
+    for block, finite in transposed_blocks(a, a.dtype, rows, check=sums_finite if scan else None):
+        if scan and not all(finite):  # each part's sum, taken as it was filled, proves most blocks finite
             nans, infs = nonfinite(block)
             counts[0], counts[1] = counts[0] + nans, counts[1] + infs
         yield watch.cast(p, where, block.reshape((-1,) + shape[1:]), dtype)
     if slot is not None:
         watch.counted(p, (slot, *counts))
+
+
+def _fill_parts(watch, p, where, a, dtype, slot, shape, put):
+    """The streamed transpose of 2-D ``a`` handed to ``put(byte offset, part)`` by worker threads, each part
+    summed for NaN/Inf as it is filled (source tensor ``slot`` counted value by value only where a sum is not
+    finite); through ``_cast_blocks``, in order, where a cast is due."""
+    a = np.asarray(a)
+    if a.dtype != np.dtype(dtype):
+        offset = 0
+        for block in _cast_blocks(watch, p, where, a, dtype, slot, shape):
+            put(offset, block)
+            offset += block.nbytes
+        return
+    scan = is_floating(a.dtype)
+    finite = transposed_parts(a, put, check=sums_finite if scan else None)
+    watch.counted(p, (slot, *(nonfinite(a) if scan and not all(finite) else (0, 0))))
 
 
 def _scan_stored(watch, p, src_slot):
@@ -268,15 +286,21 @@ def _slot_reader(p, slot, watch=None, flat=None):
     return read
 
 
-def transposed_blocks(a, dtype, rows: int | None = None):
-    """``a.T`` cast to ``dtype``, as consecutive row blocks; the next blocks are computed while the last is written.
+def transposed_blocks(a, dtype, rows: int | None = None, check=None):
+    """(``a.T`` cast to ``dtype``, [``check`` of each part]) as consecutive row blocks; the next blocks are
+    computed while the last is written.
 
     Worker threads fill a few buffers ahead (``threaded_blocks``: numpy
     releases the GIL while copying), so transposing runs on every core and
-    overlaps writing. A block is valid until the next one is asked for.
+    overlaps writing; each applies ``check`` (if given) to the part it just
+    filled. A block is valid until the next one is asked for.
     """
-    for block in threaded_blocks(np.asarray(a), rows=rows):
-        yield cast(block, dtype)
+    for block, results in threaded_blocks(np.asarray(a), rows=rows, check=check or _unchecked):
+        yield cast(block, dtype), results
+
+
+def _unchecked(part):
+    return True
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,

@@ -344,14 +344,15 @@ class Pairing:
         return flows if flows and all(f.complete for f in flows) else None
 
     def check_against_flow(self) -> None:
-        """Where both models were traced, a pair made by name or position must not contradict the dataflow."""
-        if self.flows() is None:
+        """Where both models were traced, a pair made by name or position must not contradict the dataflow.
+
+        Only such pairs are checked: where shapes settled every pair, neither model is traced for it."""
+        checked = [p for p in self.pairs if p.evidence in ("name", "position")]
+        if not checked or self.flows() is None:
             return
         src_flow, tgt_flow = self.flows()
         paired = self.paths()
-        for p in self.pairs:
-            if p.evidence not in ("name", "position"):
-                continue
+        for p in checked:
             mine, theirs = src_flow.feeds.get(p.source.path), tgt_flow.feeds.get(p.target.path)
             if mine is None or theirs is None or UNKNOWN in mine | theirs or not mine <= set(paired):
                 continue

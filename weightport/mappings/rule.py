@@ -324,9 +324,9 @@ class Registry:
         self._loaded = True
         for mod in builtin_modules():
             importlib.import_module(f"{__package__}.{mod}")
-        from importlib.metadata import entry_points
+        from ..plugins import entry_points
 
-        for ep in entry_points(group="weightport.rules"):
+        for ep in entry_points("weightport.rules"):
             obj = ep.load()
             if isinstance(obj, type) and issubclass(obj, Rule):
                 self.add(obj())

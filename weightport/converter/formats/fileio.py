@@ -48,6 +48,33 @@ def blocks_checked(source, where: str):
                           "nothing was written")
 
 
+def fill_at(fd: int, source, start: int, where: str) -> None:
+    """Write fillable ``source`` at ``start`` in open file ``fd``: each part by ``pwrite`` from the thread that
+    made it, checked against the dtype and byte range the tensor promised; every byte must be put exactly once
+    (counted)."""
+    import threading
+
+    written, lock = [0], threading.Lock()
+
+    def put(offset: int, part) -> None:
+        part = np.asarray(part)
+        if part.dtype != source.dtype or offset < 0 or offset + part.nbytes > source.nbytes:
+            raise FormatError(f"{where}: tensor {source.name!r} ({source.shape} {source.dtype}, {source.nbytes} "
+                              f"bytes) produced a part {tuple(part.shape)} {part.dtype} at byte {offset}; "
+                              "nothing was written")
+        view = memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], start + offset + done)
+        with lock:
+            written[0] += part.nbytes
+
+    source.fill(put)
+    if written[0] != source.nbytes:
+        raise FormatError(f"{where}: tensor {source.name!r} produced {written[0]} of its {source.nbytes} bytes; "
+                          "nothing was written")
+
+
 def copyable_range(source):
     """The (path, offset, nbytes) of ``source``'s stored bytes, if a writer may copy them as they are; else None."""
     return None if source.file_range is None or source.streamed else source.stored_range()

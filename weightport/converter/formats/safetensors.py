@@ -249,6 +249,11 @@ def _write_file(temp, final_path, sources, metadata, progress):
             if stored is not None:
                 if not fileio.append_range(f, stored):  # another file system: through a small buffer
                     fileio.append_range_read(f, stored)
+            elif s.fillable:  # written in parts by the threads that compute them, each from its own cache
+                f.flush()
+                start = f.tell()
+                fileio.fill_at(f.fileno(), s, start, final_path)
+                f.seek(start + s.nbytes)
             else:
                 for _, block in fileio.blocks_checked(s, final_path):
                     if block.size:

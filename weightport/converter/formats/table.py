@@ -70,10 +70,10 @@ def _discovered() -> dict:
 
 def _plugins(builtin: dict) -> dict:
     """Format modules named by ``weightport.formats`` entry points; a broken one is skipped with a warning."""
-    from importlib.metadata import entry_points
+    from ...plugins import entry_points
 
     found = {}
-    for ep in entry_points(group=ENTRY_POINTS):
+    for ep in entry_points(ENTRY_POINTS):
         try:
             module = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break every command
