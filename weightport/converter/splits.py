@@ -248,17 +248,26 @@ def _unsettled(found: dict) -> str:
 
 def traced_packing(s: Split, flow):
     """``blocks`` or ``per_head`` as the traced run cut the packed output, else None: slices at each block's
-    offset and size, or a view to (heads, parts, head_dim) on its last axes."""
+    offset and size, or a view of its last axis as (parts, heads, head_dim) or (heads, parts, head_dim) (none
+    where the head count equals the parts', which reads either way)."""
     cuts = (flow.cuts.get(s.packed.path) if flow is not None else None) or []
     n, heads = len(s.sizes), s.heads[0]
     blocks = {(int(c[0]), len(c)) for c in s.columns("blocks", range(n))}
     pieces = {(offset, shape[-1]) for _, shape, offset in cuts if offset is not None and shape}
     if blocks <= pieces:
         return "blocks"
-    d = s.sizes[0] // heads if heads and s.sizes[0] % heads == 0 else None
-    if d and len(set(s.sizes)) == 1 and any(tuple(shape[-3:]) == (heads, n, d) for _, shape, _ in cuts):
-        return "per_head"
-    return None
+    size = s.sizes[0]
+    if len(set(s.sizes)) != 1:
+        return None
+    found = set()
+    for _, shape, _ in cuts:  # a view of the last axis as (a, b, c): parts outermost, or inside each head
+        if len(shape) < 3:
+            continue
+        a, b, c = (int(x) for x in shape[-3:])
+        readings = {"blocks"} if a == n and b * c == size and b != n else set()
+        readings |= {"per_head"} if b == n and a * c == size and a != n and heads in (None, a) else set()
+        found |= readings
+    return found.pop() if len(found) == 1 else None
 
 
 def traced_gate(s: Split, flow):

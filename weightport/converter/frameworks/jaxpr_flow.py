@@ -72,9 +72,24 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
                 flow.order += [p for p in paths if p not in flow.order]
             made = {paths[-1]}
             passed = made if token in activating else set()
+        _cuts(flow, eqn, variables, token, made_in, scopes)
         for v in eqn.outvars:
             origin[v], through[v], made_in[v] = made, passed, token
     return flow
+
+
+def _cuts(flow: Flow, eqn, variables, token, made_in: dict, scopes: dict) -> None:
+    """Record how an equation outside a layer reads that layer's output (``Flow.cuts``): the shape of what it
+    makes, and, for a slice along the last axis only, where the piece starts."""
+    for v in variables[:1]:
+        maker = made_in.get(v)
+        if maker is None or maker == token:
+            continue
+        starts = eqn.params.get("start_indices") if eqn.primitive.name == "slice" else None
+        offset = int(starts[-1]) if starts is not None and not any(starts[:-1]) else None
+        for out in eqn.outvars:
+            shape = tuple(getattr(out.aval, "shape", ()))
+            flow.cuts.setdefault(scopes[maker][-1], []).append((eqn.primitive.name, shape, offset))
 
 
 def _activates(eqn) -> bool:
