@@ -96,16 +96,14 @@ def copy_into(dst, src: np.ndarray) -> None:
 
     with torch.no_grad():
         target, source = (as_torch(dst) if isinstance(dst, np.ndarray) else dst), as_torch(src)
-        size = target.element_size()
-        shape, (to, frm) = merged(tuple(src.shape), tuple(n * size for n in target.stride()),
-                                  tuple(n * size for n in source.stride()))
-        target.as_strided(shape, [n // size for n in to], target.storage_offset()).copy_(
-            source.as_strided(shape, [n // size for n in frm], source.storage_offset()))
+        shape, (to, frm) = merged(tuple(src.shape), target.stride(), source.stride())  # each in its elements
+        target.as_strided(shape, to, target.storage_offset()).copy_(
+            source.as_strided(shape, frm, source.storage_offset()))
 
 
 def merged(shape, *strides) -> tuple:
     """(shape, (strides of each array)): the axes of an element-by-element copy between arrays of ``shape`` and
-    these byte ``strides``, size-1 axes dropped and each run of axes that every array steps through as one
+    these ``strides`` (each array's in its own unit: bytes or elements), size-1 axes dropped and each run of axes that every array steps through as one
     merged into one. The same elements in the same order: a (768, 12, 64) kernel filled from a transposed
     (768, 768) weight becomes a 2-D transposing copy, several times faster than the 3-D one in torch and
     numpy. Arrays with negative strides are left as they are."""
@@ -156,7 +154,15 @@ def copy_pool():
     return _POOL
 
 
+def forget_pool() -> None:
+    """In a forked child: the parent's threads are gone, so a pool made before the fork would never run."""
+    global _POOL
+    _POOL = None
+
+
 _POOL = None
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=forget_pool)
 
 
 def nonfinite_in(dst) -> tuple:
