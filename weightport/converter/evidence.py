@@ -12,7 +12,7 @@ from . import naming
 from .flow import UNKNOWN
 from .plan import EVIDENCE
 from .name_groups import group_by, name_groups
-from .pairs import pair, shapes_or_none, words
+from .pairs import fitting, pair, shapes_or_none, words
 
 
 def _classes(nodes, wanted=()) -> dict:
@@ -126,7 +126,7 @@ class Pairing:
         left_t = [b for c in self.classes for b in c.tgt]
         if not left_s or not left_t:
             return
-        fits = {(id(a), id(b)) for a in left_s for b in left_t if (p := pair(a, b)) is not None and p.shapes_agree}
+        fits = fitting(left_s, left_t)
         if not fits:
             return
         self.classes = [c for c in self.classes if c.open and not any((id(a), id(b)) in fits for a in c.src

@@ -10,6 +10,7 @@ model can be run, and the report says which pairs rest on names.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 # phrases first (they span separators), then single words
@@ -78,8 +79,15 @@ def words(path: str, class_name: str = "") -> frozenset:
     """The canonical words of a layer path (numbers and noise words left out), with its ordinal as ``#n``.
 
     ``class_name`` (the layer's class, where known) keeps a made-up Keras name's
-    counter (``layer_normalization_1``) from passing for an ordinal.
+    counter (``layer_normalization_1``) from passing for an ordinal. Kept per
+    path: pairing asks for each layer's words many times over.
     """
+    return path_words(str(path), class_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def path_words(path: str, class_name: str) -> frozenset:
+    """``words``, of a path given as a string."""
     text = re.sub(r"([a-z])([A-Z])", r"\1_\2", str(path)).lower()
     text = re.sub(r"[^a-z0-9]+", "_", text)
     text = re.sub(r"([a-z])(\d)", r"\1_\2", re.sub(r"(\d)([a-z])", r"\1_\2", text))

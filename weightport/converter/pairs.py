@@ -79,6 +79,31 @@ def pair(a, b, evidence: str = "shape") -> Pair | None:
     return Pair(a, b, rule, hp_a, hp_b, a.canonical_shapes(rule, hp_a), b.canonical_shapes(rule, hp_b), evidence)
 
 
+def fitting(left_s, left_t) -> set:
+    """{(id(a), id(b))} for every source and target node whose pair's shapes agree. A pair is tried once per
+    two kinds of node (``FileNode.pairing_kind``: checkpoint groups alike in all that pairing reads); a node
+    with no kind (a live layer, a loose tensor) is a kind of its own, and a pair with a loose side is always
+    tried itself, since its names count too."""
+    def kind(n):
+        found = n.pairing_kind() if hasattr(n, "pairing_kind") else None
+        return ("node", id(n)) if found is None else found
+
+    kinds_s, kinds_t = [kind(a) for a in left_s], [kind(b) for b in left_t]
+    tried, fits = {}, set()
+    for a, ka in zip(left_s, kinds_s):
+        for b, kb in zip(left_t, kinds_t):
+            loose = getattr(a, "loose", False) or getattr(b, "loose", False)
+            key = None if loose else (ka, kb)
+            agree = tried.get(key)
+            if agree is None:
+                agree = (p := pair(a, b)) is not None and p.shapes_agree
+                if key is not None:
+                    tried[key] = agree
+            if agree:
+                fits.add((id(a), id(b)))
+    return fits
+
+
 def describe(node) -> str:
     rule, hp = node.candidates[0]
     shapes = node.canonical_shapes(rule, hp)

@@ -29,6 +29,25 @@ def kept_canonical_shapes(kept: dict, layout: str, rule, hp, native_shapes):
             kept[key] = None
     return kept[key]
 
+
+PLAIN = frozenset({bool, int, float, str, type(None)})
+
+
+def hp_key(hp: dict):
+    """A hashable key equal only for hp of equal values of equal types (``1``, ``1.0`` and ``True`` kept apart),
+    or None where a value is not plain data (a dict, an object, nested tuples)."""
+    out = []
+    for k, v in hp.items():
+        kind = type(v)
+        if kind in PLAIN:
+            out.append((k, kind, v))
+        elif kind is tuple and all(type(x) in PLAIN for x in v):
+            out.append((k, kind, v, tuple(map(type, v))))
+        else:
+            return None
+    return tuple(sorted(out, key=lambda entry: entry[0]))
+
+
 @dataclass
 class FileNode:
     """One layer's tensors inside a checkpoint (the matcher's node protocol)."""
@@ -54,6 +73,16 @@ class FileNode:
         """Shapes in canonical form under ``rule``, or None if the tensors do not fit it."""
         return kept_canonical_shapes(self._shapes, self.layout, rule, hp, lambda slots: {
             s: tuple(self.checkpoint.shape(self.names[s])) for s in slots if s in self.names})
+
+    def pairing_kind(self):
+        """Everything ``pairs.pair`` reads of this group, hashable: groups of one kind pair alike with any node, so
+        pairing tries one of them for all (49 x 49 BERT-base projections become 1 x 49). None for a loose
+        tensor (paired by its name too) or hp that cannot be keyed."""
+        keys = [hp_key(hp) for _, hp in self.candidates]
+        if self.loose or None in keys:
+            return None
+        shapes = tuple(sorted((slot, tuple(self.checkpoint.shape(name))) for slot, name in self.names.items()))
+        return (self.layout, self.inferred, tuple(zip((r for r, _ in self.candidates), keys)), shapes)
 
     def dtypes(self, rule, hp) -> dict:
         return {s: self.checkpoint.dtype(self.names[s]) for s in rule.native_slots(self.layout, hp) if s in self.names}
