@@ -106,7 +106,7 @@ def child(kind, folder, config, weights_out, profile):
                           grown=peak - rss_imports)))
     if profile:  # to stderr, so stdout stays one JSON line
         for order in ("cumulative", "tottime"):
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats(order).print_stats(10)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(order).print_stats(int(os.environ.get("WP_PROFILE_TOP", "10")))
     np.savez(weights_out, **{v.path: keras.ops.convert_to_numpy(v.value) for v in backbone.weights})
 
 
