@@ -96,3 +96,19 @@ def test_copies_over_merged_axes_and_split_across_threads_are_exact(into):
     big, half = np.zeros((1024, 1536), np.float32), w.T
     direct.split_copy(big, half)
     assert np.array_equal(big, w.T)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int8"])
+def test_a_transposing_copy_without_torch_moves_every_bit(dtype):
+    """A 2-D transpose goes through fast_transpose by bands of rows (uneven sizes, NaN payloads kept)."""
+    rng = np.random.default_rng(5)
+    for shape in ((1536, 1030), (37, 1001), (1001, 53)):
+        a = rng.integers(0, 255, shape[0] * shape[1] * np.dtype(dtype).itemsize, dtype=np.uint8).view(dtype)
+        a = a.reshape(shape)
+        assert direct.transposed_matrix(np.empty(shape[::-1], dtype), a.T) is not None
+        dst = np.zeros(shape[::-1], dtype)
+        direct.split_copy(dst, a.T)
+        assert dst.tobytes() == np.ascontiguousarray(a.T).tobytes()
+    # negative controls: a plain copy, or a matrix whose rows are not contiguous, is not read as a transpose
+    assert direct.transposed_matrix(np.empty((4, 6)), np.ones((4, 6))) is None
+    assert direct.transposed_matrix(np.empty((4, 6)), np.ones((6, 8))[:, ::2].T) is None
