@@ -1,13 +1,12 @@
 """DINOv2 (transformers) against keras-hub's: keras-hub computes with a trainable position table and keeps a
 non-trainable twin it loads and saves, where transformers holds one table. Trained pairs with trained; the
 twin is set from the source's weight at its very path, from the live model and from the file alike."""
-import warnings
-
 import numpy as np
 import pytest
 
 import weightport as wp
 from test_real_models import randomized
+from util import quiet_port
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -32,11 +31,6 @@ def outputs(hf, kh):
 def table(kh, name):
     return keras.ops.convert_to_numpy(getattr(kh.get_layer("embeddings"), name))
 
-
-def quiet_port(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return wp.port(*args, **kw)
 
 
 @pytest.fixture(scope="module")

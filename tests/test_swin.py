@@ -2,13 +2,12 @@
 keras-hub one packed ``qkv`` Dense, which its attention views as (parts, heads, head_dim): one part after
 another, which the traced run shows. transformers 5 also saves the projections under older names
 (``attention.self.query``) than its live model has (``attention.q_proj``)."""
-import warnings
-
 import numpy as np
 import pytest
 
 import weightport as wp
 from test_real_models import randomized
+from util import quiet_port
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -31,11 +30,6 @@ def outputs(hf, kh):
     b = keras.ops.convert_to_numpy(kh(IMAGES.transpose(0, 2, 3, 1)))
     return a, b.reshape(b.shape[0], -1, b.shape[-1])  # keras-hub keeps the (height, width) grid
 
-
-def quiet_port(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return wp.port(*args, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,12 @@ def run_keras(model, x):
 
 def close(a, b):
     return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def quiet_port(*args, **kwargs):
+    """``wp.port`` with its warnings (epsilons, heads left unported) silenced: for tests that check outputs."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return wp.port(*args, **kwargs)
