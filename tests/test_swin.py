@@ -19,7 +19,7 @@ IMAGES = np.random.default_rng(4).standard_normal((2, 3, 28, 28)).astype("float3
 
 
 def config():
-    return transformers.SwinConfig(image_size=28, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+    return transformers.SwinConfig(image_size=28, patch_size=2, embed_dim=16, depths=[2], num_heads=[2],
                                    window_size=7, mlp_ratio=2.0, qkv_bias=True, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
 
