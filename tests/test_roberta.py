@@ -8,6 +8,7 @@ import pytest
 
 import weightport as wp
 from test_real_models import assert_bitwise_equal, randomized
+from util import quiet_port
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -46,11 +47,6 @@ def outputs(hf, kh):
         a = hf(input_ids=torch.from_numpy(IDS)).last_hidden_state.numpy()
     return a, keras.ops.convert_to_numpy(kh({"token_ids": IDS, "padding_mask": np.ones_like(IDS)}))
 
-
-def quiet_port(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        return wp.port(*args, **kw)
 
 
 @pytest.mark.parametrize("kind", ["Roberta", "XLMRoberta"])

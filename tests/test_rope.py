@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import weightport as wp
+from util import quiet_port
 from weightport.mappings.link_options import rotary_transform
 
 torch = pytest.importorskip("torch")
@@ -66,11 +67,6 @@ def hf_out(model):
     with torch.no_grad():
         return model(input_ids=torch.from_numpy(IDS)).last_hidden_state.numpy()
 
-
-def quiet_port(source, target, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        return wp.port(source, target, **kw)
 
 
 # -- the permutation against real rotary code ------------------------------------------------------------------

@@ -1,13 +1,12 @@
 """SmolLM3 (transformers) against keras-hub's: keras-hub keeps each block's rotary frequencies as a non-trainable
 variable the HF model computes and never saves. Such state is checked against what the source model holds (or set
 to it); a bare file holds nothing to check it by, and needs its own model."""
-import warnings
-
 import numpy as np
 import pytest
 
 import weightport as wp
 from test_real_models import randomized
+from util import quiet_port
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -36,11 +35,6 @@ def assert_bitwise_equal(ours, reference):
         a, b = keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value)
         assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
 
-
-def quiet_port(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        return wp.port(*args, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 
 import weightport as wp
 from test_real_models import assert_bitwise_equal, bert_config, keras_bert, randomized
+from util import quiet_port
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -23,11 +24,6 @@ def bert_files(tmp_path):
     safetensors_torch.save_file({k: v.contiguous() for k, v in renamed.items()}, tf_named)
     return plain, tf_named
 
-
-def quiet_port(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", wp.WeightportWarning)
-        return wp.port(*args, **kw)
 
 
 def test_gamma_and_beta_read_as_a_layer_norms_scale_and_shift(tmp_path):

@@ -134,9 +134,9 @@ def close(a, b):
 
 
 def quiet_port(*args, **kwargs):
-    """``wp.port`` with its warnings (epsilons, heads left unported) silenced: for tests that check outputs."""
+    """``wp.port`` with its own warnings (epsilons, heads left unported) silenced: for tests that check outputs."""
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", wp.WeightportWarning)
         return wp.port(*args, **kwargs)
