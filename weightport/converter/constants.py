@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from . import naming
 from .pairs import Fixed, describe, pair
 from .plan import Pair
 
@@ -26,7 +27,7 @@ def held(model) -> dict:
     fw = adapter_for(model) if model is not None else None
     found: dict = {}
     for path, array in (fw.constants(model) if fw is not None else {}).items():
-        found.setdefault(re.split(r"[./]", path)[-1], []).append(np.asarray(array))
+        found.setdefault(naming.last_part(path), []).append(np.asarray(array))
     return found
 
 

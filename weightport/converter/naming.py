@@ -56,12 +56,17 @@ def ordinal(path: str):
     number ending the component after a word (``layer_norm_2``, ``bn1``); a
     component that is only a number is an index among siblings, not this.
     """
-    last = re.split(r"[./]", str(path))[-1]
+    last = last_part(path)
     found = [ORDINALS[w] for w in re.split(r"[^a-z]+", last.lower()) if w in ORDINALS]
     if len(found) == 1:
         return found[0]
     digits = re.fullmatch(r"[A-Za-z][A-Za-z_]*?_?([1-3])", last)
     return int(digits.group(1)) if digits else None
+
+
+def last_part(path) -> str:
+    """A path's last component, dotted (torch) or ``/``-joined (Keras) alike."""
+    return re.split(r"[./]", str(path))[-1]
 
 
 def snake(class_name: str) -> str:
@@ -71,7 +76,7 @@ def snake(class_name: str) -> str:
 
 def auto_named(path: str, class_name: str) -> bool:
     """Whether a path's last component is a name Keras made up (``dense_3``): its number counts layers built."""
-    last = re.split(r"[./]", str(path))[-1]
+    last = last_part(path)
     return re.fullmatch(re.escape(snake(class_name)) + r"(_\d+)?", last) is not None
 
 

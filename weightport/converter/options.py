@@ -71,7 +71,7 @@ def apply(plan, pairs, options: dict) -> None:
 
 
 def _last_words(node) -> frozenset:
-    last = re.split(r"[./]", str(node.path))[-1]
+    last = naming.last_part(node.path)
     return naming.words(last)
 
 
@@ -89,7 +89,7 @@ def _rotary_roles(p) -> list:
         return inside
     found = set()
     for node in (p.source, p.target):
-        last = re.split(r"[./]", str(node.path))[-1].lower()
+        last = naming.last_part(node.path).lower()
         words = _last_words(node)
         if PACKED.search(last) or len(words & {"query", "key", "value"}) > 1:
             _refuse_packed(node.label)

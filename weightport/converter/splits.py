@@ -38,7 +38,7 @@ ROLES = frozenset(ATTENTION) | {"gate", "up"}
 
 def roles_of(path: str):
     """The roles a packed layer's last name spells, in order (``gate_up_proj`` -> gate, up), or None."""
-    last = re.split(r"[./]", str(path))[-1].lower()
+    last = naming.last_part(path).lower()
     found = []
     for token in re.split(r"[^a-z]+", last):
         if token in BUNDLES:
@@ -131,7 +131,7 @@ def _partners(roles, view, members, packed):
         return None
     chosen = []
     for role in roles:
-        named = [m for m in members if role in naming.words(re.split(r"[./]", m.path)[-1])]
+        named = [m for m in members if role in naming.words(naming.last_part(m.path))]
         if len(named) != 1 or named[0] in chosen:
             return None
         chosen.append(named[0])
