@@ -148,7 +148,7 @@ def split_copy(dst: np.ndarray, src: np.ndarray) -> None:
         return
     cuts = [dst.shape[0] * k // workers for k in range(workers + 1)]
     pieces = [(dst[lo:hi], src[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]
-    list(copy_pool().map(lambda piece: np.copyto(*piece), pieces))
+    list(map_maybe_threaded(lambda piece: np.copyto(*piece), pieces))
 
 
 def transposed_matrix(dst: np.ndarray, src: np.ndarray):

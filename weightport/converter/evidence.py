@@ -246,9 +246,7 @@ class Pairing:
                 key = lambda n: number(n.path)  # noqa: E731
                 mine, theirs = sorted(cls.src, key=key), sorted(cls.tgt, key=key)
                 numbered_alike = [key(a) for a in mine] == [key(b) for b in theirs]
-                if any(naming.clash(words(a), words(b)) for a, b in zip(mine, theirs)) or not (
-                        all(self.same_degrees([a], [b]) for a, b in zip(mine, theirs))
-                        or numbered_alike and self.differ_alike(mine, theirs)):
+                if not self.numbers_may_pair(list(zip(mine, theirs)), numbered_alike):
                     continue
                 if not numbered_alike:
                     self.notes.append(  # dense, dense_1 against 0, 2: the order each was made in, nothing more
@@ -272,8 +270,7 @@ class Pairing:
             if mine.keys() != theirs.keys() or any(len(mine[k]) != len(theirs[k]) for k in mine):
                 continue
             alone = [(mine[k][0], theirs[k][0]) for k in mine if len(mine[k]) == 1]
-            if any(naming.clash(words(a), words(b)) for a, b in alone) or not (
-                    all(self.same_degrees([a], [b]) for a, b in alone) or self.differ_alike(*zip(*alone))):
+            if not self.numbers_may_pair(alone, True):
                 continue
             self.classes.remove(cls)
             for k in mine:
@@ -318,6 +315,14 @@ class Pairing:
                         progress |= self.take(cls, a, b, "ordinal")
                 break
         return progress
+
+    def numbers_may_pair(self, pairs: list, numbered_alike: bool) -> bool:
+        """Whether blocks' members paired by number (``pairs``: (source, target)) stand: no words clash, and
+        the dataflow agrees member for member, or (numbered alike) differs by one offset throughout."""
+        if any(naming.clash(words(a), words(b)) for a, b in pairs):
+            return False
+        return all(self.same_degrees([a], [b]) for a, b in pairs) or (
+            numbered_alike and self.differ_alike([a for a, _ in pairs], [b for _, b in pairs]))
 
     def same_degrees(self, mine, theirs) -> bool:
         """Whether two groups could be each other's, as far as a complete dataflow can tell: as many layers
