@@ -1,8 +1,9 @@
 """The file engine's streamed write path, byte for byte against a plain numpy conversion of the same file.
 
 The engine transposes in worker threads: for safetensors, each worker fills a
-part and writes it itself (``pwrite`` at its offset, in any order); for other
-formats and casts, a few blocks ahead of one writer, in reused buffers. These
+part in the writer's staging memory and one writer thread writes it at its
+offset (in any order); for other formats and casts, a few blocks ahead of one
+writer, in reused buffers. These
 tests force many small parts and blocks (with a tail that is not a whole one)
 so that every part of both pipelines runs, and compare the whole output file
 with one built from ``source.T`` by numpy.
@@ -205,10 +206,11 @@ def test_chunked_copy_crosses_chunk_boundaries_and_refuses_a_short_file(tmp_path
     (tmp_path / "src").write_bytes(data)
     with open(tmp_path / "dst", "wb") as f:
         f.write(b"head")
-        fileio.append_range_read(f, (str(tmp_path / "src"), 7, 10000), chunk=1000 + 3)
+        f.flush()
+        fileio.copy_range_read(f.fileno(), (str(tmp_path / "src"), 7, 10000), 4, chunk=1000 + 3)
     assert (tmp_path / "dst").read_bytes() == b"head" + data[7:10007]
     with open(tmp_path / "dst2", "wb") as f, pytest.raises(FormatError, match="ended inside"):
-        fileio.append_range_read(f, (str(tmp_path / "src"), 10000, 1000), chunk=256)
+        fileio.copy_range_read(f.fileno(), (str(tmp_path / "src"), 10000, 1000), 0, chunk=256)
 
 
 @pytest.mark.parametrize("dtype", ["u1", "<u2", "<u4", "<u8"])
@@ -257,8 +259,9 @@ def test_nan_and_inf_in_streamed_kernels_are_counted_exactly(tmp_path, monkeypat
 
 
 def test_parts_written_by_the_workers_equal_the_one_writer_stream(tmp_path, monkeypatch):
-    """The safetensors writer's parts path (workers pwrite their own parts) and the streamed blocks path give the
-    same file byte for byte; parts really arrived out of order from several threads."""
+    """The safetensors writer's parts path (workers fill the writer's staging slots, one writer thread writes
+    them) and the streamed blocks path give the same file byte for byte; parts really arrived out of order from
+    several threads, in lent slots."""
     import threading
 
     from weightport.converter import checkpoint
@@ -266,19 +269,25 @@ def test_parts_written_by_the_workers_equal_the_one_writer_stream(tmp_path, monk
 
     puts, original = [], fileio.fill_at
 
-    def recording(fd, source, start, where):
+    class Recording:
+        def __init__(self, sink, name):
+            self.sink, self.name, self.slot = sink, name, sink.slot
+
+        def put(self, offset, part):
+            lent = self.sink.out._slot_offset(np.asarray(part)) is not None  # noqa: SLF001
+            puts.append((self.name, offset, threading.get_ident(), lent))
+            self.sink.put(offset, part)
+
+    def recording(out, source, start, where):
         real = source._fill  # noqa: SLF001
-
-        def fill(put):
-            real(lambda offset, part: puts.append((source.name, offset, threading.get_ident())) or put(offset, part))
-
-        source._fill = fill  # noqa: SLF001 - the test watches the parts go by
-        return original(fd, source, start, where)
+        source._fill = lambda sink: real(Recording(sink, source.name))  # noqa: SLF001 - watch the parts go by
+        return original(out, source, start, where)
 
     monkeypatch.setattr(fileio, "fill_at", recording)
     _, parts = _convert(tmp_path, monkeypatch, name="parts.safetensors")
-    assert len({t for _, _, t in puts}) > 1  # more than one worker put parts
-    order = [o for n, o, _ in puts if n == "up/kernel"]
+    assert len({t for _, _, t, _ in puts}) > 1  # more than one worker put parts
+    assert all(lent for *_, lent in puts)  # each in the writer's staging memory, written by its thread
+    order = [o for n, o, _, _ in puts if n == "up/kernel"]
     assert len(order) > 2 and sorted(order) == sorted(set(order))  # every part once
     monkeypatch.setattr(checkpoint.TensorSource, "fillable", property(lambda self: False))
     _, stream = _convert(tmp_path, monkeypatch, name="stream.safetensors")
@@ -295,11 +304,11 @@ def test_a_part_outside_its_tensor_is_refused_and_leaves_nothing(tmp_path):
         return TensorSource("w", (4, 8), np.float32, lambda: np.zeros((4, 8), np.float32), fill=fill)
 
     good = np.arange(32, dtype=np.float32).reshape(4, 8)
-    write_checkpoint(tmp_path / "ok.safetensors", [source(lambda put: [put(64, good[2:]), put(0, good[:2])])])
+    write_checkpoint(tmp_path / "ok.safetensors", [source(lambda sink: [sink.put(64, good[2:]), sink.put(0, good[:2])])])
     assert np.array_equal(wp.load(tmp_path / "ok.safetensors")["w"], good)  # out of order, in place
-    for fill, words in [(lambda put: put(96, good[:2]), "at byte 96"),
-                        (lambda put: put(0, good.astype(np.float64)), "float64"),
-                        (lambda put: put(0, good[:2]), "produced 64 of its 128 bytes")]:
+    for fill, words in [(lambda sink: sink.put(96, good[:2]), "at byte 96"),
+                        (lambda sink: sink.put(0, good.astype(np.float64)), "float64"),
+                        (lambda sink: sink.put(0, good[:2]), "produced 64 of its 128 bytes")]:
         with pytest.raises(FormatError, match=words):
             write_checkpoint(tmp_path / "bad.safetensors", [source(fill)])
         assert sorted(os.listdir(tmp_path)) == ["ok.safetensors"]

@@ -39,8 +39,9 @@ class TensorSource:
         # the files this tensor is read from, so a writer can refuse to replace its own input
         self.origin = tuple(dict.fromkeys(tuple(origin) + ((file_range[0],) if file_range else ())))
         self._check = check  # run once before the stored bytes are copied as they are (a NaN/Inf scan)
-        # fill(put): the tensor's bytes handed out in parts, put(byte offset, C-contiguous array), from worker
-        # threads and in any order, so a writer can write each part where it belongs while it is in cache
+        # fill(sink): the tensor's bytes handed out in parts, sink.put(byte offset, C-contiguous array), from
+        # worker threads and in any order, each filled in memory sink.slot(nbytes) lends: a writer writes each
+        # part where it belongs while the workers go on
         self._fill = fill
 
     @classmethod
@@ -75,10 +76,11 @@ class TensorSource:
         """Whether the tensor can be written in parts by ``fill``, straight from the threads that compute them."""
         return self._fill is not None
 
-    def fill(self, put) -> None:
-        """Call ``put(byte offset, C-contiguous array)`` for parts covering the tensor's bytes exactly once, from
-        any thread, in any order (only for a ``fillable`` source)."""
-        self._fill(put)
+    def fill(self, sink) -> None:
+        """Call ``sink.put(byte offset, C-contiguous array)`` for parts covering the tensor's bytes exactly once,
+        from any thread, in any order, each filled in memory from ``sink.slot(nbytes)`` where it can be (only for a
+        ``fillable`` source)."""
+        self._fill(sink)
 
     def guard(self, context) -> None:
         """Run every later read of this tensor, whole, block by block or in parts, inside ``context()`` (a context
@@ -100,9 +102,9 @@ class TensorSource:
                         return
                 yield block
 
-        def guarded_fill(put):
+        def guarded_fill(sink):
             with context():
-                fill(put)
+                fill(sink)
 
         self._loader = guarded_load
         if blocks is not None:

@@ -164,8 +164,8 @@ def target_sources(pairs, names_of, dtype=None, *, plan=None, allow_overflow: bo
                             p, w, transpose_copy(r(), (1, 0)).reshape(t), d),
                         blocks=lambda r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _cast_blocks(
                             watch, p, w, r(), d, s, t),
-                        fill=lambda put, r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _fill_parts(
-                            watch, p, w, r(), d, s, t, put), origin=origin)
+                        fill=lambda sink, r=stream, d=dt, w=where, p=p, s=src_slot, t=shape: _fill_parts(
+                            watch, p, w, r(), d, s, t, sink), origin=origin)
                 else:
                     source = TensorSource(name, shapes[slot], dt, _loader(watch, cache, p, slot, dt, where),
                                           origin=origin)
@@ -205,19 +205,20 @@ def _cast_blocks(watch, p, where, a, dtype, slot=None, shape=None):
         watch.counted(p, (slot, *counts))
 
 
-def _fill_parts(watch, p, where, a, dtype, slot, shape, put):
-    """The streamed transpose of 2-D ``a`` handed to ``put(byte offset, part)`` by worker threads, each part
-    summed for NaN/Inf as it is filled (source tensor ``slot`` counted value by value only where a sum is not
-    finite); through ``_cast_blocks``, in order, where a cast is due."""
+def _fill_parts(watch, p, where, a, dtype, slot, shape, sink):
+    """The streamed transpose of 2-D ``a`` handed to ``sink.put(byte offset, part)`` by worker threads, each
+    part filled in memory the sink lends (``sink.slot``) and summed for NaN/Inf as it is filled (source tensor
+    ``slot`` counted value by value only where a sum is not finite); through ``_cast_blocks``, in order, where a
+    cast is due."""
     a = np.asarray(a)
     if a.dtype != np.dtype(dtype):
         offset = 0
         for block in _cast_blocks(watch, p, where, a, dtype, slot, shape):
-            put(offset, block)
+            sink.put(offset, block)
             offset += block.nbytes
         return
     scan = is_floating(a.dtype)
-    finite = transposed_parts(a, put, check=sums_finite if scan else None)
+    finite = transposed_parts(a, sink.put, check=sums_finite if scan else None, lend=sink.slot)
     watch.counted(p, (slot, *(nonfinite(a) if scan and not all(finite) else (0, 0))))
 
 

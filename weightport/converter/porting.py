@@ -22,7 +22,8 @@ KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
 def collector_paused(port):
     """``port`` run with Python's cycle collector paused: in a process holding a large model, each full
     collection a port's many small allocations set off walks every object of it (0.2 s for a BERT-base in
-    keras-hub), while what a port leaves behind is freed by reference counts alone."""
+    keras-hub; a file conversion's many array views set collections off too), while what a port leaves behind
+    is freed by reference counts alone."""
     @functools.wraps(port)
     def paused(*args, **kwargs):
         was = gc.isenabled()
@@ -88,6 +89,7 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
     return Report(plan, ported)
 
 
+@collector_paused
 def into_file(source, destination, model, *, to, like, hints, strict, trust_pickle, plan, written: dict,
               rule_options=None) -> Report:
     """``wp.convert``: ``source`` written to ``destination``; ``written`` holds the file options."""

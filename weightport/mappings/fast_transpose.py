@@ -105,10 +105,10 @@ def _scratch(n: int) -> np.ndarray:
     return held[:n]
 
 
-STRIP_ELEMENTS = 1024  # wide elements per numpy call in the gathering pass, at least (fewer: call overhead rules)
+STRIP_ELEMENTS = 4096  # wide elements per numpy call in the gathering pass, at least (fewer: call overhead rules)
 
 
-def _fill_wide(a, first, block, lo, hi, chunk: int = 256):
+def _fill_wide(a, first, block, lo, hi, chunk: int = 1024):
     """``fill_transposed`` in two cache-sized passes over ``chunk`` source rows at a time.
 
     Gathering one strided value at a time is what costs (~0.6 GB/s); moving
@@ -271,16 +271,16 @@ def part_rows(n_in: int, itemsize: int) -> int:
     return int(min(512, max(16, rows - rows % 16)))
 
 
-def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int | None = None, check=None) -> list:
+def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int | None = None, check=None,
+                     lend=None) -> list:
     """Hand all of ``a.T`` (2-D) to ``put(byte offset, part)`` in parts of ``rows`` rows, from worker threads.
 
-    Each worker transposes the next part into its own small buffer and calls
-    ``put`` itself, so a writer copies the part from the cache of the core
-    that just filled it (a copy from another core's buffer costs about twice
-    the system time). ``put`` must be thread-safe and done with the part when
-    it returns. With ``check``, each worker applies it to each part it filled
-    and the results are returned. The first failure stops every worker and
-    is raised.
+    Each worker transposes the next part into memory ``lend(nbytes)`` gives
+    it (a writer's staging slot, which ``put`` then owns and writes while
+    the worker goes on), else into its own small buffer, which ``put`` must
+    be done with when it returns. ``put`` must be thread-safe. With
+    ``check``, each worker applies it to each part it filled and the
+    results are returned. The first failure stops every worker and is raised.
     """
     import itertools
     from concurrent.futures import ThreadPoolExecutor, wait
@@ -293,14 +293,15 @@ def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int |
     kept = _SCRATCH.get()
     pool = kept.pool(workers) if kept is not None else ThreadPoolExecutor(max_workers=workers)
     parts, failed, results = itertools.count(), threading.Event(), []
+    lend = lend or _part_buffer
 
     def work():
-        buffer = _part_buffer(rows * n_in * a.dtype.itemsize)
         for k in iter(parts.__next__, None):
             first = k * rows
             if first >= n_out or failed.is_set():
                 return
-            block = buffer[:min(rows, n_out - first) * n_in * a.dtype.itemsize].view(a.dtype).reshape(-1, n_in)
+            nbytes = min(rows, n_out - first) * n_in * a.dtype.itemsize
+            block = lend(nbytes)[:nbytes].view(a.dtype).reshape(-1, n_in)
             try:
                 fill_transposed(a, first, block)
                 if check is not None:

@@ -10,6 +10,7 @@ the kernel (``copy_range``) where the system can, never through Python.
 from __future__ import annotations
 
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -48,30 +49,64 @@ def blocks_checked(source, where: str):
                           "nothing was written")
 
 
-def fill_at(fd: int, source, start: int, where: str) -> None:
-    """Write fillable ``source`` at ``start`` in open file ``fd``: each part by ``pwrite`` from the thread that
-    made it, checked against the dtype and byte range the tensor promised; every byte must be put exactly once
-    (counted)."""
-    import threading
+def write_tensors(fd: int, start: int, sources, where: str, progress=None) -> None:
+    """Write ``sources`` one after another from byte ``start`` of open file ``fd``, space reserved first.
 
-    written, lock = [0], threading.Lock()
+    One writer thread writes (``OffsetWriter``) while the tensors are read
+    and transposed: a tensor stored unchanged is copied file to file, a
+    fillable one comes in parts from the threads that transpose it, any
+    other block by block.
+    """
+    from .offset_writer import OffsetWriter, reserve
 
-    def put(offset: int, part) -> None:
-        part = np.asarray(part)
-        if part.dtype != source.dtype or offset < 0 or offset + part.nbytes > source.nbytes:
-            raise FormatError(f"{where}: tensor {source.name!r} ({source.shape} {source.dtype}, {source.nbytes} "
-                              f"bytes) produced a part {tuple(part.shape)} {part.dtype} at byte {offset}; "
-                              "nothing was written")
-        view = memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], start + offset + done)
-        with lock:
-            written[0] += part.nbytes
+    reserve(fd, start + sum(s.nbytes for s in sources))
+    with OffsetWriter(fd) as out:
+        offset = start
+        for s in sources:
+            stored = copyable_range(s)
+            if stored is not None:
+                out.copy(offset, stored)
+            elif s.fillable:
+                fill_at(out, s, offset, where)
+            else:
+                at = offset
+                for _, block in blocks_checked(s, where):
+                    out.put(at, block.reshape(-1).view(np.uint8))
+                    at += block.nbytes
+                    del block
+            offset += s.nbytes
+            if progress is not None:
+                progress(s.nbytes)
 
-    source.fill(put)
-    if written[0] != source.nbytes:
-        raise FormatError(f"{where}: tensor {source.name!r} produced {written[0]} of its {source.nbytes} bytes; "
+
+class TensorSink:
+    """Where a fillable tensor's parts go (``TensorSource.fill``): each is checked against the dtype and byte
+    range the tensor promised, then handed to the writer; ``slot`` lends the writer's staging memory to fill."""
+
+    def __init__(self, out, source, start: int, where: str):
+        self.out, self.source, self.start, self.where = out, source, start, where
+        self.written, self._lock = 0, threading.Lock()
+
+    def slot(self, nbytes: int) -> np.ndarray:
+        return self.out.slot(nbytes)
+
+    def put(self, offset: int, part) -> None:
+        part, s = np.asarray(part), self.source
+        if part.dtype != s.dtype or offset < 0 or offset + part.nbytes > s.nbytes:
+            raise FormatError(f"{self.where}: tensor {s.name!r} ({s.shape} {s.dtype}, {s.nbytes} bytes) produced "
+                              f"a part {tuple(part.shape)} {part.dtype} at byte {offset}; nothing was written")
+        self.out.put(self.start + offset, np.ascontiguousarray(part))
+        with self._lock:
+            self.written += part.nbytes
+
+
+def fill_at(out, source, start: int, where: str) -> None:
+    """Write fillable ``source`` at byte ``start`` through ``out`` (an OffsetWriter), its parts handed over by
+    the threads that make them; every byte must be put exactly once (counted)."""
+    sink = TensorSink(out, source, start, where)
+    source.fill(sink)
+    if sink.written != source.nbytes:
+        raise FormatError(f"{where}: tensor {source.name!r} produced {sink.written} of its {source.nbytes} bytes; "
                           "nothing was written")
 
 
@@ -105,20 +140,8 @@ def copy_range(fd: int, file_range, offset: int) -> bool:
     return True
 
 
-def append_range(f, file_range) -> bool:
-    """``copy_range`` at the end of buffered file ``f``, leaving ``f`` positioned after the copy; False where unsupported."""
-    f.flush()
-    start = f.tell()
-    if not copy_range(f.fileno(), file_range, start):
-        f.seek(start)
-        f.truncate(start)
-        return False
-    f.seek(start + file_range[2])
-    return True
-
-
-def append_range_read(f, file_range, chunk: int = 8 << 20) -> None:
-    """``file_range``'s bytes appended to ``f`` through one small buffer.
+def copy_range_read(fd: int, file_range, offset: int, chunk: int = 8 << 20) -> None:
+    """``file_range``'s bytes written at ``offset`` in open file ``fd`` through one small buffer.
 
     The fallback where the kernel cannot copy between the two files (another
     file system, ``/dev/shm``): the tensor is never mapped or loaded whole, so
@@ -132,7 +155,9 @@ def append_range_read(f, file_range, chunk: int = 8 << 20) -> None:
             n = os.preadv(src.fileno(), [view[:min(len(view), nbytes - done)]], src_offset + done)
             if n == 0:
                 raise FormatError(f"{src_path}: ended inside the tensor bytes [{src_offset}, {src_offset + nbytes})")
-            f.write(view[:n])
+            written = 0
+            while written < n:
+                written += os.pwrite(fd, view[written:n], offset + done + written)
             done += n
 
 

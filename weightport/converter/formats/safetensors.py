@@ -242,25 +242,11 @@ def _with_format_tag(metadata: dict) -> dict:
 
 
 def _write_file(temp, final_path, sources, metadata, progress):
+    head = _header(sources, metadata)
     with open(temp, "wb") as f:
-        f.write(_header(sources, metadata))
-        for s in sources:
-            stored = fileio.copyable_range(s)
-            if stored is not None:
-                if not fileio.append_range(f, stored):  # another file system: through a small buffer
-                    fileio.append_range_read(f, stored)
-            elif s.fillable:  # written in parts by the threads that compute them, each from its own cache
-                f.flush()
-                start = f.tell()
-                fileio.fill_at(f.fileno(), s, start, final_path)
-                f.seek(start + s.nbytes)
-            else:
-                for _, block in fileio.blocks_checked(s, final_path):
-                    if block.size:
-                        f.write(memoryview(block.reshape(-1).view(np.uint8)))
-                    del block
-            if progress is not None:
-                progress(s.nbytes)
+        f.write(head)
+        f.flush()
+        fileio.write_tensors(f.fileno(), len(head), sources, final_path, progress)
 
 
 def _plan_shards(sources, shard_size):

@@ -1,0 +1,136 @@
+"""The safetensors writer's one writer thread (``OffsetWriter``): its fallbacks write the very same bytes, and a
+write that fails in that thread (a full disk) reaches the caller as a clear error, leaving nothing behind."""
+import errno
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import weightport as wp  # noqa: E402
+from weightport.converter.formats import offset_writer  # noqa: E402
+from weightport.errors import OutputError  # noqa: E402
+from weightport.mappings import fast_transpose  # noqa: E402
+
+
+def _source(tmp_path):
+    """A torch-layout file whose kernels are transposed in many small parts (37 and 1001: no multiple of 16)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(48, 1001), torch.nn.Linear(1001, 37), torch.nn.LayerNorm(37))
+    src = tmp_path / "t.safetensors"
+    wp.save(net, src)
+    return src, net
+
+
+def _convert(src, net, out, monkeypatch):
+    monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)  # parts of 16 rows: many, from several workers
+    wp.convert(src, out, net, to="keras")
+    return out.read_bytes()
+
+
+def _counting(monkeypatch, name):
+    calls, real = [], getattr(os, name)
+
+    def counted(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(os, name, counted)
+    return calls
+
+
+def test_sendfile_from_shared_memory_pwrite_and_no_fallocate_write_the_same_bytes(tmp_path, monkeypatch):
+    src, net = _source(tmp_path)
+    sent = _counting(monkeypatch, "sendfile")
+    normal = _convert(src, net, tmp_path / "normal.safetensors", monkeypatch)
+    if hasattr(os, "memfd_create"):
+        assert sent  # the parts went through the writer's shared memory (Linux)
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    written = wp.load(tmp_path / "normal.safetensors")
+    assert np.array_equal(written["0/kernel"], state["0.weight"].T)
+    assert not np.array_equal(written["0/kernel"].reshape(-1), state["0.weight"].reshape(-1))  # not as stored
+
+    def refused(*args):
+        raise OSError(errno.EINVAL, "sendfile to this file system is not supported (simulated)")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    pwrites = _counting(monkeypatch, "pwrite")
+    assert _convert(src, net, tmp_path / "pwrite.safetensors", monkeypatch) == normal
+    assert pwrites  # the writer went on with pwrite
+
+    monkeypatch.delattr(os, "memfd_create", raising=False)  # no shared memory: plain staging memory
+    monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no")))
+    assert _convert(src, net, tmp_path / "plain.safetensors", monkeypatch) == normal
+
+
+def test_a_full_disk_in_the_writer_thread_is_said_and_leaves_nothing(tmp_path, monkeypatch):
+    """The writer thread's error stops the workers (none waits for a staging slot for ever) and is raised in
+    the caller's thread, as the OutputError any failed write gives."""
+    src, net = _source(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    calls, real = [], os.sendfile if hasattr(os, "memfd_create") else os.pwrite
+    name = "sendfile" if hasattr(os, "memfd_create") else "pwrite"
+
+    def filling(*args):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(os, name, filling)
+    with pytest.raises(OutputError, match=r"cannot write \S*k\.safetensors: no space left.*nothing was left behind"):
+        _convert(src, net, tmp_path / "k.safetensors", monkeypatch)
+    assert len(calls) > 3  # it failed part-way through, after parts had been written
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_disk_too_small_is_refused_before_any_tensor_is_transposed(tmp_path, monkeypatch):
+    src, net = _source(tmp_path)
+    transposed = []
+    real = fast_transpose.fill_transposed
+    monkeypatch.setattr(fast_transpose, "fill_transposed", lambda *a, **k: transposed.append(1) or real(*a, **k))
+
+    def full(fd, offset, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OutputError, match="no space left"):
+        _convert(src, net, tmp_path / "k.safetensors", monkeypatch)
+    assert transposed == []  # the space was reserved first
+    assert not (tmp_path / "k.safetensors").exists()
+    monkeypatch.undo()
+    _convert(src, net, tmp_path / "k.safetensors", monkeypatch)  # negative control: with room, it is written
+    assert (tmp_path / "k.safetensors").exists()
+
+
+def test_a_real_full_file_system_is_refused_cleanly(tmp_path):
+    """A 1 MiB tmpfs (where this runs as root and may mount one): the output does not fit, which is seen before
+    anything is written, and the file system is left as it was."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(512, 1000)  # ~2 MB of float32
+        wp.save(net, tmp_path / "big.safetensors")
+        (small / "pad").write_bytes(b"x" * 4096)
+        with pytest.raises(OutputError, match=r"needs [\d,]+ bytes but its file system has [\d,]+ free"):
+            wp.convert(tmp_path / "big.safetensors", small / "k.safetensors", net, to="keras")
+        assert sorted(os.listdir(small)) == ["pad"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_parts_in_lent_slots_are_queued_and_others_written_at_once(tmp_path):
+    path = tmp_path / "f"
+    with open(path, "wb") as f, offset_writer.OffsetWriter(f.fileno(), slots=2) as out:
+        lent = out.slot(8)
+        lent[:] = np.arange(8, dtype=np.uint8)
+        out.put(8, lent)
+        out.put(0, np.arange(100, 108, dtype=np.uint8))  # not in a slot: written by this thread
+        assert out._slot_offset(lent) is not None and out._slot_offset(np.zeros(8, np.uint8)) is None  # noqa: SLF001
+    assert path.read_bytes() == bytes(range(100, 108)) + bytes(range(8))
