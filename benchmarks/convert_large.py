@@ -128,9 +128,10 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     work = lambda name: os.path.join(args.workdir, name)  # noqa: E731
     src = work("llama_torch.safetensors")
-    if not os.path.exists(src):
+    if not os.path.exists(src):  # in a child: Linux hands a parent's resident size to the ru_maxrss of its children
         print("building the checkpoint...", flush=True)
-        build_checkpoint(src)
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import convert_large; "
+                        f"convert_large.build_checkpoint({src!r})"], check=True)
     from weightport import load
 
     source = load(src)
@@ -143,8 +144,9 @@ def main():
     if not args.only or any(w in "weightport -> .weights.h5" for w in args.only.split(",")):
         make_plan(cli, src, work("keras.weights.h5"), work("plan_h5.json"), "--model",
                   f"{structure}:torch_structure", "--like", f"{structure}:keras_structure")
-    with open(src, "rb") as f:  # warm the page cache
-        while f.read(64 * MiB):
+    with open(src, "rb") as f:  # warm the page cache, through a small buffer (see above)
+        buffer = bytearray(4 * MiB)
+        while f.readinto(buffer):
             pass
 
     outputs = {"cp": "copy.safetensors", "naive numpy pipeline": "naive.safetensors",
