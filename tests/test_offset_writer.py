@@ -14,6 +14,8 @@ from weightport.converter.formats import offset_writer  # noqa: E402
 from weightport.errors import OutputError  # noqa: E402
 from weightport.mappings import fast_transpose  # noqa: E402
 
+pytestmark = pytest.mark.keras_free
+
 
 def _source(tmp_path):
     """A torch-layout file whose kernels are transposed in many small parts (37 and 1001: no multiple of 16)."""

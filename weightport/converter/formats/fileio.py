@@ -5,7 +5,9 @@ hold each array to the shape and dtype it was announced with, so a wrong
 loader fails naming the output and the tensor instead of writing a damaged
 file. A tensor whose exact bytes lie in a file is copied file to file in
 the kernel (``copy_range``) where the system can, never through Python.
-(Output files are staged and renamed into place by ``staging``.)
+``write_tensors`` lays tensors out one after another through one writer
+thread (``offset_writer``). (Output files are staged and renamed into place
+by ``staging``.)
 """
 from __future__ import annotations
 

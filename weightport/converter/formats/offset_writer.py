@@ -13,6 +13,7 @@ Where any of this is missing (not Linux, a file system that refuses
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import queue
@@ -35,11 +36,9 @@ def reserve(fd: int, nbytes: int) -> None:
     except OSError as exc:
         if exc.errno in _SPACE_ERRORS:
             raise
-    except ValueError:
-        pass
 
 
-_SPACE_ERRORS = {28, 122}  # ENOSPC, EDQUOT
+_SPACE_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG}
 
 
 class OffsetWriter:
@@ -70,6 +69,8 @@ class OffsetWriter:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None and self._error is None:
+            self._error = exc  # the file is abandoned: what is still queued is not written
         self._todo.put(None)
         self._thread.join()
         if self._memfd is not None:  # the mapping goes with its last view (a traceback may still hold one)
