@@ -52,31 +52,39 @@ def blocks_checked(source, where: str):
 
 
 def write_tensors(fd: int, start: int, sources, where: str, progress=None) -> None:
-    """Write ``sources`` one after another from byte ``start`` of open file ``fd``, space reserved first.
+    """Write ``sources`` one after another from byte ``start`` of open file ``fd``, space reserved first."""
+    from .offset_writer import reserve
+
+    placed, offset = [], start
+    for s in sources:
+        placed.append((s, offset))
+        offset += s.nbytes
+    reserve(fd, offset)
+    write_placed(fd, placed, where, progress)
+
+
+def write_placed(fd: int, placed, where: str, progress=None) -> None:
+    """Write each (source, byte offset) of ``placed`` into open file ``fd``.
 
     One writer thread writes (``OffsetWriter``) while the tensors are read
     and transposed: a tensor stored unchanged is copied file to file, a
     fillable one comes in parts from the threads that transpose it, any
     other block by block.
     """
-    from .offset_writer import OffsetWriter, reserve
+    from .offset_writer import OffsetWriter
 
-    reserve(fd, start + sum(s.nbytes for s in sources))
     with OffsetWriter(fd) as out:
-        offset = start
-        for s in sources:
+        for s, offset in placed:
             stored = copyable_range(s)
             if stored is not None:
                 out.copy(offset, stored)
             elif s.fillable:
                 fill_at(out, s, offset, where)
             else:
-                at = offset
                 for _, block in blocks_checked(s, where):
-                    out.put(at, block.reshape(-1).view(np.uint8))
-                    at += block.nbytes
+                    out.put(offset, block.reshape(-1).view(np.uint8))
+                    offset += block.nbytes
                     del block
-            offset += s.nbytes
             if progress is not None:
                 progress(s.nbytes)
 

@@ -1,4 +1,4 @@
-"""``.weights.h5`` written as Keras does, fast: h5py lays the datasets out, their bytes go in with ``pwrite``.
+"""``.weights.h5`` written as Keras does, fast: h5py lays the datasets out, their bytes go in at their offsets.
 
 A ``.keras`` path is written as an archive around such a file (``archive_writer``).
 """
@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
-
 from ....errors import UsageError
-from ..fileio import blocks_checked, copy_range, copyable_range
+from ..fileio import blocks_checked, write_placed
+from ..offset_writer import reserve
 
 
 def write(path: str, sources, metadata, *, staging, progress=None, like=None, **opts) -> None:
@@ -28,7 +27,8 @@ def write_h5(temp: str, sources, metadata, progress, path: str) -> None:
 
     Datasets are laid out first (h5py), then their bytes are written straight into the file.
     Each dataset is contiguous with its space allocated up front and never
-    filled, so its bytes can go to its file offset with plain ``pwrite`` (or an
+    filled, so its bytes can go to its file offset as a safetensors writer
+    puts them (``fileio.write_placed``: parts from the transposing threads, an
     in-kernel copy for tensors that need no change): h5py's own writes are
     several times slower on large tensors.
     """
@@ -41,12 +41,8 @@ def write_h5(temp: str, sources, metadata, progress, path: str) -> None:
         for s in sources:
             placed += _dataset(h5, s, path)
     with open(temp, "r+b") as f:
-        for s, offset in placed:
-            stored = copyable_range(s)
-            if stored is None or not copy_range(f.fileno(), stored, offset):
-                _write_blocks(f, s, offset, path)
-            if progress is not None:
-                progress(s.nbytes)
+        reserve(f.fileno(), os.fstat(f.fileno()).st_size)
+        write_placed(f.fileno(), placed, path, progress)
 
 
 def _dataset(h5, s, path) -> list:
@@ -82,13 +78,3 @@ def _write_through_h5py(ds, source, path) -> None:
                 ds[...] = block
             else:
                 ds[row:row + len(block)] = block
-
-
-def _write_blocks(f, source, offset, path) -> None:
-    row_bytes = math.prod(source.shape[1:]) * source.dtype.itemsize
-    for row, block in blocks_checked(source, path):
-        data = memoryview(block.reshape(-1).view(np.uint8))
-        start = offset + row * row_bytes
-        while len(data):
-            written = os.pwrite(f.fileno(), data, start)
-            data, start = data[written:], start + written
