@@ -169,6 +169,11 @@ def test_an_old_plan_without_the_split_record_is_refused_clearly(made, tmp_path)
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(wp.UsageError, match=r"qkv_proj\[query\].*version 1.*does not record where its parts lie"):
         wp.convert(m["src"], tmp_path / "out.safetensors", plan=str(tmp_path / "old.json"))
+    data = json.loads(m["plans"]["split"].read_text())
+    next(s for s in data["steps"] if s["split"])["split"]["packed"].pop("names")
+    (tmp_path / "gap.json").write_text(json.dumps(data))
+    with pytest.raises(wp.UsageError, match=r"qkv_proj\[query\].*lacks 'names'"):
+        wp.convert(m["src"], tmp_path / "out.safetensors", plan=str(tmp_path / "gap.json"))
     data = {**json.loads(m["plans"]["split"].read_text()), "version": 99}
     (tmp_path / "new.json").write_text(json.dumps(data))
     with pytest.raises(wp.UsageError, match="version 99"):

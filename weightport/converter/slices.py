@@ -27,8 +27,8 @@ def cut_columns(part: dict, outputs: int, where: str) -> np.ndarray:
     """The packed output columns ``part`` (see ``cut``) names, checked to lie within ``outputs`` columns;
     ``where`` names the packed layer in a refusal."""
     layout, size = part.get("layout"), part.get("size")
-    if layout not in LAYOUTS or not isinstance(size, int) or size <= 0:
-        raise ShapeMismatchError(f"{where}: a part's layout must be one of {list(LAYOUTS)} with a positive size, "
+    if layout not in LAYOUTS or not isinstance(size, int) or size <= 0 or not part.get("role"):
+        raise ShapeMismatchError(f"{where}: a part needs a role, a layout of {list(LAYOUTS)} and a positive size, "
                                  f"found {part}; nothing was written")
     if layout == "blocks":
         start = part.get("start")

@@ -63,15 +63,32 @@ def replayed(step, ckpt, layer):
     checkpoint (its tensors checked to be there), as planning reads a step's.
     """
     split = tuples(step.split)
-    try:
-        packed = split["packed"]
-        rule, hp = registry.get(packed["rule"]), dict(packed["hp"])
-        if "cut" in split:
-            return _part(step, packed, rule, hp, split["cut"], ckpt, layer)
-        return _assembled(step, packed, rule, hp, split["parts"], ckpt, layer)
-    except (KeyError, TypeError) as exc:
+    _check_record(step, split)
+    packed = split["packed"]
+    rule, hp = registry.get(packed["rule"]), dict(packed["hp"])
+    if "cut" in split:
+        return _part(step, packed, rule, hp, split["cut"], ckpt, layer)
+    return _assembled(step, packed, rule, hp, split["parts"], ckpt, layer)
+
+
+PACKED = ("path", "layout", "rule", "hp", "shapes")
+PART = ("source", "layout", "rule", "source_hp", "target_hp", "names", "shapes", "cut")
+
+
+def _check_record(step, split) -> None:
+    """Refuse a split record that lacks a field replay reads, naming it."""
+    packed = split.get("packed") if isinstance(split, dict) else None
+    if not isinstance(packed, dict) or ("cut" in split) == ("parts" in split):
+        missing = "'packed' and one of 'cut' or 'parts'"
+    else:
+        wanted = [(packed, PACKED + (("names",) if "cut" in split else ()))]
+        wanted += [(q, PART) for q in split.get("parts", ())]
+        gaps = [k for record, keys in wanted for k in keys if not isinstance(record, dict) or k not in record]
+        gaps += ["cut"] if "cut" in split and not isinstance(split["cut"], dict) else []
+        missing = ", ".join(repr(k) for k in dict.fromkeys(gaps)) if gaps else ""
+    if missing:
         raise UsageError(f"plan step {step.source} -> {step.target}: its record of the packed layer it splits "
-                         f"lacks {exc} (found {step.split}); make the plan again with --dry-run --save-plan") from None
+                         f"lacks {missing} (found {step.split}); make the plan again with --dry-run --save-plan")
 
 
 def _part(step, packed, rule, hp, where: dict, ckpt, layer):
