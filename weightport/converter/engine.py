@@ -321,9 +321,14 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     from .plan import Report, jsonable
     from .structure import RULES_KEY, group_path
 
+    from . import split_plans
+    from .plan import PLAN_VERSION
+
     layers = {}
+    plan.version = PLAN_VERSION  # the steps' names (and splits) are recorded as this version records them
     for step, p in zip(plan.steps, pairs):
         step.source_names = dict(getattr(p.source, "names", {}))
+        step.split = split_plans.record(p)
         step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
         group = group_path(list(step.target_names.values()), p.target.layout)
         hp = {k: v for k, v in p.target_hp.items() if k != "weight_norm"}  # read back, g and v fold on their own

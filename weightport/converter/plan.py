@@ -4,7 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..errors import UsageError
 from ..mappings.rule import ConfigIssue
+
+# 2: steps that read a part of a packed layer, or assemble one, record it in ``Step.split``
+PLAN_VERSION = 2
 
 
 # how a pair of layers was made, as the report says it
@@ -43,10 +47,13 @@ class Step:
     # file conversions: slot -> tensor name on each side, so the plan can be run again without a model
     source_names: dict = field(default_factory=dict)
     target_names: dict = field(default_factory=dict)
+    # a packed layer's part read (``packed`` + ``cut``) or parts assembled (``packed`` + ``parts``): see split_plans
+    split: dict = field(default_factory=dict)
 
 
 @dataclass
 class Plan:
+    version: int = PLAN_VERSION  # of the JSON form; a plan without one is version 1
     steps: list = field(default_factory=list)
     unmatched_source: list = field(default_factory=list)  # "path (kind, shapes)" strings
     unmatched_target: list = field(default_factory=list)
@@ -58,9 +65,14 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         data = json.loads(text)
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > PLAN_VERSION:
+            raise UsageError(f"the plan is of version {version!r}, and this weightport reads plans up to version "
+                             f"{PLAN_VERSION}; upgrade weightport, or make the plan again with this one")
         steps = [Step(**{**s, "source_hp": tuples(s["source_hp"]), "target_hp": tuples(s["target_hp"]),
-                         "shapes": [tuple(x) for x in s["shapes"]]}) for s in data.get("steps", [])]
-        return cls(steps=steps,
+                         "shapes": [tuple(x) for x in s["shapes"]], "split": tuples(s.get("split", {}))})
+                 for s in data.get("steps", [])]
+        return cls(version=version, steps=steps,
                    unmatched_source=data.get("unmatched_source", []),
                    unmatched_target=data.get("unmatched_target", []),
                    issues=data.get("issues", []))

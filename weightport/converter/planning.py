@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from ..errors import AmbiguityError, ShapeMismatchError, UsageError, WeightportError
 from ..mappings.rule import registry
-from . import folding
+from . import folding, split_plans
 from .pairs import refuse_unsettled
-from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
+from .plan import PLAN_VERSION, Pair, Plan, Step, reparametrized_notes, transform_text
 from .structure import FileNode
 
 
@@ -27,39 +27,64 @@ def read_plan(plan) -> Plan:
     try:
         with open(plan, encoding="utf-8") as f:
             return Plan.from_json(f.read())
+    except UsageError:
+        raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UsageError(f"cannot read the plan {plan}: {exc}; give a file written by "
                          "`weightport convert --dry-run --save-plan` (or report.to_json())") from None
 
 
 def replay(plan: Plan, ckpt) -> tuple:
-    """(pairs, names_of) that run a saved plan on a checkpoint, every name and shape checked first. A file an
-    adapter walks as a model (an ONNX graph, whose layers read initializers through Transposes) is walked
-    again, and each step's layer found by its path, reading the tensors the plan names."""
+    """(pairs, names_of) that run a saved plan on a checkpoint, every name, shape and slice bound checked first. A
+    file an adapter walks as a model (an ONNX graph, whose layers read initializers through Transposes) is walked
+    again, and each step's layer found by its path, reading the tensors the plan names. A step reading a part of a
+    packed layer, or assembling one, is rebuilt from what it recorded (``split_plans``)."""
     walked = _walked(ckpt)
     pairs = []
     for step in plan.steps:
         rule = registry.get(step.rule)
-        if not step.source_names or not step.target_names:
-            raise UsageError(f"plan step {step.source} -> {step.target} records no tensor names; only plans of "
-                             "file conversions (convert/save with dry_run=True) can be run again")
-        missing = [n for n in step.source_names.values() if n not in ckpt]
-        if missing:
-            raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {step.source}, "
-                                     "which the checkpoint does not hold; nothing was written")
-        if walked is None:
-            node = FileNode(step.source, step.source_layout, [(rule, step.source_hp)], ckpt, step.source_names)
+        if not step.target_names:
+            _no_names(step)
+
+        def layer(path, layout, rule, hp, names, step=step):
+            return _layer(walked, ckpt, step, path, layout, rule, hp, names)
+
+        if step.split:
+            node = split_plans.replayed(step, ckpt, layer)
+        elif step.evidence == "split":
+            raise UsageError(f"plan step {step.source} -> {step.target} reads a part of a packed layer (or assembles "
+                             f"one), but the plan (version {plan.version}) does not record where its parts lie; make "
+                             f"the plan again with this weightport (plan version {PLAN_VERSION}), which records them")
         else:
-            node = _walked_node(walked, step, rule, ckpt)
-        node = folding.replayed(node, step.source_hp, ckpt)
+            node = layer(step.source, step.source_layout, rule, step.source_hp, step.source_names)
         shapes = node.canonical_shapes(rule, step.source_hp)
-        if shapes != [tuple(s) for s in step.shapes]:
+        if shapes is None or [tuple(s) for s in shapes] != [tuple(s) for s in step.shapes]:
             raise ShapeMismatchError(f"{ckpt.path}: {step.source} has shapes {shapes}, the plan expects "
                                      f"{step.shapes}; nothing was written")
         pairs.append(Pair(node, Virtual(step.target, step.target_layout), rule, step.source_hp,
                           step.target_hp, shapes, shapes))
     names = {id(p): step.target_names for p, step in zip(pairs, plan.steps)}
     return pairs, lambda p, slot: names[id(p)][slot]
+
+
+def _no_names(step):
+    raise UsageError(f"plan step {step.source} -> {step.target} records no tensor names; only plans of "
+                     "file conversions (convert/save with dry_run=True) can be run again")
+
+
+def _layer(walked, ckpt, step, path, layout, rule, hp, names):
+    """The layer at ``path`` of ``ckpt`` reading tensors ``names`` (slot -> name), each checked to be there."""
+    if not names:
+        _no_names(step)
+    missing = [n for n in names.values() if n not in ckpt]
+    if missing:
+        raise ShapeMismatchError(f"{ckpt.path}: the plan needs tensors {missing[:5]} for {path}, "
+                                 "which the checkpoint does not hold; nothing was written")
+    if walked is None:
+        node = FileNode(path, layout, [(rule, hp)], ckpt, names)
+    else:
+        node = _walked_node(walked, path, names, rule, hp, ckpt)
+    return folding.replayed(node, hp, ckpt)
 
 
 def _walked(ckpt):
@@ -73,17 +98,17 @@ def _walked(ckpt):
     return {node.path: node for node in nodes}
 
 
-def _walked_node(walked, step, rule, ckpt):
-    """The walked layer a plan step names, reading the very tensors the plan recorded, under the step's rule."""
+def _walked_node(walked, path, names, rule, hp, ckpt):
+    """The walked layer at ``path``, reading the very tensors the plan recorded (``names``), under ``rule``."""
     from dataclasses import replace
 
-    node = walked.get(step.source)
+    node = walked.get(path)
     found = dict(getattr(node, "names", {})) if node is not None else None
-    if found is None or any(found.get(slot) != name for slot, name in step.source_names.items()):
-        raise ShapeMismatchError(f"{ckpt.path}: the plan reads {step.source_names} for layer {step.source}, but "
+    if found is None or any(found.get(slot) != name for slot, name in names.items()):
+        raise ShapeMismatchError(f"{ckpt.path}: the plan reads {names} for layer {path}, but "
                                  f"the graph's layer there reads {found}; the file is not the one the plan was "
                                  "made for. Nothing was written")
-    return replace(node, candidates=[(rule, step.source_hp)], _shapes={})
+    return replace(node, candidates=[(rule, hp)], _shapes={})
 
 
 def as_it_is(src_nodes, layout) -> tuple:

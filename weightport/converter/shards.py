@@ -56,7 +56,9 @@ def byte_size(value, what: str = "shard_size"):
 
 def file_source(pairs):
     """The one checkpoint file every pair reads from, which workers can open themselves; else None."""
-    found = {id(c): c for c in (getattr(p.source, "checkpoint", None) for p in pairs)}
+    # a packed layer's part (or an assembly of parts) reads the checkpoints its nodes say: replay rebuilds it
+    found = {id(c): c for p in pairs for c in (p.source.checkpoints() if hasattr(p.source, "checkpoints")
+                                               else [getattr(p.source, "checkpoint", None)])}
     ckpt = next(iter(found.values())) if len(found) == 1 else None
     return ckpt if ckpt is not None and ckpt.path and os.path.exists(ckpt.path) else None
 

@@ -10,14 +10,53 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ShapeMismatchError
+
+LAYOUTS = ("blocks", "per_head")
+
+
+def cut(layout: str, role: str, start: int, size: int, index: int, parts: int, heads) -> dict:
+    """Where one part lies in a packed layer's outputs, as a plan records it (plain JSON): ``blocks`` uses
+    ``start`` and ``size``; ``per_head`` uses ``index`` of ``parts``, ``heads`` heads of ``size // heads``
+    each. Both readings are recorded, so a reviewer sees (and can edit) which one applies."""
+    return {"layout": layout, "role": role, "start": int(start), "size": int(size), "index": int(index),
+            "parts": int(parts), "heads": None if heads is None else int(heads)}
+
+
+def cut_columns(part: dict, outputs: int, where: str) -> np.ndarray:
+    """The packed output columns ``part`` (see ``cut``) names, checked to lie within ``outputs`` columns;
+    ``where`` names the packed layer in a refusal."""
+    layout, size = part.get("layout"), part.get("size")
+    if layout not in LAYOUTS or not isinstance(size, int) or size <= 0 or not part.get("role"):
+        raise ShapeMismatchError(f"{where}: a part needs a role, a layout of {list(LAYOUTS)} and a positive size, "
+                                 f"found {part}; nothing was written")
+    if layout == "blocks":
+        start = part.get("start")
+        if not isinstance(start, int) or start < 0 or start + size > outputs:
+            raise ShapeMismatchError(f"{where}: part {part.get('role')!r} takes outputs {start}..{start + size - 1}"
+                                     f" (blocks), but the packed layer has {outputs} outputs; nothing was written")
+        return np.arange(start, start + size)
+    heads, index, n = part.get("heads"), part.get("index"), part.get("parts")
+    if not heads or size % heads or not isinstance(index, int) or not 0 <= index < (n or 0) \
+            or heads * n * (size // heads) != outputs:
+        raise ShapeMismatchError(f"{where}: part {part.get('role')!r} is cut head by head (part {index} of {n}, "
+                                 f"{heads} heads, {size} outputs), which needs parts x size = {outputs} outputs "
+                                 "(the packed layer's) and a size its heads divide; nothing was written")
+    d = size // heads
+    return (np.arange(heads)[:, None] * n * d + index * d + np.arange(d)[None, :]).ravel()
+
 
 class Slice:
-    """Columns ``columns`` of the packed node ``base`` (read as ``rule``/``hp``: a kernel (in, out), a bias)."""
+    """The columns of the packed node ``base`` (read as ``rule``/``hp``: a kernel (in, out), a bias) that
+    ``part`` (see ``cut``) names."""
 
-    def __init__(self, base, rule, hp, columns, role: str, packing: str = "blocks"):
-        self.base, self.base_rule, self.base_hp = base, rule, hp
-        self.columns = np.asarray(columns)
-        self.cut = (f"{role}: outputs {self.columns[0]}..{self.columns[-1]} of {base.label}" if packing == "blocks"
+    def __init__(self, base, rule, hp, part: dict):
+        self.base, self.base_rule, self.base_hp, self.record = base, rule, hp, part
+        outputs = base.canonical_shapes(rule, hp)[0][-1]
+        self.columns = cut_columns(part, outputs, base.label)
+        role = part["role"]
+        self.cut = (f"{role}: outputs {self.columns[0]}..{self.columns[-1]} of {base.label}"
+                    if part["layout"] == "blocks"
                     else f"{role}: {len(self.columns)} of {base.label}'s outputs, interleaved head by head")
         self.path = self.label = f"{base.label}[{role}]"
         self.layout = base.layout
@@ -26,6 +65,10 @@ class Slice:
         self.inferred = getattr(base, "inferred", False)
         if hasattr(base, "framework"):
             self.obj, self.framework = base.obj, SliceFramework(self, base.framework)
+
+    def checkpoints(self) -> list:
+        """The checkpoints this part is read from (None for a live layer), for a run cut into shard units."""
+        return [getattr(self.base, "checkpoint", None)]
 
     # -- the matcher's node protocol ------------------------------------------------------
     def canonical_shapes(self, rule, hp):
@@ -108,6 +151,9 @@ class Assembled:
 
     def canonical_shapes(self, rule, hp):
         return self.base.canonical_shapes(self.rule, self.hp)
+
+    def checkpoints(self) -> list:
+        return [getattr(p.source, "checkpoint", None) for p in self.parts]
 
     def dtypes(self, rule, hp) -> dict:
         found = self.parts[0].source.dtypes(self.parts[0].rule, self.parts[0].source_hp)

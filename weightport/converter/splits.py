@@ -28,7 +28,7 @@ from ..errors import AmbiguityError, MatchError, UsageError, WeightportError
 from ..mappings.einsum_dense import head_count
 from . import naming
 from .pairs import pair
-from .slices import Assembled, Slice
+from .slices import Assembled, Slice, cut, cut_columns
 
 ATTENTION = ("query", "key", "value")
 # a word spelling several roles at once, as packed names do
@@ -85,18 +85,20 @@ class Split:
     def attention(self) -> bool:
         return set(self.roles) <= set(ATTENTION)
 
-    def columns(self, packing: str, order) -> list:
-        """For each partner, the packed output columns holding its part: ``blocks`` one after another in
-        ``order`` (partner indices), or ``per_head`` interleaved head by head."""
-        if packing == "per_head":
-            heads, n = self.heads[0], len(self.sizes)
-            d = self.sizes[0] // heads
-            return [(np.arange(heads)[:, None] * n * d + i * d + np.arange(d)[None, :]).ravel() for i in range(n)]
-        out, start = [None] * len(self.sizes), 0
+    def cuts(self, packing: str, order) -> list:
+        """For each partner, where its part lies in the packed outputs (``slices.cut``): ``blocks`` one after
+        another in ``order`` (partner indices), or ``per_head`` interleaved head by head."""
+        starts, start = [0] * len(self.sizes), 0
         for i in order:
-            out[i] = np.arange(start, start + self.sizes[i])
-            start += self.sizes[i]
-        return out
+            starts[i], start = start, start + self.sizes[i]
+        if packing == "per_head":  # a blocks reading of the same parts, recorded beside, starts in role order
+            starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        return [cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i])
+                for i, (role, size) in enumerate(zip(self.roles, self.sizes))]
+
+    def columns(self, packing: str, order) -> list:
+        """For each partner, the packed output columns holding its part (see ``cuts``)."""
+        return [cut_columns(c, sum(self.sizes), self.packed.label) for c in self.cuts(packing, order)]
 
 
 def _heads(node):
@@ -171,8 +173,8 @@ def split(src, tgt, side_flow, options: dict) -> tuple:
 def _pairs(s: Split, packing: str, order) -> list:
     rule, hp = linear_view(s.packed)[:2]
     found = []
-    for partner, columns, role, size in zip(s.partners, s.columns(packing, order), s.roles, s.sizes):
-        part = Slice(s.packed, rule, hp, columns, role, packing)
+    for partner, where, role, size in zip(s.partners, s.cuts(packing, order), s.roles, s.sizes):
+        part = Slice(s.packed, rule, hp, where)
         part.candidates = [(r, {**part.part_hp} if r is rule else _linear_hp(part.part_hp))
                            for r, _ in partner.candidates if part.layout in r.layouts()]
         p = pair(part, partner, "split") if s.packed_is_source else pair(partner, part, "split")
