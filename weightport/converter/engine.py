@@ -318,11 +318,9 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     from ..progress import bar
     from .checkpoint import LAYOUT_KEY
     from .formats import write_checkpoint
-    from .plan import Report, jsonable
-    from .structure import RULES_KEY, group_path
-
     from . import split_plans
-    from .plan import PLAN_VERSION
+    from .plan import PLAN_VERSION, Report, jsonable
+    from .structure import RULES_KEY, group_path
 
     layers = {}
     plan.version = PLAN_VERSION  # the steps' names (and splits) are recorded as this version records them
