@@ -44,8 +44,9 @@ def parse(options) -> dict:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"option {key}={value!r}: expected a positive whole number")
         out[key] = value
-    if ("head_dim" in out or "rotary_dim" in out) and "rope" not in out:
-        raise UsageError("options head_dim and rotary_dim belong to the rope option: pass rope= too")
+    if ("head_dim" in out and not {"rope", "packed_qkv"} & set(out)) or ("rotary_dim" in out and "rope" not in out):
+        raise UsageError("option head_dim belongs to the rope or packed_qkv option, and rotary_dim to rope: pass "
+                         "that option too")
     return out
 
 

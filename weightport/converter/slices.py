@@ -15,12 +15,18 @@ from ..errors import ShapeMismatchError
 LAYOUTS = ("blocks", "per_head")
 
 
-def cut(layout: str, role: str, start: int, size: int, index: int, parts: int, heads) -> dict:
+def cut(layout: str, role: str, start: int, size: int, index: int, parts: int, heads, groups=None,
+        group_start=None) -> dict:
     """Where one part lies in a packed layer's outputs, as a plan records it (plain JSON): ``blocks`` uses
-    ``start`` and ``size``; ``per_head`` uses ``index`` of ``parts``, ``heads`` heads of ``size // heads``
-    each. Both readings are recorded, so a reviewer sees (and can edit) which one applies."""
-    return {"layout": layout, "role": role, "start": int(start), "size": int(size), "index": int(index),
-            "parts": int(parts), "heads": None if heads is None else int(heads)}
+    ``start`` and ``size``; ``per_head`` cuts the outputs into ``groups`` groups (one per key/value head; every
+    head where all parts have as many), each holding ``size // groups`` outputs of this part from
+    ``group_start`` on. Both readings are recorded, so a reviewer sees (and can edit) which one applies; a
+    record with no ``groups`` (parts of one size) is read as ``index`` of ``parts``, ``heads`` groups."""
+    record = {"layout": layout, "role": role, "start": int(start), "size": int(size), "index": int(index),
+              "parts": int(parts), "heads": None if heads is None else int(heads)}
+    if groups is not None:
+        record.update(groups=int(groups), group_start=int(group_start))
+    return record
 
 
 def cut_columns(part: dict, outputs: int, where: str) -> np.ndarray:
@@ -36,14 +42,25 @@ def cut_columns(part: dict, outputs: int, where: str) -> np.ndarray:
             raise ShapeMismatchError(f"{where}: part {part.get('role')!r} takes outputs {start}..{start + size - 1}"
                                      f" (blocks), but the packed layer has {outputs} outputs; nothing was written")
         return np.arange(start, start + size)
-    heads, index, n = part.get("heads"), part.get("index"), part.get("parts")
-    if not heads or size % heads or not isinstance(index, int) or not 0 <= index < (n or 0) \
-            or heads * n * (size // heads) != outputs:
+    groups, first, index, n = _grouping(part)
+    if not groups or size % groups or outputs % groups or not isinstance(first, int) or first < 0 \
+            or first + size // groups > outputs // groups or not isinstance(index, int) or not 0 <= index < (n or 0):
         raise ShapeMismatchError(f"{where}: part {part.get('role')!r} is cut head by head (part {index} of {n}, "
-                                 f"{heads} heads, {size} outputs), which needs parts x size = {outputs} outputs "
-                                 "(the packed layer's) and a size its heads divide; nothing was written")
-    d = size // heads
-    return (np.arange(heads)[:, None] * n * d + index * d + np.arange(d)[None, :]).ravel()
+                                 f"{size} outputs in {groups} groups from {first} on in each), which needs groups "
+                                 f"that divide its size and the packed layer's {outputs} outputs, and a share that "
+                                 "fits in each group; nothing was written")
+    share, width = size // groups, outputs // groups
+    return (np.arange(groups)[:, None] * width + first + np.arange(share)[None, :]).ravel()
+
+
+def _grouping(part: dict) -> tuple:
+    """(groups, this part's first output in each group, index, parts) of a ``per_head`` record."""
+    index, n, heads = part.get("index"), part.get("parts"), part.get("heads")
+    if "groups" in part:
+        return part.get("groups"), part.get("group_start"), index, n
+    size = part.get("size")
+    share = size // heads if isinstance(heads, int) and heads > 0 and isinstance(size, int) else None
+    return heads, None if share is None or not isinstance(index, int) else index * share, index, n
 
 
 class Slice:
@@ -57,7 +74,7 @@ class Slice:
         role = part["role"]
         self.cut = (f"{role}: outputs {self.columns[0]}..{self.columns[-1]} of {base.label}"
                     if part["layout"] == "blocks"
-                    else f"{role}: {len(self.columns)} of {base.label}'s outputs, interleaved head by head")
+                    else f"{role}: {len(self.columns)} of {base.label}'s outputs, interleaved by heads")
         self.path = self.label = f"{base.label}[{role}]"
         self.layout = base.layout
         self.part_hp = {**hp, "units": len(self.columns)}

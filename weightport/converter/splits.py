@@ -87,14 +87,28 @@ class Split:
 
     def cuts(self, packing: str, order) -> list:
         """For each partner, where its part lies in the packed outputs (``slices.cut``): ``blocks`` one after
-        another in ``order`` (partner indices), or ``per_head`` interleaved head by head."""
+        another in ``order`` (partner indices), or ``per_head`` interleaved by heads: one group per key/value
+        head (every head where all parts have as many), holding each part's share in role order."""
         starts, start = [0] * len(self.sizes), 0
         for i in order:
             starts[i], start = start, start + self.sizes[i]
         if packing == "per_head":  # a blocks reading of the same parts, recorded beside, starts in role order
             starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        return [cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i])
+        groups = self.groups
+        shares = [size // groups if groups else 0 for size in self.sizes]
+        return [cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i], groups, sum(shares[:i]))
+                if groups else cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i])
                 for i, (role, size) in enumerate(zip(self.roles, self.sizes))]
+
+    @property
+    def groups(self):
+        """How many groups the parts interleave in, read head by head: the fewest heads a part has (its key and
+        value heads, each with its share of query heads), where every part's heads are a multiple; else None."""
+        if not self.heads or not all(self.heads):
+            return None
+        fewest = min(self.heads)
+        fits = all(h % fewest == 0 and size % fewest == 0 for h, size in zip(self.heads, self.sizes))
+        return fewest if fits else None
 
     def columns(self, packing: str, order) -> list:
         """For each partner, the packed output columns holding its part (see ``cuts``)."""
@@ -191,8 +205,9 @@ def _linear_hp(hp: dict) -> dict:
 
 
 def _one_order(s: Split) -> bool:
-    """Whether one after another and head by head are the same columns (every part a single head)."""
-    return all(h == 1 for h in s.heads)
+    """Whether one after another and head by head are the same columns (one group: every part a single head,
+    or a multi-query layer's single key and value head)."""
+    return all(h == 1 for h in s.heads) or s.groups == 1
 
 
 def settle(s: Split, options: dict, flow) -> tuple:
@@ -202,10 +217,8 @@ def settle(s: Split, options: dict, flow) -> tuple:
     if s.attention:
         traced = None if _one_order(s) else traced_packing(s, flow)
         packing = "blocks" if _one_order(s) else _agreed(s, "packed_qkv", options.get("packed_qkv"), traced)
-        if packing == "per_head" and not (len(set(s.sizes)) == 1 and len(set(s.heads)) == 1 and s.heads[0]):
-            raise UsageError(f"{s.packed.label}: option packed_qkv='per_head' needs parts of one size and head "
-                             f"count, but {[p.label for p in s.partners]} have {s.sizes} outputs in {s.heads} heads; "
-                             "nothing was changed")
+        if packing == "per_head" and not s.groups:
+            _heads_given(s, options.get("head_dim"))
         return (packing, list(range(n))) if packing else "packed_qkv"
     if "gate" not in s.roles or n != 2:
         return "gate_up"
@@ -214,6 +227,20 @@ def settle(s: Split, options: dict, flow) -> tuple:
         return "gate_up"
     g = s.roles.index("gate")
     return "blocks", [g, 1 - g] if gate == "gate_first" else [1 - g, g]
+
+
+def _heads_given(s: Split, head_dim) -> None:
+    """The partners' head counts from option ``head_dim``, where they do not say them; refused where that
+    leaves the groups of a head by head packing unknown."""
+    if head_dim and all(size % head_dim == 0 for size in s.sizes):
+        heads = [size // head_dim for size in s.sizes]
+        if all(known in (None, h) for known, h in zip(s.heads, heads)):
+            s.heads = heads
+    if not s.groups:
+        raise UsageError(f"{s.packed.label}: option packed_qkv='per_head' needs the parts' head counts, each a "
+                         f"multiple of the fewest (the key/value heads), but {[p.label for p in s.partners]} have "
+                         f"{s.sizes} outputs in {s.heads} heads; nothing was changed. Give the head size too: "
+                         "options={'packed_qkv': 'per_head', 'head_dim': ...}")
 
 
 def _agreed(s: Split, option: str, given, traced):
@@ -226,7 +253,8 @@ def _agreed(s: Split, option: str, given, traced):
 
 UNSETTLED = {
     "packed_qkv": ("whether its parts lie one after another or head by head",
-                   "'blocks' (one after another) or 'per_head' (interleaved head by head)"),
+                   "'blocks' (one after another) or 'per_head' (interleaved by heads: for each key/value head, "
+                   "its query heads, then it, then its value head)"),
     "gate_up": ("which of its blocks is the gate (the one an activation reads)", "'gate_first' or 'up_first'"),
 }
 
@@ -250,26 +278,46 @@ def _unsettled(found: dict) -> str:
 
 def traced_packing(s: Split, flow):
     """``blocks`` or ``per_head`` as the traced run cut the packed output, else None: slices at each block's
-    offset and size, or a view of its last axis as (parts, heads, head_dim) or (heads, parts, head_dim) (none
-    where the head count equals the parts', which reads either way)."""
+    offset and size; or a view of its last axis as (parts, heads, head_dim) for parts of one size, or as
+    (groups, parts' heads per group, head_dim) (none where parts and groups are as many and both read). A head
+    by head reading also tells the partners' head counts, where they do not say them themselves."""
     cuts = (flow.cuts.get(s.packed.path) if flow is not None else None) or []
-    n, heads = len(s.sizes), s.heads[0]
+    n = len(s.sizes)
     blocks = {(int(c[0]), len(c)) for c in s.columns("blocks", range(n))}
     pieces = {(offset, shape[-1]) for _, shape, offset in cuts if offset is not None and shape}
     if blocks <= pieces:
         return "blocks"
-    size = s.sizes[0]
-    if len(set(s.sizes)) != 1:
-        return None
-    found = set()
-    for _, shape, _ in cuts:  # a view of the last axis as (a, b, c): parts outermost, or inside each head
+    found, total = {}, sum(s.sizes)
+    for _, shape, _ in cuts:  # a view of the last axis as (a, b, c): parts outermost, or inside each group
+        if len(shape) >= 2 and int(shape[-2]) * int(shape[-1]) == total:  # (heads, head_dim): one group?
+            heads = _heads_of_view(s, 1, int(shape[-1]))
+            found.update({"blocks": heads} if heads is not None else {})
         if len(shape) < 3:
             continue
         a, b, c = (int(x) for x in shape[-3:])
-        readings = {"blocks"} if a == n and b * c == size and b != n else set()
-        readings |= {"per_head"} if b == n and a * c == size and a != n and heads in (None, a) else set()
-        found |= readings
-    return found.pop() if len(found) == 1 else None
+        if a * b * c != total:
+            continue
+        readings = {"blocks": None} if a == n and len(set(s.sizes)) == 1 and b * c == s.sizes[0] else {}
+        heads = _heads_of_view(s, a, c)
+        if heads is not None:
+            readings["per_head"] = heads
+        found.update(readings if a != n or len(readings) == 1 else {"blocks": None, "per_head": None})
+    if len(found) != 1:
+        return None
+    packing, heads = found.popitem()  # "blocks" of one group: a multi-query layer's single key/value head
+    if heads is not None:
+        s.heads = heads
+    return packing
+
+
+def _heads_of_view(s: Split, groups: int, head_dim: int):
+    """The partners' head counts if a view as (``groups``, ..., ``head_dim``) cuts the packed output head by
+    head (each part whole heads, ``groups`` the fewest, as the partners' own counts say where they do)."""
+    if any(size % head_dim for size in s.sizes):
+        return None
+    heads = [size // head_dim for size in s.sizes]
+    agrees = all(known in (None, h) for known, h in zip(s.heads, heads))
+    return heads if agrees and min(heads) == groups and all(h % groups == 0 for h in heads) else None
 
 
 def traced_gate(s: Split, flow):
