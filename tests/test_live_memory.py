@@ -1,5 +1,6 @@
 """Live ports without extra copies: NaN/Inf counted on the copy just made (still said), the jax backend's
 variables adopting the one buffer each is copied into, and a refused port leaving the target untouched."""
+import sys
 import warnings
 
 import keras
@@ -67,6 +68,60 @@ def test_empty_aligned_is_aligned_fresh_and_shaped():
         a = direct.empty_aligned(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
         assert a.size == 0 or a.ctypes.data % 64 == 0
+
+
+def minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def mapped_at(address: int) -> bool:
+    """Whether ``address`` lies in one of this process's mappings."""
+    with open("/proc/self/maps") as f:
+        spans = (line.split(" ", 1)[0].split("-") for line in f)
+        return any(int(lo, 16) <= address < int(hi, 16) for lo, hi in spans)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MAP_POPULATE is Linux's")
+def test_a_large_fresh_buffer_is_present_before_it_is_written():
+    import mmap
+
+    shape = (1000, 1537)  # 5.9 MiB of float32, not a whole number of pages
+    a = direct.empty_aligned(shape, np.float32)
+    assert a.shape == shape and a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % 4096 == 0
+    pages = a.nbytes // 4096
+    before = minor_faults()
+    a[:] = 3.0
+    assert minor_faults() - before < pages // 16 and a[-1, -1] == 3.0
+    plain = mmap.mmap(-1, a.nbytes)  # negative control: the same memory mapped without populating it
+    plain.madvise(mmap.MADV_NOHUGEPAGE)
+    b = np.frombuffer(plain, np.float32).reshape(shape)
+    before = minor_faults()
+    b[:] = 3.0
+    assert minor_faults() - before >= pages // 2
+    small = direct.empty_aligned((7, 5), np.float32)  # below MAPPED_BYTES: from the heap, 64-byte aligned
+    assert small.ctypes.data % 64 == 0 and small.shape == (7, 5)
+
+
+@pytest.mark.skipif(not ON_JAX, reason="jax backend only")
+def test_jax_adopts_a_large_mapped_buffer_and_releases_it_with_the_array():
+    import gc
+
+    import jax.numpy as jnp
+
+    like = jnp.zeros((1024, 1024), jnp.float32)
+    buf = direct.empty_aligned((1024, 1024), np.float32)
+    buf[:] = np.arange(1024, dtype=np.float32)
+    address = buf.ctypes.data
+    adopted = direct.adopted_by_jax(buf, like)
+    assert adopted is not None and adopted.unsafe_buffer_pointer() == address
+    del buf
+    gc.collect()
+    assert mapped_at(address) and float(adopted[5, 7]) == 7.0  # jax keeps the mapping alive while it uses it
+    del adopted
+    gc.collect()
+    assert not mapped_at(address)  # and it is given back to the system with the array: no leak
 
 
 @pytest.mark.skipif(not ON_JAX, reason="jax backend only")

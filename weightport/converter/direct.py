@@ -195,14 +195,35 @@ def nonfinite_in(dst) -> tuple:
 
 def empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
     """A fresh C-contiguous array whose data starts on an ``align``-byte boundary (jax adopts such a buffer
-    on a CPU without copying it)."""
+    on a CPU without copying it). Large ones are mapped pages faulted in by one call (``mapped``)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes == 0:
         return np.empty(shape, dtype)
+    if nbytes >= MAPPED_BYTES:
+        found = mapped(nbytes)
+        if found is not None:
+            return np.frombuffer(found, dtype, count=nbytes // dtype.itemsize).reshape(shape)
     raw = np.empty(nbytes + align, np.uint8)
     start = (-raw.ctypes.data) % align
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+MAPPED_BYTES = 1 << 20  # smaller buffers come from the heap, whose freed memory is reused without faults
+
+
+def mapped(nbytes: int):
+    """``nbytes`` of fresh anonymous memory, page-aligned, its pages made present by the one ``mmap`` call
+    (``MAP_POPULATE``, Linux) instead of one fault per 4 KiB on first write: in a virtual machine those faults
+    cost more than the copy itself (measured here: 418 MiB written 0.61 s into numpy's fresh buffers, 0.37 s into
+    these). Released to the system as soon as nothing uses it. None where such a mapping cannot be made."""
+    import mmap
+
+    populate = getattr(mmap, "MAP_POPULATE", 0) if sys.platform.startswith("linux") else 0
+    try:
+        return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, AttributeError, ValueError):  # no anonymous mmap, or too many mappings: the heap's
+        return None
 
 
 def give_back_freed(nbytes: int) -> None:
