@@ -21,7 +21,7 @@ from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMism
                       UsageError)
 from . import constants, folding, naming, splits
 from .evidence import Pairing
-from .pairs import describe, fmt_shapes, pair, refuse_unsettled
+from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 
 
@@ -112,6 +112,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_t = [b for b in tgt if id(b) not in used_t]
         pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
                                  left_s, left_t, flows, strict)
+        _refuse_broken_ties(broken_ties(tied_t, pairs, left_s), strict, plan)
         left_t = _left_alone(left_t, plan)
         computed, left_t = constants.filled(left_t, source_constants or dict, plan.issues, source_nodes)
         pairs += computed
@@ -218,6 +219,19 @@ def _zero_input_table(node) -> bool:
     """Whether ``node`` is an input table holding only zeros: a table whose rows are added to others' (RoBERTa's
     token types) then adds nothing, and one the other side lacks loses nothing."""
     return folding.is_input_table(node) and folding.holds_zeros(node)
+
+
+def _refuse_broken_ties(broken, strict, plan) -> None:
+    """A tie on the target's side only (``pairs.broken_ties``): refused under ``strict``, else said."""
+    for a, t in broken:
+        text = (f"target layer {t.label} is tied to {t.tied_to} (one tensor, filled from the source's table), but "
+                f"the source keeps weights of its own for it in {describe(a)}: the target cannot hold both, and "
+                "would compute something else there")
+        if strict:
+            raise MatchError(f"{text}. The target was not changed. Build the target untied (tie_word_embeddings="
+                             f"False in a transformers config) so {t.label} takes them, or pass strict=False to "
+                             f"port without {a.label}")
+        plan.issues.append(text + f"; {a.label} was not ported")
 
 
 def _refuse_dropped_inputs(left_s) -> None:

@@ -104,6 +104,20 @@ def fitting(left_s, left_t) -> set:
     return fits
 
 
+def broken_ties(tied_t, pairs, left_s) -> list:
+    """(source node, tied target node) where the target fills a layer through its tie (an ``lm_head`` tied to
+    the token table) while the source keeps separate weights of that kind and shape for it, left unpaired: the
+    target cannot hold them, and the port would change what that layer computes."""
+    filled = {p.target.path for p in pairs}
+    found = []
+    for t in tied_t:
+        if t.tied_to not in filled:
+            continue
+        fits = [a for a in left_s if (p := pair(a, t)) is not None and p.shapes_agree]
+        found += [(fits[0], t)] if fits else []
+    return found
+
+
 def describe(node) -> str:
     rule, hp = node.candidates[0]
     shapes = node.canonical_shapes(rule, hp)
