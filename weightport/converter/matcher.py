@@ -21,7 +21,7 @@ from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMism
                       UsageError)
 from . import constants, folding, naming, splits
 from .evidence import Pairing
-from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled
+from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 
 
@@ -119,17 +119,18 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
         pairs += zeroed
-        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict)
+        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, tied_head_hint(left_t, pairs))
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
 
 
-def _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict) -> None:
-    """Refuse what ``strict`` does not allow to stay unpaired; report the rest in ``plan``."""
+def _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, hint="") -> None:
+    """Refuse what ``strict`` does not allow to stay unpaired (``hint`` added to the refusal); report the rest in
+    ``plan``."""
     if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
-        _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
+        _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t, hint)
     if strict:
         _refuse_dropped_inputs(left_s)
     if left_s:
@@ -245,7 +246,7 @@ def _refuse_dropped_inputs(left_s) -> None:
                 "or pass strict=False to port everything else")
 
 
-def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
+def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
     if loose:
@@ -283,7 +284,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
         + "".join(f"  source: {describe(a)}\n" for a in left_s)
         + "".join(f"  target: {describe(b)}\n" for b in left_t)
         + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
-          "to copy only what pairs." + zero_hint)
+          "to copy only what pairs." + zero_hint + hint)
 
 
 def _ambiguity_error(classes, traced: bool) -> AmbiguityError:

@@ -118,6 +118,23 @@ def broken_ties(tied_t, pairs, left_s) -> list:
     return found
 
 
+def tied_head_hint(left_t, pairs) -> str:
+    """For a refusal: where a target layer left unfilled is a source table read backwards (an output head of the
+    table's transposed shape), the source most likely ties its head to that table and holds it once."""
+    tables = {tuple(p.source_shapes[0][::-1]): p for p in pairs
+              if p.rule.reads_inputs and len(p.source_shapes) == 1 and len(p.source_shapes[0]) == 2}
+    for b in left_t:
+        for rule, hp in b.candidates:
+            shapes = shapes_or_none(b, rule, hp)
+            p = tables.get(tuple(shapes[0])) if shapes and len(shapes) == 1 else None
+            if p is not None:
+                return (f" Target layer {b.label} has the shape of the source table {p.source.label} read backwards: "
+                        "if the source ties its output head to that table (one tensor), build the target tied too "
+                        f"(tie_word_embeddings=True in a transformers config), so {b.label} is filled through "
+                        f"{p.target.label}.")
+    return ""
+
+
 def describe(node) -> str:
     rule, hp = node.candidates[0]
     shapes = node.canonical_shapes(rule, hp)
