@@ -320,7 +320,7 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     from .formats import write_checkpoint
     from . import split_plans
     from .plan import PLAN_VERSION, Report, jsonable
-    from .structure import RULES_KEY, group_path
+    from .structure import RULES_KEY, layer_record
 
     layers = {}
     plan.version = PLAN_VERSION  # the steps' names (and splits) are recorded as this version records them
@@ -328,9 +328,9 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
         step.source_names = dict(getattr(p.source, "names", {}))
         step.split = split_plans.record(p)
         step.target_names = {slot: names_of(p, slot) for slot in p.rule.native_slots(p.target.layout, p.target_hp)}
-        group = group_path(list(step.target_names.values()), p.target.layout)
-        hp = {k: v for k, v in p.target_hp.items() if k != "weight_norm"}  # read back, g and v fold on their own
-        layers.setdefault(group, {"rule": p.rule.name, "hp": hp})
+        found = layer_record(p, list(step.target_names.values()))
+        if found is not None:
+            layers.setdefault(*found)
     report = Report(plan, str(destination))
     report.files = []
     if dry_run:

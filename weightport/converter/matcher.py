@@ -21,7 +21,7 @@ from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMism
                       UsageError)
 from . import constants, folding, naming, splits
 from .evidence import Pairing
-from .pairs import describe, fmt_shapes, pair, refuse_unsettled
+from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
 
 
@@ -112,23 +112,25 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_t = [b for b in tgt if id(b) not in used_t]
         pairs += _orphans_paired(_untied(tied_s, pairs, "source"), _untied(tied_t, pairs, "target"),
                                  left_s, left_t, flows, strict)
+        _refuse_broken_ties(broken_ties(tied_t, pairs, left_s), strict, plan)
         left_t = _left_alone(left_t, plan)
         computed, left_t = constants.filled(left_t, source_constants or dict, plan.issues, source_nodes)
         pairs += computed
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
         pairs += zeroed
-        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict)
+        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, tied_head_hint(left_t, pairs))
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
 
 
-def _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict) -> None:
-    """Refuse what ``strict`` does not allow to stay unpaired; report the rest in ``plan``."""
+def _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, hint="") -> None:
+    """Refuse what ``strict`` does not allow to stay unpaired (``hint`` added to the refusal); report the rest in
+    ``plan``."""
     if strict and (left_t or (strict == "both" and left_s)):  # a source's surplus (a head) is only reported
-        _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t)
+        _refuse_unmatched(list(source_nodes), list(target_nodes), left_s, left_t, hint)
     if strict:
         _refuse_dropped_inputs(left_s)
     if left_s:
@@ -220,6 +222,19 @@ def _zero_input_table(node) -> bool:
     return folding.is_input_table(node) and folding.holds_zeros(node)
 
 
+def _refuse_broken_ties(broken, strict, plan) -> None:
+    """A tie on the target's side only (``pairs.broken_ties``): refused under ``strict``, else said."""
+    for a, t in broken:
+        text = (f"target layer {t.label} is tied to {t.tied_to} (one tensor, filled from the source's table), but "
+                f"the source keeps weights of its own for it in {describe(a)}: the target cannot hold both, and "
+                "would compute something else there")
+        if strict:
+            raise MatchError(f"{text}. The target was not changed. Build the target untied (tie_word_embeddings="
+                             f"False in a transformers config) so {t.label} takes them, or pass strict=False to "
+                             f"port without {a.label}")
+        plan.issues.append(text + f"; {a.label} was not ported")
+
+
 def _refuse_dropped_inputs(left_s) -> None:
     """A source table that feeds the model is no head: the target computes something else without it."""
     for a in left_s:
@@ -231,7 +246,7 @@ def _refuse_dropped_inputs(left_s) -> None:
                 "or pass strict=False to port everything else")
 
 
-def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
+def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
     if loose:
@@ -269,7 +284,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
         + "".join(f"  source: {describe(a)}\n" for a in left_s)
         + "".join(f"  target: {describe(b)}\n" for b in left_t)
         + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
-          "to copy only what pairs." + zero_hint)
+          "to copy only what pairs." + zero_hint + hint)
 
 
 def _ambiguity_error(classes, traced: bool) -> AmbiguityError:

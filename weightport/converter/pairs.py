@@ -104,6 +104,37 @@ def fitting(left_s, left_t) -> set:
     return fits
 
 
+def broken_ties(tied_t, pairs, left_s) -> list:
+    """(source node, tied target node) where the target fills a layer through its tie (an ``lm_head`` tied to
+    the token table) while the source keeps separate weights of that kind and shape for it, left unpaired: the
+    target cannot hold them, and the port would change what that layer computes."""
+    filled = {p.target.path for p in pairs}
+    found = []
+    for t in tied_t:
+        if t.tied_to not in filled:
+            continue
+        fits = [a for a in left_s if (p := pair(a, t)) is not None and p.shapes_agree]
+        found += [(fits[0], t)] if fits else []
+    return found
+
+
+def tied_head_hint(left_t, pairs) -> str:
+    """For a refusal: where a target layer left unfilled is a source table read backwards (an output head of the
+    table's transposed shape), the source most likely ties its head to that table and holds it once."""
+    tables = {tuple(p.source_shapes[0][::-1]): p for p in pairs
+              if p.rule.reads_inputs and len(p.source_shapes) == 1 and len(p.source_shapes[0]) == 2}
+    for b in left_t:
+        for rule, hp in b.candidates:
+            shapes = shapes_or_none(b, rule, hp)
+            p = tables.get(tuple(shapes[0])) if shapes and len(shapes) == 1 else None
+            if p is not None:
+                return (f" Target layer {b.label} has the shape of the source table {p.source.label} read backwards: "
+                        "if the source ties its output head to that table (one tensor), build the target tied too "
+                        f"(tie_word_embeddings=True in a transformers config), so {b.label} is filled through "
+                        f"{p.target.label}.")
+    return ""
+
+
 def describe(node) -> str:
     rule, hp = node.candidates[0]
     shapes = node.canonical_shapes(rule, hp)

@@ -173,16 +173,18 @@ def names_for(model, fw, path) -> callable:
     def joined(node, slot):
         if getattr(node, "loose", False):
             return node.path  # the owner's path and the weight's name already
-        base = re.sub(r"\[\d+\]$", "", node.path)  # an expanded layer's module path
+        owner = getattr(node, "owner", None)  # a declared part's tensors are named as its owner's
+        base = owner.path if owner is not None else re.sub(r"\[\d+\]$", "", node.path)  # [i]: module path
         return f"{base}{sep}{slot}" if base else slot
     return joined
 
 
 def own_model_hint(side: Side) -> str:
     """For a refusal: the line that builds a checkpoint's own model, where ``save_pretrained`` left its
-    ``config.json`` (its ``architectures``) beside the file; "" when there is none to name."""
+    ``config.json`` (its ``architectures``) beside the file; "" when there is none to name, or when the file
+    holds another layout than a transformers model's (a keras-hub file written beside the folder's config)."""
     path = side.checkpoint.path if side.checkpoint is not None else None
-    if path is None:
+    if path is None or side.checkpoint.layout not in (None, "torch"):
         return ""
     folder = os.path.dirname(os.path.abspath(path))
     try:

@@ -129,6 +129,28 @@ def tree_paths(names, layout: str) -> dict:
 RULES_KEY = "weightport_layers"  # metadata: {group path: {"rule": name, "hp": hp}} of the layers in a file
 
 
+def layer_record(p, names: list):
+    """(group path, {"rule", "hp"}) a written file records for pair ``p``'s target tensors ``names``, else None.
+
+    A declared part (``LayerRef.owner``) is stored under its owner's names,
+    so the group records the owner's rule. A loose weight named by its own
+    path has no group of its own: recording its parent would claim every
+    tensor beside it (a Swin attention's projections) for the ``parameter``
+    rule, so it is left for the reader to find as a loose tensor.
+    """
+    target = p.target
+    group = group_path(names, target.layout)
+    owner = getattr(target, "owner", None)
+    if owner is not None:
+        rule, hp = owner.candidates[0]
+    elif getattr(target, "loose", False) and group != target.path:
+        return None
+    else:
+        rule, hp = p.rule, p.target_hp
+    hp = {k: v for k, v in hp.items() if k != "weight_norm"}  # read back, g and v fold on their own
+    return group, {"rule": rule.name, "hp": hp}
+
+
 def recorded_layers(checkpoint) -> dict:
     """The rule and hyperparameters weightport recorded for each layer of a file it wrote, if any."""
     import json
@@ -199,7 +221,10 @@ def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
             rule, hp = candidates[0]
             parts = rule.expand(layout, hp)
             flags = {"inferred": prefix not in recorded, "unordered": alphabetical}
-            if rule.composite and prefix not in recorded:  # its sub-groups, for a target that has no such layer
+            declared = declared_parts(checkpoint, layout, prefix, local, rule, hp, flags) if rule.composite else []
+            if declared:  # the parts its rule declares, stored under its own names (recorded or not)
+                flags["parts"] = declared
+            elif rule.composite and prefix not in recorded:  # its sub-groups, for a target that has no such layer
                 inner, unexplained = [], []
                 visit(prefix, group, inner, False, unexplained)
                 flags["parts"] = [] if unexplained else inner
@@ -223,6 +248,21 @@ def infer_nodes(checkpoint, layout: str, loose: bool = False) -> tuple:
     if loose:
         nodes += _loose_nodes(checkpoint, layout, leftovers, alphabetical)
     return nodes, leftovers
+
+
+def declared_parts(checkpoint, layout: str, prefix: str, local: dict, rule, hp, flags: dict) -> list:
+    """A node for each part ``rule`` declares for a group (``Rule.parts``: keras-hub's ReversibleEmbedding is
+    a table and an output projection), reading its slots under the group's own tensor names, as a live layer's
+    declared parts do; [] where the rule declares none or a part's tensor is not in the group."""
+    out, sep = [], separator(layout)
+    for name, rule_name, part_hp in rule.parts(layout, hp):
+        part = registry.get(rule_name)
+        slots = part.native_slots(layout, part_hp)
+        if not all(s in local for s in slots):
+            return []
+        out.append(FileNode(f"{prefix}{sep}{name}" if prefix else name, layout, [(part, dict(part_hp))], checkpoint,
+                            {s: local[s] for s in slots}, **flags))
+    return out
 
 
 def _loose_nodes(checkpoint, layout: str, leftovers: list, alphabetical: bool) -> list:

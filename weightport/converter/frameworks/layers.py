@@ -36,6 +36,8 @@ class LayerRef:
     # the path of an earlier layer holding the very same tensors (an LM head tied to the token embedding):
     # filled through that layer, never paired on its own
     tied_to: str | None = None
+    # for a declared part (``Rule.parts``): the layer holding its tensors, whose name a file stores them under
+    owner: LayerRef | None = field(default=None, repr=False, compare=False)
     _shapes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -245,8 +247,9 @@ def _parts(fw, layer, path, rule, hp) -> list:
     all its weights; else []."""
     declared = rule.parts(fw.layout, hp)
     if declared:
-        return [LayerRef(join(path, name, fw.sep), layer, fw, [(registry.get(rule_name), part_hp)], runs=i == 0)
-                for i, (name, rule_name, part_hp) in enumerate(declared)]
+        owner = LayerRef(path, layer, fw, [(rule, hp)])
+        return [LayerRef(join(path, name, fw.sep), layer, fw, [(registry.get(rule_name), part_hp)], runs=i == 0,
+                         owner=owner) for i, (name, rule_name, part_hp) in enumerate(declared)]
     refs, heads = [], declared_heads(layer)
     for name, child in fw.children(layer):
         found, unmapped = walk(fw, child)
