@@ -83,3 +83,29 @@ def test_negative_control_uneven_numbers_refused_not_guessed(monkeypatch):
     quiet_port(hf, k)
     diff, size = gap(hf, k)
     assert diff > 1e-2 * size, (diff, size)
+
+
+def normalized_keras():
+    """keras.applications' EfficientNet starts with Normalization (mean, variance, count: state, not trained)."""
+    inp = keras.Input((12, 10, 3))
+    x = keras.layers.Normalization(axis=-1)(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(5, 3)(x))
+    randomize_keras(model, 6)  # the statistics too: distinct values, variance positive
+    return model
+
+
+def test_preprocessing_state_refusal_advises_strict_false_for_live_source():
+    conv = torch.nn.Conv2d(3, 5, 3)
+    randomize_torch(conv, 8)
+    k = normalized_keras()
+    with pytest.raises(wp.UnsupportedLayerError) as info:
+        wp.port(conv, k)
+    assert "strict=False" in str(info.value) and "source's live model" not in str(info.value)  # it is live
+    quiet_port(conv, k, strict=False)  # the documented way past it: the target keeps its statistics
+    norm = k.layers[1]
+    mean, var = (keras.ops.convert_to_numpy(norm.mean), keras.ops.convert_to_numpy(norm.variance))
+    x = np.random.default_rng(2).standard_normal((2, 12, 10, 3)).astype("float32")
+    with torch.no_grad():
+        want = conv(torch.from_numpy(((x - mean) / np.sqrt(var)).transpose(0, 3, 1, 2).copy())).numpy()
+    got = keras.ops.convert_to_numpy(k(x)).transpose(0, 3, 1, 2)
+    assert np.abs(want - got).max() < 1e-4 * np.abs(want).max()

@@ -241,10 +241,21 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
             f"({b.framework.display_name(b.obj)}) holds the weight {b.candidates[0][1]['slot']!r} "
             f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
             "it by name and shape; the target was not changed. "
-            + ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
-               "values: port from the source's live model (or pass it as model=), " if getattr(b, "untrained", False)
+            + (_untrained_advice(all_src) if getattr(b, "untrained", False)
                else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, ")
             + "or strict=False to port everything else")
+
+
+def _untrained_advice(all_src) -> str:
+    """What to do about target state no source tensor holds: a checkpoint may lack what its model has; a live
+    source that has nothing like it computes without it (a Keras model's own preprocessing statistics)."""
+    if any(not hasattr(a, "obj") for a in all_src):
+        return ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
+                "values: port from the source's live model (or pass it as model=), ")
+    return ("It is not trained (state the model computes, as a preprocessing layer's statistics do), and the source "
+            "model has no layer holding it, so the port cannot tell its values: the target keeps its own only with "
+            "strict=False, which ports everything else and lists what it left; check that the target's values are "
+            "the ones the source's inputs expect, ")
     positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:
