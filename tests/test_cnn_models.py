@@ -109,3 +109,12 @@ def test_preprocessing_state_refusal_advises_strict_false_for_live_source():
         want = conv(torch.from_numpy(((x - mean) / np.sqrt(var)).transpose(0, 3, 1, 2).copy())).numpy()
     got = keras.ops.convert_to_numpy(k(x)).transpose(0, 3, 1, 2)
     assert np.abs(want - got).max() < 1e-4 * np.abs(want).max()
+
+
+def test_conv_without_bias_into_conv_with_bias_refused():
+    """keras.applications' ResNets give every conv a bias, transformers' none (a BatchNorm follows): the target's
+    conv is left without a source, which strict refuses, naming use_bias (the refusal above must not swallow it)."""
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4))
+    k = keras.Sequential([keras.Input((8, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    with pytest.raises(wp.ShapeMismatchError, match="use_bias"):
+        wp.port(t, k)

@@ -231,6 +231,18 @@ def _refuse_dropped_inputs(left_s) -> None:
                 "or pass strict=False to port everything else")
 
 
+def _untrained_advice(all_src) -> str:
+    """What to do about target state no source tensor holds: a checkpoint may lack what its model has; a live
+    source that has nothing like it computes without it (a Keras model's own preprocessing statistics)."""
+    if any(not hasattr(a, "obj") for a in all_src):
+        return ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
+                "values: port from the source's live model (or pass it as model=), ")
+    return ("It is not trained (state the model computes, as a preprocessing layer's statistics do), and the source "
+            "model has no layer holding it, so the port cannot tell its values: the target keeps its own only with "
+            "strict=False, which ports everything else and lists what it left; check that the target's values are "
+            "the ones the source's inputs expect, ")
+
+
 def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
@@ -244,18 +256,6 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t):
             + (_untrained_advice(all_src) if getattr(b, "untrained", False)
                else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, ")
             + "or strict=False to port everything else")
-
-
-def _untrained_advice(all_src) -> str:
-    """What to do about target state no source tensor holds: a checkpoint may lack what its model has; a live
-    source that has nothing like it computes without it (a Keras model's own preprocessing statistics)."""
-    if any(not hasattr(a, "obj") for a in all_src):
-        return ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
-                "values: port from the source's live model (or pass it as model=), ")
-    return ("It is not trained (state the model computes, as a preprocessing layer's statistics do), and the source "
-            "model has no layer holding it, so the port cannot tell its values: the target keeps its own only with "
-            "strict=False, which ports everything else and lists what it left; check that the target's values are "
-            "the ones the source's inputs expect, ")
     positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:
