@@ -244,6 +244,8 @@ class Pairing:
             if len({naming.template(a.path) for a in cls.src}) == 1 == len({naming.template(b.path) for b in cls.tgt}):
                 number = naming.common_numbering([a.path for a in cls.src], [b.path for b in cls.tgt])
                 key = lambda n: number(n.path)  # noqa: E731
+                if not all(naming.numbered_evenly(number, [n.path for n in side]) for side in (cls.src, cls.tgt)):
+                    continue
                 mine, theirs = sorted(cls.src, key=key), sorted(cls.tgt, key=key)
                 numbered_alike = [key(a) for a in mine] == [key(b) for b in theirs]
                 if not self.numbers_may_pair(list(zip(mine, theirs)), numbered_alike):

@@ -246,6 +246,19 @@ def _refuse_dropped_inputs(left_s) -> None:
                 "or pass strict=False to port everything else")
 
 
+def _untrained_advice(all_src) -> str:
+    """What to do about target state no source tensor holds: a checkpoint may lack what its model has; a live
+    source that has nothing like it computes without it (a Keras model's own preprocessing statistics)."""
+    keep = ("strict=False keeps the target's own values (check that they are what the source's inputs expect) "
+            "and ports everything else")
+    if any(not hasattr(a, "obj") for a in all_src):
+        return ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
+                "values: port from the source's live model (or pass it as model=) if that has such a layer; if "
+                "not, " + keep)
+    return ("It is not trained (state the model computes, as a preprocessing layer's statistics do), and the source "
+            "model has no layer holding it, so the port cannot tell its values: " + keep)
+
+
 def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
@@ -256,10 +269,9 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
             f"({b.framework.display_name(b.obj)}) holds the weight {b.candidates[0][1]['slot']!r} "
             f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
             "it by name and shape; the target was not changed. "
-            + ("It is not trained (state the model computes), but the source holds no such tensor to tell its "
-               "values: port from the source's live model (or pass it as model=), " if getattr(b, "untrained", False)
-               else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, ")
-            + "or strict=False to port everything else")
+            + (_untrained_advice(all_src) if getattr(b, "untrained", False)
+               else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, "
+               "or strict=False to port everything else"))
     positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:

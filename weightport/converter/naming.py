@@ -139,13 +139,30 @@ def level_numbers(path: str) -> tuple:
     return numbers(re.sub(r"_\d+(?=$|[/.])", "", str(path)))
 
 
+def slot_numbers(path: str) -> tuple:
+    """Every number the path's ``template`` blanks, in order, with no rule dropping any: paths sharing one
+    template get as many, slot for slot (``stage_1_block_1`` is (1, 1); ``numbers`` reads its second 1 as a
+    Keras name suffix repeating the first, and numbers its siblings ``block_0``, ``block_2`` with other lengths)."""
+    return tuple(int(n) for n in re.findall(r"\d+", re.sub(r"_\d+(?=$|[/.])", "", str(path))))
+
+
+def numbered_evenly(number, paths: list) -> bool:
+    """Whether ``number`` gives paths of one template as many numbers each: where it does not, it misreads
+    some (a block number taken for a name suffix), and their order by it pairs blocks wrongly."""
+    return len({len(number(p)) for p in paths}) <= 1
+
+
 def common_numbering(src: list, tgt: list):
     """How to number two sides' look-alike paths in repeated blocks: by all their numbers, or, where that
-    numbers the sides unalike, by path levels alone, if those tell each side's paths apart and number both
-    sides alike (a Keras name suffix counts models built before, not blocks), or by the numbers that vary
-    within each side, if those do."""
+    numbers the sides unalike, by every number of their templates' slots, or by path levels alone, if either
+    tells each side's paths apart and numbers both sides alike (a Keras name suffix counts models built before,
+    not blocks), or by the numbers that vary within each side, if those do."""
     if sorted(map(numbers, src)) == sorted(map(numbers, tgt)):
         return numbers
+    by_slot = [sorted(map(slot_numbers, side)) for side in (src, tgt)]
+    if by_slot[0] == by_slot[1] and len(set(by_slot[0])) == len(src) and len(set(map(template, src))) == 1 \
+            and len(set(map(template, tgt))) == 1:
+        return slot_numbers
     by_level = [sorted(map(level_numbers, side)) for side in (src, tgt)]
     if by_level[0] == by_level[1] and len(set(by_level[0])) == len(src):
         return level_numbers
