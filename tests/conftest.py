@@ -6,7 +6,9 @@ CI runs the suite twice, ``KERAS_BACKEND=torch`` then ``KERAS_BACKEND=jax``. A t
 ``keras_free`` runs under torch only. The mark is checked, not trusted: while such a test runs, Keras cannot be
 imported (``sys.modules["keras"]`` and its submodules are None, so ``import keras`` fails and the library's frameworks see no Keras)
 and KERAS_BACKEND names no backend (a child process that imports Keras fails). A test that does touch Keras
-therefore fails under torch instead of quietly losing its jax run. ``WEIGHTPORT_TEST_EVERY_BACKEND=1`` runs the
+therefore fails under torch instead of quietly losing its jax run. A test marked ``backend_neutral`` uses Keras
+but checks nothing backend-specific beyond a sibling that runs under every backend (a variant of the same file, a
+refusal's words); it too runs once, to keep the suite's time. ``WEIGHTPORT_TEST_EVERY_BACKEND=1`` runs the
 marked tests under any backend.
 """
 import os
@@ -31,6 +33,10 @@ NO_BACKEND = "none (this test is marked keras_free)"
 def pytest_configure(config):
     config.addinivalue_line("markers", "keras_free: never imports Keras, in this process or a child; runs under "
                                        f"KERAS_BACKEND={KERAS_FREE_BACKEND} only (see conftest.py)")
+    config.addinivalue_line("markers", "backend_neutral: uses Keras, but what it checks beyond a sibling test that "
+                                       "runs under every backend (a naming, a refusal, a variant of the same file) "
+                                       f"does not depend on the backend; runs under KERAS_BACKEND={KERAS_FREE_BACKEND}"
+                                       " only, to keep the suite's time")
 
 
 def runs_keras_free_tests() -> bool:
@@ -40,8 +46,9 @@ def runs_keras_free_tests() -> bool:
 def pytest_collection_modifyitems(config, items):
     if runs_keras_free_tests():
         return
-    kept = [item for item in items if item.get_closest_marker("keras_free") is None]
-    dropped = [item for item in items if item.get_closest_marker("keras_free") is not None]
+    once = ("keras_free", "backend_neutral")
+    kept = [item for item in items if not any(item.get_closest_marker(m) for m in once)]
+    dropped = [item for item in items if any(item.get_closest_marker(m) for m in once)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -54,8 +61,9 @@ DROPPED = pytest.StashKey[int]()
 def pytest_terminal_summary(terminalreporter, config):
     dropped = config.stash.get(DROPPED, 0)
     if dropped:
-        terminalreporter.write_line(f"{dropped} keras_free tests deselected under KERAS_BACKEND="
-                                    f"{os.environ['KERAS_BACKEND']}: they never import Keras and ran under "
+        terminalreporter.write_line(f"{dropped} keras_free and backend_neutral tests deselected under KERAS_BACKEND="
+                                    f"{os.environ['KERAS_BACKEND']}: they never import Keras (or check nothing "
+                                    "backend-specific that a sibling does not) and ran under "
                                     f"KERAS_BACKEND={KERAS_FREE_BACKEND} (WEIGHTPORT_TEST_EVERY_BACKEND=1 runs them)")
 
 

@@ -70,6 +70,7 @@ def test_convnext_from_file(tmp_path):
     assert diff < 1e-4 * size, (diff, size)
 
 
+@pytest.mark.backend_neutral
 def test_negative_control_uneven_numbers_refused_not_guessed(monkeypatch):
     """Without the template's numbering, the uneven reading is refused; without that guard too, the port
     'succeeds' with blocks swapped: what this file guards against."""
@@ -94,6 +95,7 @@ def normalized_keras():
     return model
 
 
+@pytest.mark.backend_neutral
 def test_preprocessing_state_refusal_advises_strict_false_for_live_source():
     conv = torch.nn.Conv2d(3, 5, 3)
     randomize_torch(conv, 8)

@@ -63,7 +63,8 @@ def same_state(model, before):
     return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("with_model", [False, True], ids=["file_alone", "model="])
+@pytest.mark.parametrize("with_model", [False, pytest.param(True, marks=pytest.mark.backend_neutral)],
+                         ids=["file_alone", "model="])
 def test_phi3_untied_reversible_embedding_into_embed_tokens_and_lm_head(tmp_path, with_model):
     """Phi-3's keras-hub table and output projection (one layer, two tensors) fill HF's embed_tokens and lm_head;
     the separate q/k/v and gate/up are merged into qkv_proj and gate_up_proj as the HF model's run cuts them."""
@@ -82,7 +83,8 @@ def test_phi3_untied_reversible_embedding_into_embed_tokens_and_lm_head(tmp_path
     close(hf_out(body), kh_out(kh))
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("tied", [True, pytest.param(False, marks=pytest.mark.backend_neutral)],
+                         ids=["tied", "untied"])
 def test_llama_table_tied_or_not_into_the_causal_lm(tmp_path, tied):
     config = llama_config()
     config.tie_word_embeddings = tied
@@ -128,6 +130,7 @@ def test_negative_control_a_tie_on_one_side_only_is_refused(tmp_path, tied):
         assert any("reverse_embeddings" in issue for issue in report.plan.issues)
 
 
+@pytest.mark.backend_neutral
 def test_a_file_written_like_the_keras_model_names_its_tensors_as_wp_save_does(tmp_path):
     """Converting into a keras-hub model's layout names each tensor as its variable (a declared part's tensors
     under their owner's name), the same file wp.save writes, which model= then reads."""
@@ -172,7 +175,7 @@ def swin_hf(seed):
     return randomized(transformers.SwinModel(swin_config(), add_pooling_layer=False), seed)
 
 
-@pytest.mark.parametrize("name", ["saved", "like"])
+@pytest.mark.parametrize("name", ["saved", pytest.param("like", marks=pytest.mark.backend_neutral)])
 def test_swin_packed_qkv_from_a_keras_file_splits_by_option_or_by_its_models_run(swin_files, name):
     folder, kh, out = swin_files
     path = out / f"{name}.safetensors"
@@ -210,6 +213,7 @@ def test_swin_negative_controls_a_wrong_packing_is_refused_or_differs(swin_files
     assert np.abs(a - b).max() > 1e-2
 
 
+@pytest.mark.backend_neutral
 def test_a_keras_file_beside_a_transformers_config_is_not_offered_that_model(swin_files):
     """The config.json beside it describes the HF model, not the Keras-layout file's: no transformers line."""
     folder, _, _ = swin_files
