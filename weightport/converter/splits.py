@@ -96,8 +96,8 @@ class Split:
             starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         groups = self.groups
         shares = [size // groups if groups else 0 for size in self.sizes]
-        return [cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i], groups, sum(shares[:i]))
-                if groups else cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i])
+        return [cut(packing, role, starts[i], size, i, len(self.sizes), self.heads[i], groups,
+                    sum(shares[:i]) if groups else None)
                 for i, (role, size) in enumerate(zip(self.roles, self.sizes))]
 
     @property

@@ -82,7 +82,7 @@ def write_placed(fd: int, placed, where: str, progress=None) -> None:
                 fill_at(out, s, offset, where)
             else:
                 for _, block in blocks_checked(s, where):
-                    out.put(offset, block.reshape(-1).view(np.uint8))
+                    out.put(offset, block)
                     offset += block.nbytes
                     del block
             if progress is not None:
@@ -165,10 +165,16 @@ def copy_range_read(fd: int, file_range, offset: int, chunk: int = 8 << 20) -> N
             n = os.preadv(src.fileno(), [view[:min(len(view), nbytes - done)]], src_offset + done)
             if n == 0:
                 raise FormatError(f"{src_path}: ended inside the tensor bytes [{src_offset}, {src_offset + nbytes})")
-            written = 0
-            while written < n:
-                written += os.pwrite(fd, view[written:n], offset + done + written)
+            pwrite_all(fd, view[:n], offset + done)
             done += n
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """All of ``data`` (a C-contiguous array of any shape, or a bytes-like object) written at ``offset`` in open
+    file ``fd``."""
+    view, done = memoryview(np.asarray(data).reshape(-1).view(np.uint8)), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def zip_names(path: str, head: bytes):

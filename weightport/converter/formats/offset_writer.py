@@ -21,7 +21,10 @@ import threading
 
 import numpy as np
 
-SLOT_BYTES = 4 << 20  # one part (fast_transpose.PART_BYTES); a larger part is written by the thread that made it
+from ...mappings.fast_transpose import PART_BYTES
+from .fileio import copy_range, copy_range_read, pwrite_all
+
+SLOT_BYTES = PART_BYTES  # one transposed part; a larger one is written by the thread that made it
 
 
 def reserve(fd: int, nbytes: int) -> None:
@@ -53,7 +56,7 @@ class OffsetWriter:
 
     def __init__(self, fd: int, slots: int = 6):
         self.fd = fd
-        self._memfd, self._map, memory = _staging_memory(slots * SLOT_BYTES)
+        self._memfd, memory = _staging_memory(slots * SLOT_BYTES)
         self._slots = [memory[k * SLOT_BYTES:(k + 1) * SLOT_BYTES] for k in range(slots)]
         self._base = memory.__array_interface__["data"][0]
         self._free: queue.Queue = queue.Queue()
@@ -73,8 +76,8 @@ class OffsetWriter:
             self._error = exc  # the file is abandoned: what is still queued is not written
         self._todo.put(None)
         self._thread.join()
-        if self._memfd is not None:  # the mapping goes with its last view (a traceback may still hold one)
-            self._slots, self._map = [], None
+        self._slots = []  # the mapping goes with its last view (a traceback may still hold one)
+        if self._memfd is not None:
             os.close(self._memfd)
         if kind is None and self._error is not None:
             raise self._error
@@ -92,7 +95,7 @@ class OffsetWriter:
         part = np.asarray(part)
         at = self._slot_offset(part)
         if at is None:
-            _pwrite_all(self.fd, part.reshape(-1).view(np.uint8), offset)
+            pwrite_all(self.fd, part, offset)
         else:
             self._todo.put((self._write_slot, (offset, at, part.nbytes)))
 
@@ -137,33 +140,24 @@ class OffsetWriter:
                     raise
                 self._sendfile = False  # this file system does not take it: pwrite from now on
         slot = self._slots[at // SLOT_BYTES]
-        _pwrite_all(self.fd, slot[at % SLOT_BYTES:at % SLOT_BYTES + nbytes], offset)
+        pwrite_all(self.fd, slot[at % SLOT_BYTES:at % SLOT_BYTES + nbytes], offset)
 
 
 def _staging_memory(nbytes: int):
-    """(memfd, its mapping, a uint8 array over it), or (None, None, plain memory) where there is no memfd."""
+    """(memfd, a uint8 array over its mapping), or (None, plain memory) where there is no memfd."""
     create = getattr(os, "memfd_create", None)
     if create is not None:
         fd = None
         try:
             fd = create("weightport-staging")
             os.ftruncate(fd, nbytes)
-            mapped = mmap.mmap(fd, nbytes)
-            return fd, mapped, np.frombuffer(mapped, np.uint8)
+            return fd, np.frombuffer(mmap.mmap(fd, nbytes), np.uint8)
         except OSError:
             if fd is not None:
                 os.close(fd)
-    return None, None, np.empty(nbytes, np.uint8)
-
-
-def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    view, done = memoryview(data), 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+    return None, np.empty(nbytes, np.uint8)
 
 
 def _copy_range(fd: int, file_range, offset: int) -> None:
-    from .fileio import copy_range, copy_range_read
-
     if not copy_range(fd, file_range, offset):  # another file system: through a small buffer
         copy_range_read(fd, file_range, offset)
