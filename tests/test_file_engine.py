@@ -161,15 +161,15 @@ def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     wp.save(net, src)
     monkeypatch.setattr(fast_transpose, "BLOCK_BYTES", 64)
     monkeypatch.setattr(fast_transpose, "PART_BYTES", 64)
-    original, calls = fast_transpose.fill_transposed, []
+    original, calls = fast_transpose._fill_part, []
 
-    def failing(a, first, block, lo=0, hi=None):
+    def failing(a, first, block, lo, hi, finite=None):
         calls.append(first)
         if len(calls) > 40:
             raise OSError(28, "No space left on device (simulated)")
-        return original(a, first, block, lo, hi)
+        return original(a, first, block, lo, hi, finite)
 
-    monkeypatch.setattr(fast_transpose, "fill_transposed", failing)
+    monkeypatch.setattr(fast_transpose, "_fill_part", failing)
     with pytest.raises(Exception) as info:
         wp.convert(src, tmp_path / "k.safetensors", net, to="keras")
     assert "space" in str(info.value).lower() or "space" in str(info.value.__cause__).lower()

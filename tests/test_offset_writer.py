@@ -91,8 +91,8 @@ def test_a_full_disk_in_the_writer_thread_is_said_and_leaves_nothing(tmp_path, m
 def test_a_disk_too_small_is_refused_before_any_tensor_is_transposed(tmp_path, monkeypatch):
     src, net = _source(tmp_path)
     transposed = []
-    real = fast_transpose.fill_transposed
-    monkeypatch.setattr(fast_transpose, "fill_transposed", lambda *a, **k: transposed.append(1) or real(*a, **k))
+    real = fast_transpose._fill_part
+    monkeypatch.setattr(fast_transpose, "_fill_part", lambda *a, **k: transposed.append(1) or real(*a, **k))
 
     def full(fd, offset, nbytes):
         raise OSError(errno.ENOSPC, "No space left on device (simulated)")
@@ -103,8 +103,9 @@ def test_a_disk_too_small_is_refused_before_any_tensor_is_transposed(tmp_path, m
     assert transposed == []  # the space was reserved first
     assert not (tmp_path / "k.safetensors").exists()
     monkeypatch.undo()
+    monkeypatch.setattr(fast_transpose, "_fill_part", lambda *a, **k: transposed.append(1) or real(*a, **k))
     _convert(src, net, tmp_path / "k.safetensors", monkeypatch)  # negative control: with room, it is written
-    assert (tmp_path / "k.safetensors").exists()
+    assert (tmp_path / "k.safetensors").exists() and transposed
 
 
 def test_a_real_full_file_system_is_refused_cleanly(tmp_path):

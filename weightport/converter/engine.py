@@ -296,12 +296,9 @@ def transposed_blocks(a, dtype, rows: int | None = None, check=None):
     overlaps writing; each applies ``check`` (if given) to the part it just
     filled. A block is valid until the next one is asked for.
     """
-    for block, results in threaded_blocks(np.asarray(a), rows=rows, check=check or _unchecked):
+    for item in threaded_blocks(np.asarray(a), rows=rows, check=check):
+        block, results = (item, []) if check is None else item
         yield cast(block, dtype), results
-
-
-def _unchecked(part):
-    return True
 
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,

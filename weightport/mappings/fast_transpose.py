@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from . import blas_transpose
+
 
 def transpose_copy(a: np.ndarray, axes: Sequence[int]) -> np.ndarray:
     """A C-contiguous transpose of ``a``.
@@ -67,13 +69,21 @@ def transposed_rows(a: np.ndarray, rows: int = 256, out: np.ndarray | None = Non
 def fill_transposed(a: np.ndarray, first: int, block: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """Fill ``block`` (columns ``lo:hi``, all by default) with rows ``first...`` of ``a.T``.
 
-    Where rows are contiguous, 16 bytes move as one element (``_fill_wide``);
+    float32 and float64 go through the BLAS kernel numpy ships (``blas_transpose``) when it is there and
+    the values are finite. Else, where rows are contiguous, 16 bytes move as one element (``_fill_wide``);
     else 16 source rows at a time, so that every write lands in one cache line
     per output row and every read is a contiguous run: several times numpy's
     plain strided copy on large matrices.
     """
-    last = first + len(block)
     hi = a.shape[0] if hi is None else hi
+    if blas_transpose.transpose_into(a[lo:hi, first:first + len(block)], block[:, lo:hi]):
+        return block
+    return _fill_exact(a, first, block, lo, hi)
+
+
+def _fill_exact(a, first, block, lo, hi):
+    """``fill_transposed`` by numpy's copies, which move every value's bits (NaN payloads too)."""
+    last = first + len(block)
     if _wide_group(a, block):
         return _fill_wide(a, first, block, lo, hi)
     for i in range(lo, hi, 16):
@@ -206,9 +216,23 @@ def _buffers(shape, dtype, count):
     return held, scratch
 
 
-def _fill_part(a, first, block, lo, hi, check):
-    fill_transposed(a, first, block, lo, hi)
-    return None if check is None else check(block[:, lo:hi])
+def _fill_part(a, first, block, lo, hi, finite=None):
+    """Fill columns ``lo:hi`` of ``block`` and return ``finite`` of them (None without it).
+
+    ``finite`` (True when every value is finite: the caller's NaN/Inf scan,
+    run while the part is in cache) doubles as the guard of the fast kernel,
+    which may change a NaN's bits: a part it fails is filled again exactly.
+    """
+    part = block[:, lo:hi]
+    if finite is None:
+        fill_transposed(a, first, block, lo, hi)
+        return None
+    if blas_transpose.transpose_into(a[lo:hi, first:first + len(block)], part, verify=False):
+        result = finite(part)
+        if result:
+            return result
+    _fill_exact(a, first, block, lo, hi)
+    return finite(part)
 
 
 def threaded_blocks(a: np.ndarray, rows: int | None = None, workers: int | None = None, depth: int = 2,
@@ -220,9 +244,9 @@ def threaded_blocks(a: np.ndarray, rows: int | None = None, workers: int | None 
     most 4) split each block by source rows, and up to ``depth`` blocks are
     filled while the consumer writes the last one out. ``depth + 1``
     buffers take turns: a block is valid until the next one is asked for.
-    With ``check`` (a function of an array), each worker applies it to the
-    part it just filled, still in its cache, and (block, [results]) pairs
-    are yielded instead.
+    With ``check`` (a NaN/Inf scan: True when every value of an array is
+    finite), each worker applies it to the part it just filled, still in
+    its cache, and (block, [results]) pairs are yielded instead.
     """
     from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -279,8 +303,8 @@ def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int |
     it (a writer's staging slot, which ``put`` then owns and writes while
     the worker goes on), else into its own small buffer, which ``put`` must
     be done with when it returns. ``put`` must be thread-safe. With
-    ``check``, each worker applies it to each part it filled and the
-    results are returned. The first failure stops every worker and is raised.
+    ``check`` (a NaN/Inf scan, as ``threaded_blocks`` takes), each worker
+    applies it to each part it filled and the results are returned. The first failure stops every worker and is raised.
     """
     import itertools
     from concurrent.futures import ThreadPoolExecutor, wait
@@ -303,9 +327,9 @@ def transposed_parts(a: np.ndarray, put, rows: int | None = None, workers: int |
             nbytes = min(rows, n_out - first) * n_in * a.dtype.itemsize
             block = lend(nbytes)[:nbytes].view(a.dtype).reshape(-1, n_in)
             try:
-                fill_transposed(a, first, block)
+                result = _fill_part(a, first, block, 0, n_in, check)
                 if check is not None:
-                    results.append(check(block))
+                    results.append(result)
                 put(first * n_in * a.dtype.itemsize, block)
             except BaseException:
                 failed.set()
