@@ -36,4 +36,4 @@ def test_likeliest_pairing_counts_ordinals_from_one_base(monkeypatch):
     mixed = tgt[:2] + nodes("stack0_block1_0_conv", "stack0_block1_1_conv")  # block 1 counts from 0
     assert guesses.likely_pairs(src, mixed) == {}
     monkeypatch.setattr(guesses, "rebased", lambda src, tgt, number: number)  # negative control: as before
-    assert guesses.likely_pairs(src, tgt) == {src[1].path: tgt[0].path}  # layer.1 (second) with _1_ (first)
+    assert guesses.likely_pairs(src, tgt)[src[1].path] == tgt[0].path  # layer.1 (second) with _1_ (first)

@@ -44,25 +44,38 @@ def likely_pairs(src, tgt) -> dict:
 
 
 def numbering(src: list, tgt: list):
-    """How to number both sides' paths for the guess: ``naming.common_numbering``, else every number of the
-    paths' templates (a slot counted from another base makes the first fall back to fewer numbers), each
-    ``rebased``; the first that numbers both sides alike."""
+    """How to number both sides' paths for the guess: ``naming.common_numbering``, or every number of the paths'
+    templates (a slot counted from another base makes the first fall back to fewer numbers), each ``rebased``:
+    the one under which the most paths find a partner of the same numbers. A path whose template's numbers are
+    counted from bases that differ between blocks is numbered by none (its slot reads None)."""
     tried = [rebased(src, tgt, number) for number in (naming.common_numbering(src, tgt), naming.slot_numbers)]
-    for number in tried:
-        mine, theirs = [number(p) for p in src], [number(p) for p in tgt]
-        if all(None not in n for n in mine + theirs) and sorted(mine) == sorted(theirs):
-            return number
-    return tried[0]
+    best, every = max(tried, key=lambda number: _partnered(src, tgt, number)), tried[1]
+    return lambda path: every(path) if None in every(path) else best(path)
+
+
+def _partnered(src: list, tgt: list, number) -> int:
+    """How many of ``src`` have a partner in ``tgt`` numbered alike (each taken once), first reading first."""
+    left = [number(p) for p in tgt]
+    found = 0
+    for p in src:
+        n = number(p)
+        if None not in n and n in left:
+            left.remove(n)
+            found += 1
+    return found
 
 
 def rebased(src: list, tgt: list, number):
     """``number`` (path -> tuple), with each slot counted from the same base on both sides (see the module):
     a slot one side counts from 1 and the other from 0 in every block is counted from 0 on both; one where some
-    blocks differ in base and others do not reads None."""
+    blocks differ in base and others do not reads None. Paths are taken by how many numbers they have, where
+    both sides have as many paths with that many."""
     found = {p: tuple(number(p)) for p in src + tgt}
-    for length in {len(found[p]) for p in src} & {len(found[p]) for p in tgt}:
+    for length in {len(n) for n in found.values()}:
         mine = [p for p in src if len(found[p]) == length]
         theirs = [p for p in tgt if len(found[p]) == length]
+        if len(mine) != len(theirs):  # as many numbers for unalike counts of paths: a misreading, not blocks
+            continue
         for i in range(length):
             shift = _shift(_values_by_block(mine, found, i), _values_by_block(theirs, found, i))
             for side, by in ((mine, shift[0]), (theirs, shift[1])):
@@ -87,9 +100,9 @@ def _shift(mine: dict, theirs: dict) -> tuple:
     bases = {(min(mine[k]), min(theirs[k])) for k in shared}
     if not shared or bases == {(0, 0)} or not bases & {(0, 1), (1, 0)}:
         return 0, 0
-    if len(bases) == 1:
+    if len(bases) == 1:  # one base per side, as many members in each block: counted alike from another base
         (a, b), = bases
-        if all(_run(mine[k], a) and _run(theirs[k], b) for k in shared):
+        if all(len(mine[k]) == len(theirs[k]) and _run(mine[k], a) and _run(theirs[k], b) for k in shared):
             return a, b
     return None, None
 

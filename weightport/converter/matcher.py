@@ -91,11 +91,11 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     src, tgt = [n for n in src if id(n) not in tied], [n for n in tgt if id(n) not in tied]
     pairs = _hinted(src, tgt, hints or {}, flows)
     plan = Plan()
+    src, plan.issues[:0], bias_hint = biases.adapt(src, tgt, lambda: flows and flows(src, tgt, 0), strict)
     same = _by_path(src, tgt)
     if same is not None:
         pairs += same
     else:
-        src, plan.issues[:0], bias_hint = biases.adapt(src, tgt, lambda: flows and flows(src, tgt, 0), strict)
         pairing, split = _split_packed(src, tgt, flows, options or {})
         pairs += split
         src, tgt = pairing.nodes
