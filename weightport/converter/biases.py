@@ -60,6 +60,8 @@ class ZeroBias(View):
         return {**{k: v for k, v in hp.items() if k != "zero_bias"}, rule.optional_bias[0]: False}
 
     def canonical_shapes(self, rule, hp):
+        if not rule.optional_bias:  # another rule's reading of the node (a file group's): the node's own
+            return self.base.canonical_shapes(rule, hp)
         shapes = self.base.canonical_shapes(rule, self._base_hp(rule, hp))
         if shapes is None or not shapes:
             return shapes
@@ -67,6 +69,8 @@ class ZeroBias(View):
         return shapes[:at] + [(int(hp.get("filters") or shapes[0][-1]),)] + shapes[at:]
 
     def read(self, rule, hp) -> dict:
+        if not rule.optional_bias:
+            return self.base.read(rule, hp)
         base_hp = self._base_hp(rule, hp)
         canonical = rule.to_canonical(self.layout, base_hp, self.base.read(rule, base_hp))
         _, at = _bias_of(rule, hp)
@@ -74,6 +78,8 @@ class ZeroBias(View):
         return rule.from_canonical(self.layout, hp, canonical[:at] + [zeros] + canonical[at:])
 
     def dtypes(self, rule, hp) -> dict:
+        if not rule.optional_bias:
+            return self.base.dtypes(rule, hp)
         found = self.base.dtypes(rule, self._base_hp(rule, hp))
         first = next(iter(found.values()))
         return {s: found.get(s, first) for s in rule.native_slots(self.layout, hp)}
@@ -90,6 +96,8 @@ class BiasDropped(View):
         return {**{k: v for k, v in hp.items() if k != "bias_folded_into"}, rule.optional_bias[0]: True}
 
     def canonical_shapes(self, rule, hp):
+        if not rule.optional_bias:
+            return self.base.canonical_shapes(rule, hp)
         shapes = self.base.canonical_shapes(rule, self._base_hp(rule, hp))
         _, at = _bias_of(rule, hp)
         return None if shapes is None else shapes[:at] + shapes[at + 1:]
@@ -102,12 +110,16 @@ class BiasDropped(View):
         return np.asarray(rule.to_canonical(self.layout, hp, self.base.read(rule, hp))[at])
 
     def read(self, rule, hp) -> dict:
+        if not rule.optional_bias:
+            return self.base.read(rule, hp)
         base_hp = self._base_hp(rule, hp)
         canonical = rule.to_canonical(self.layout, base_hp, self.base.read(rule, base_hp))
         _, at = _bias_of(rule, hp)
         return rule.from_canonical(self.layout, hp, canonical[:at] + canonical[at + 1:])
 
     def dtypes(self, rule, hp) -> dict:
+        if not rule.optional_bias:
+            return self.base.dtypes(rule, hp)
         found = self.base.dtypes(rule, self._base_hp(rule, hp))
         return {s: found[s] for s in rule.native_slots(self.layout, hp)}
 
@@ -120,6 +132,8 @@ class MeanShifted(View):
         super().__init__(base, [(r, {**hp, "bias_folded_from": conv.label}) for r, hp in base.candidates])
 
     def read(self, rule, hp) -> dict:
+        if not rule.input_shift:
+            raise UsageError(f"{self.label}: a conv's bias was folded into it, which rule {rule.name!r} cannot hold")
         canonical = rule.to_canonical(self.layout, hp, self.base.read(rule, hp))
         at = rule.canonical(hp).index(rule.input_shift)
         shift = np.asarray(canonical[at])
@@ -148,7 +162,8 @@ def _sole_reader(node, nodes, flow):
     """(the node that alone reads ``node``'s output, with nothing between, if its rule has an input shift of the
     bias' size; else None, why not)."""
     if flow is None or not flow.complete or not flow.sees_activations:
-        return None, "no traced run of the source model saw every operation around it"
+        return None, ("no traced run of the source model saw every operation around it (from a checkpoint: pass its "
+                      "own model as model=)")
     readers = flow.readers.get(node.path, set())
     rule, hp = node.candidates[0]
     if hp.get("activation"):
