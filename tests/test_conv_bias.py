@@ -140,3 +140,35 @@ def test_bias_read_by_batchnorm_alone_folds_and_zero_bias_drops():
     report = quiet_port(k, t)  # a bias of zeros needs no fold
     assert outputs_agree() and any("bias of zeros" in i for i in report.plan.issues)
     assert all(s.exact for s in report.plan.steps if s.source == "conv")
+
+
+@pytest.mark.backend_neutral
+def test_torch_bias_folds_into_keras_batchnorm_mean():
+    """The other way round: a torch conv with a bias, read by its BatchNorm alone (torch's traced run proves it),
+    into a Keras conv without one; a conv whose output the model also returns is refused."""
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5)).eval()
+    randomize_torch(t, 7)
+    x = keras.Input((9, 7, 3))
+    k = keras.Model(x, keras.layers.BatchNormalization(epsilon=1e-5)(keras.layers.Conv2D(5, 3, use_bias=False)(x)))
+    quiet_port(t, k)
+    images = np.random.default_rng(8).standard_normal((2, 9, 7, 3)).astype("float32")
+    with torch.no_grad():
+        want = t(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    got = keras.ops.convert_to_numpy(k(images))
+    assert np.abs(want - got).max() < 1e-5 * np.abs(want).max()
+    with pytest.raises(wp.ConfigMismatchError, match=r"source layer 0 \(conv\) adds a bias"):
+        quiet_port(torch.nn.Sequential(t[0]), keras.Sequential([keras.Input((9, 7, 3)),
+                                                                keras.layers.Conv2D(5, 3, use_bias=False)]))
+
+
+@pytest.mark.backend_neutral
+def test_kind_mixing_biased_and_unbiased_convs_refused_naming_use_bias():
+    """Where one side's convs of a kernel shape have a bias and others of that shape do not, nothing is zeroed or
+    folded (which would pair with which is not settled by shapes): refused, naming use_bias, target unchanged."""
+    t = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, bias=False), torch.nn.Conv2d(4, 4, 3))
+    k = keras.Sequential([keras.Input((11, 9, 4)), keras.layers.Conv2D(4, 3), keras.layers.Conv2D(4, 3)])
+    randomize_keras(k, 9)
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in k.weights]
+    with pytest.raises(wp.WeightportError, match="use_bias"):
+        wp.port(t, k)
+    assert all(np.array_equal(a, keras.ops.convert_to_numpy(v.value)) for a, v in zip(before, k.weights))
