@@ -172,3 +172,23 @@ def test_kind_mixing_biased_and_unbiased_convs_refused_naming_use_bias():
     with pytest.raises(wp.WeightportError, match="use_bias"):
         wp.port(t, k)
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(v.value)) for a, v in zip(before, k.weights))
+
+
+@pytest.mark.backend_neutral
+def test_saved_plan_replays_the_zero_bias(tmp_path):
+    """A dry run's plan records the zeros (``zero_bias`` in its hp) and writes them again without the model."""
+    t = TorchConvBN("none").eval()
+    randomize_torch(t, 10)
+    wp.save(t, tmp_path / "t.safetensors")
+    like = keras_conv_bn("none")
+    plan = wp.convert(tmp_path / "t.safetensors", tmp_path / "k.weights.h5", like=like, dry_run=True).plan
+    assert next(s for s in plan.steps if s.target == "conv").source_hp["zero_bias"]
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    wp.convert(tmp_path / "t.safetensors", tmp_path / "k.weights.h5", plan=str(tmp_path / "plan.json"))
+    fresh = keras_conv_bn("none")
+    fresh.load_weights(tmp_path / "k.weights.h5")
+    assert not np.any(keras.ops.convert_to_numpy(fresh.get_layer("conv").bias))
+    x = np.random.default_rng(11).standard_normal((2, 9, 7, 3)).astype("float32")
+    with torch.no_grad():
+        want = t(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    assert np.abs(want - keras.ops.convert_to_numpy(fresh(x))).max() < 1e-5 * np.abs(want).max()
