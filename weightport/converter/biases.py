@@ -177,9 +177,9 @@ def _sole_reader(node, nodes, flow):
     if not shift or flow.feeds.get(path) != {node.path}:
         return None, f"its output goes to {path}, which does not subtract a per-channel mean from it alone"
     r_rule, r_hp = reader.candidates[0]
-    shapes = reader.canonical_shapes(r_rule, r_hp)
+    shapes, names = reader.canonical_shapes(r_rule, r_hp), r_rule.canonical(r_hp)
     bias = node.canonical_shapes(rule, hp)[_bias_of(rule, hp)[1]]
-    if shapes is None or tuple(shapes[r_rule.canonical(r_hp).index(shift)]) != tuple(bias):
+    if shapes is None or shift not in names or tuple(shapes[names.index(shift)]) != tuple(bias):
         return None, f"its reader {path} holds no {shift} of the bias' shape {bias}"
     return reader, ""
 
