@@ -113,10 +113,17 @@ def test_preprocessing_state_refusal_advises_strict_false_for_live_source():
     assert np.abs(want - got).max() < 1e-4 * np.abs(want).max()
 
 
-def test_conv_without_bias_into_conv_with_bias_refused():
+@pytest.mark.backend_neutral
+def test_conv_without_bias_into_conv_with_bias_gets_zero_bias():
     """keras.applications' ResNets give every conv a bias, transformers' none (a BatchNorm follows): the target's
-    conv is left without a source, which strict refuses, naming use_bias (the refusal above must not swallow it)."""
+    bias is written as zeros, and the report says so (test_conv_bias.py: whole ResNets). A target conv no source
+    conv fits is still refused, naming its shapes (the refusal above must not swallow it)."""
     t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4))
     k = keras.Sequential([keras.Input((8, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
-    with pytest.raises(wp.ShapeMismatchError, match="use_bias"):
-        wp.port(t, k)
+    randomize_keras(k, 3)
+    report = quiet_port(t, k)
+    assert not np.any(keras.ops.convert_to_numpy(k.layers[0].bias))
+    assert any("target biases were set to zeros" in i for i in report.plan.issues)
+    other = keras.Sequential([keras.Input((8, 6, 3)), keras.layers.Conv2D(4, 2), keras.layers.BatchNormalization()])
+    with pytest.raises(wp.ShapeMismatchError, match="found 3x3x3x4"):
+        wp.port(t, other)

@@ -238,11 +238,18 @@ def test_same_with_stride_is_judged_at_the_size_the_model_takes_and_stride_misma
         wp.port(t, k)
 
 
-def test_use_bias_mismatch_is_refused():
+def test_use_bias_mismatch_refused_where_the_bias_would_be_lost():
+    """A target bias the source lacks is written as zeros (exact, and said); a source bias the target lacks, with
+    no BatchNorm reading the conv's output alone to fold it into, is refused (test_conv_bias.py: the fold)."""
     t = nn.Sequential(nn.Conv2d(3, 8, (5, 2), bias=False))
     k = keras_model((9, 7, 3), L.Conv2D(8, (5, 2)))
-    with pytest.raises(wp.WeightportError, match="use_bias"):
+    randomize_keras(k, seed=3)
+    with pytest.warns(wp.WeightportWarning, match="use_bias.*set to zeros"):
         wp.port(t, k)
+    assert not np.any(keras.ops.convert_to_numpy(k.layers[-1].bias))
+    randomize_keras(k, seed=4)
+    with pytest.raises(wp.ConfigMismatchError, match=r"adds a bias \(use_bias=True\).*its output is read by"):
+        wp.port(k, t)
 
 
 def test_get_set_weights_on_torch_depthwise_speak_keras_layout():

@@ -43,6 +43,9 @@ class Flow:
     cuts: dict = field(default_factory=dict)
     # path -> the (offset, size) pieces of its output, cut along the last axis, that passed an activation
     activated_cuts: dict = field(default_factory=dict)
+    # the paths whose very output something other than a rule-bearing layer reads (an operation between layers)
+    # or the model returns; kept where ``sees_activations``: then a layer not here is read by its readers alone
+    tapped: set = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
@@ -92,6 +95,7 @@ class Provenance:
         self._kept: list = []
         self._outputs: dict = {}  # id -> the path of the layer whose very output this tensor is
         self._pieces: dict = {}  # id -> (path, offset, size): a piece cut from a layer's output along its last axis
+        self._inside = 0  # how many rule-bearing layers are running (an operation outside all of them taps)
 
     def tensors(self, tree):
         if self.is_tensor(tree):
@@ -134,6 +138,7 @@ class Provenance:
 
     def enter(self, paths, inputs) -> None:
         """A rule-bearing layer (standing for ``paths``: a stacked RNN is several) starts reading ``inputs``."""
+        self._inside += 1
         origins = self.of(inputs)
         self.flow.activated.setdefault(paths[0], set()).update(self.through(inputs))
         for i, path in enumerate(paths):
@@ -150,8 +155,17 @@ class Provenance:
         if self.capture is not None and paths[-1] not in self.flow.outputs:
             first = next(self.tensors(outputs), None)
             if first is not None:
-                self.flow.outputs[paths[-1]] = self.capture(first)
+                self.flow.outputs[paths[-1]] = self.capture(first)  # its operations are no reader's
+        self._inside = max(self._inside - 1, 0)
 
+    def tap(self, tree, returned: bool = False) -> None:
+        """An operation reads ``tree`` (or the model returns it): a layer's very output read outside every
+        rule-bearing layer is marked in ``Flow.tapped``."""
+        if self._inside and not returned:
+            return
+        for t in self.tensors(tree):
+            if id(t) in self._outputs:
+                self.flow.tapped.add(self._outputs[id(t)])
 
     def cut(self, name: str, inputs, outputs, offset_of) -> None:
         """Record how an operation reads a layer's very output (``Flow.cuts``); ``offset_of(piece, whole)`` is
@@ -192,6 +206,7 @@ def torch_operations(prov: Provenance):
     class Follow(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            prov.tap((args, kwargs))
             out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
             prov.propagate((args, kwargs), out, name in ACTIVATIONS)

@@ -19,7 +19,7 @@ import difflib
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import constants, folding, naming, splits
+from . import biases, constants, folding, guesses, splits
 from .evidence import Pairing
 from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -91,6 +91,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     src, tgt = [n for n in src if id(n) not in tied], [n for n in tgt if id(n) not in tied]
     pairs = _hinted(src, tgt, hints or {}, flows)
     plan = Plan()
+    src, plan.issues[:0], bias_hint = biases.adapt(src, tgt, lambda: flows and flows(src, tgt, 0), strict)
     same = _by_path(src, tgt)
     if same is not None:
         pairs += same
@@ -102,7 +103,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += pairing.pairs
         plan.issues += pairing.notes
         if ambiguous:
-            error = _ambiguity_error(ambiguous, pairing.flows() is not None)
+            error = _ambiguity_error(ambiguous, pairing.flows() is not None, bias_hint)
             if strict:
                 raise error
             plan.issues.append(str(error).split(". The target")[0])
@@ -119,7 +120,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         left_s = folding.fold_sources(left_s, pairs, lambda: pairing.side_flow(0), plan.issues)
         zeroed, left_t = folding.zero_targets(left_t, pairs, lambda: pairing.side_flow(1), plan.issues)
         pairs += zeroed
-        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, tied_head_hint(left_t, pairs))
+        _unmatched(plan, source_nodes, target_nodes, left_s, left_t, strict, tied_head_hint(left_t, pairs) + bias_hint)
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
@@ -299,12 +300,12 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
           "to copy only what pairs." + zero_hint + hint)
 
 
-def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
+def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
     lines, guess = [], {}
     for cls in classes:
         lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n"
                      f"  target: {', '.join(b.label for b in cls.tgt)}")
-        guess.update(_likely_pairs(cls.src, cls.tgt))
+        guess.update(guesses.likely_pairs(cls.src, cls.tgt))
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
     how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
@@ -323,37 +324,7 @@ def _ambiguity_error(classes, traced: bool) -> AmbiguityError:
                   + f"  hints={guess!r}")
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
-        + advice)
-
-
-def _likely_pairs(src, tgt) -> dict:
-    """A guess at ``src``'s counterparts among ``tgt``, for a hint to check: pairs in the same block that are
-    each other's one best match by words in common (a tie guesses nothing), and a last one left on each side."""
-    number = naming.common_numbering([a.path for a in src], [b.path for b in tgt])
-
-    def score(a, b):
-        if number(a.path) != number(b.path) or naming.clash(naming.words(a.path), naming.words(b.path)):
-            return -1
-        return len(naming.words(a.path) & naming.words(b.path))
-
-    guess, left_s, left_t = {}, list(src), list(tgt)
-    found = True
-    while found:
-        found = False
-        for a in list(left_s):
-            scores = [score(a, b) for b in left_t]
-            best = max(scores, default=-1)
-            if best < 0 or scores.count(best) != 1:
-                continue
-            b = left_t[scores.index(best)]
-            if [score(x, b) for x in left_s].count(best) == 1 and max(score(x, b) for x in left_s) == best:
-                guess[a.path] = b.path
-                left_s.remove(a)
-                left_t.remove(b)
-                found = True
-    if len(left_s) == len(left_t) == 1 and score(left_s[0], left_t[0]) >= 0:
-        guess[left_s[0].path] = left_t[0].path
-    return guess
+        + advice + hint)
 
 
 def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
@@ -385,7 +356,7 @@ def _checked_plan(plan, pairs, strict, strict_config=False) -> tuple:
             source_hp=p.source_hp, target_hp=p.target_hp, shapes=p.source_shapes,
             transform=transform_text(p), exact=p.rule.exact(p.source.layout, p.source_hp)
             and p.rule.exact(p.target.layout, p.target_hp) and not p.source_hp.get("reparametrized")
-            and not p.source_hp.get("folded"),
+            and not p.source_hp.get("folded") and biases.exact(p.source_hp),
             evidence=p.evidence))
     return plan, kept
 

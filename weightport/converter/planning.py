@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import AmbiguityError, ShapeMismatchError, UsageError, WeightportError
 from ..mappings.rule import registry
-from . import folding, split_plans
+from . import biases, folding, split_plans
 from .pairs import refuse_unsettled
 from .plan import PLAN_VERSION, Pair, Plan, Step, reparametrized_notes, transform_text
 from .structure import FileNode
@@ -84,7 +84,7 @@ def _layer(walked, ckpt, step, path, layout, rule, hp, names):
         node = FileNode(path, layout, [(rule, hp)], ckpt, names)
     else:
         node = _walked_node(walked, path, names, rule, hp, ckpt)
-    return folding.replayed(node, hp, ckpt)
+    return biases.replayed(folding.replayed(node, hp, ckpt), hp, ckpt)
 
 
 def _walked(ckpt):

@@ -48,11 +48,15 @@ def flows(source, target, inputs=None):
     the same paths.
     """
     in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
+    runs: dict = {}  # one run per side and set of layers: asked again (a view of a node in its stead), kept
 
     def get(source_nodes, target_nodes, side: int):
-        if side == 0:
-            return trace(source, _live(source, source_nodes), in_a)
-        return trace(target, _live(target, target_nodes), in_b)
+        nodes = source_nodes if side == 0 else target_nodes
+        key = (side, tuple(n.path for n in nodes))
+        if key not in runs:
+            model = source if side == 0 else target
+            runs[key] = trace(model, _live(model, nodes), in_a if side == 0 else in_b)
+        return runs[key]
     return get
 
 

@@ -23,6 +23,7 @@ class BatchNormRule(Rule):
     """
 
     name = "batch_normalization"
+    input_shift = "moving_mean"
     config_by_attributes = staticmethod(epsilon_attribute)
     name_words = frozenset({"norm"})
     classes = {"keras": ("BatchNormalization",),

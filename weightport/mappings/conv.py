@@ -20,6 +20,7 @@ class ConvRule(ConvFamily):
     """Conv1D/2D/3D <-> nn.Conv1d/2d/3d, grouped or not."""
 
     name = "conv"
+    optional_bias = ("use_bias", "bias")
     classes = {"keras": ("Conv1D", "Conv2D", "Conv3D"), "torch": ("Conv1d", "Conv2d", "Conv3d"), "flax": ("Conv",),
                "equinox": ("Conv",), "onnx": ("Conv",)}
 

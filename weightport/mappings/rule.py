@@ -100,6 +100,12 @@ class Rule:
     # a layer of this kind reads the model's inputs (an embedding table), so it is never a head the target may
     # go without: left unpaired with weights that are not all zero, it refuses a strict port
     reads_inputs: bool = False
+    # (hp key, canonical slot) of a bias the layer adds to its output only where that key is true (``use_bias``):
+    # one side's layer may lack it where the other's has it (``converter.biases``)
+    optional_bias: tuple = ()
+    # the canonical slot of a per-channel vector the layer subtracts from its input before anything else (a
+    # BatchNorm's moving mean): a bias added just before, by a layer it alone reads, can be folded into it
+    input_shift: str = ""
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:

@@ -57,6 +57,7 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
         token = next((n for n in reversed(names) if n in scopes), None)
         variables = [v for v in eqn.invars if type(v).__name__ != "Literal"]
         if token is None:
+            flow.tapped.update(scopes[made_in[v]][-1] for v in variables if made_in.get(v) is not None)
             made = set().union(*(origin.get(v, ()) for v in variables))
             passed = set().union(*(through.get(v, ()) for v in variables)) | (made if _activates(eqn) else set())
         else:
@@ -75,6 +76,8 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
         _cuts(flow, eqn, variables, token, made_in, scopes)
         for v in eqn.outvars:
             origin[v], through[v], made_in[v] = made, passed, token
+    returned = [v for v in jaxpr.outvars if type(v).__name__ != "Literal"]
+    flow.tapped.update(scopes[made_in[v]][-1] for v in returned if made_in.get(v) is not None)
     return flow
 
 

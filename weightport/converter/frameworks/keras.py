@@ -269,7 +269,7 @@ def _eager_flow(keras, model, refs, inputs, capture: bool):
     keras.Layer.__call__, Operation.__call__ = traced_layer, traced_operation
     try:
         with torch_operations(prov) if on_torch else contextlib.nullcontext():
-            model(inputs, training=False)
+            prov.tap(model(inputs, training=False), returned=True)
     finally:
         keras.Layer.__call__, Operation.__call__ = layer_call, operation_call
     return prov.flow

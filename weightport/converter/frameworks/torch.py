@@ -162,7 +162,7 @@ class TorchFramework(Framework):
                 lambda m, args, kwargs, out, p=paths: prov.leave(p, out), with_kwargs=True))
         try:
             with torch_operations(prov):
-                self._call(model, inputs)
+                prov.tap(self._call(model, inputs), returned=True)
         finally:
             for h in hooks:
                 h.remove()
