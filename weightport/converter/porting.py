@@ -13,6 +13,7 @@ from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
 from . import (assign, checking, constants, engine, matcher, options, planning, renames, sides, splits, tracing,
                weight_norm)
+from .checkpoint import MODEL_KEY
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -68,7 +69,9 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
                                     flows=tracing.flows(traced, target, check), strict_config=strict_config,
                                     source_constants=lambda: constants.held(traced), options=rule_options)
     except MatchError as refused:
-        hint = sides.own_model_hint(src) if traced is None and not src.live else ""
+        # only where the refusal itself asks for model=: a tie on one side only is not settled by the file's model
+        wanted = traced is None and not src.live and "model=" in str(refused)
+        hint = sides.own_model_hint(src) if wanted else ""
         if not hint:
             raise
         raise type(refused)(f"{refused}{hint}") from None
@@ -140,5 +143,18 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
     options.apply(plan, pairs, rule_options or {})
     plan.issues += [n for n in src_notes if renames.NOTE in n]  # said, as weaker evidence is
     plan.unmatched_source += [n for n in src_notes if renames.NOTE not in n]
-    return engine.write_file(pairs, names_of, plan, destination, layout, like=like, **written)
+    return engine.write_file(pairs, names_of, plan, destination, layout, like=like,
+                             model_json=writer_json(src, like, source_model, layout), **written)
+
+
+def writer_json(src, like, source_model, layout):
+    """The text that rebuilds the model whose names the output carries (``like``, else the source's own model
+    where the layout stays), recorded in the file (``MODEL_KEY``); a source file's own record where it has one
+    and no model is at hand; None where none is known."""
+    own = like if like is not None else (src.obj if src.live else source_model) if layout == src.layout else None
+    if own is not None:
+        return require_adapter(own, "model").model_json(own)
+    if like is None and src.checkpoint is not None and layout == src.layout:
+        return src.checkpoint.metadata.get(MODEL_KEY)
+    return None
 
