@@ -71,6 +71,9 @@ def test_a_keras_hub_file_records_its_backbone_and_the_printed_line_rebuilds_it(
         warnings.simplefilter("ignore", wp.WeightportWarning)
         wp.port(tmp_path / "kh.safetensors", hf, model=rebuilt)
     np.testing.assert_allclose(*gpt2_outputs(hf, kh), atol=1e-5, rtol=1e-5)
+    with pytest.raises(wp.AmbiguityError, match="model_from_json"):  # converting into its layout: the same line
+        wp.convert(tmp_path / "kh.safetensors", tmp_path / "hf.safetensors", like=hf)
+    assert not (tmp_path / "hf.safetensors").exists()
     # negative control: the same file without the record gets the refusal alone, with no line to paste
     ckpt = wp.load(tmp_path / "kh.safetensors")
     metadata = {k: v for k, v in ckpt.metadata.items() if k != MODEL_KEY}

@@ -221,9 +221,9 @@ def keras_model_hint(ckpt) -> str:
     except ValueError:
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("class_name"), str):
-        return (f"\n{ckpt.path} does not record which Keras model wrote it (Keras' own .weights.h5 files and torch "
-                "files hold no such note), so no line can rebuild that model here: pass model=, the Keras model "
-                "the file was written from, built with the same config")
+        return (f"\n{ckpt.path} does not record which Keras model wrote it (Keras' own .weights.h5 files, torch "
+                "files and files converted with no Keras model at hand hold no such note), so no line can rebuild "
+                "that model here: pass model=, the Keras model the file was written from, built with the same config")
     what = record.get("registered_name") or record["class_name"]
     module = str(record.get("module") or "")
     imported = "" if module.split(".")[0] in KERAS_IMPORTS else f" (import {module} first: it registers {what})"
