@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from weightport.converter.checkpoint import Checkpoint, TensorSource, detect_layout
+from weightport.converter.checkpoint import MODEL_KEY, Checkpoint, TensorSource, detect_layout
 from weightport.converter.formats import format_for, open_checkpoint, write_checkpoint
 from weightport.converter.formats import keras as keras_format
 from weightport.errors import UsageError
@@ -230,6 +230,20 @@ def test_npz_is_plain_numpy_and_keeps_bf16(tmp_path):
         assert plain["decoder.out.weight"].tobytes() == tensors["decoder.out.weight"].tobytes()
     with open_checkpoint(tmp_path / "model.npz") as ckpt:
         assert ckpt.dtype("decoder.out.weight") == np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.keras_free
+def test_npz_leaves_out_a_model_record_too_long_for_its_comment_rather_than_cut_its_notes(tmp_path):
+    """A zip comment holds 64 KiB; zipfile would cut longer notes, losing the bf16 dtypes and the layout with them."""
+    notes = {"weightport_layout": "keras", MODEL_KEY: json.dumps({"class_name": "Functional", "pad": "x" * 70_000})}
+    write_checkpoint(tmp_path / "model.npz", sample_tensors(), metadata=notes)
+    with open_checkpoint(tmp_path / "model.npz") as ckpt:
+        assert ckpt.layout == "keras" and MODEL_KEY not in ckpt.metadata
+        assert ckpt.dtype("decoder.out.weight") == np.dtype(ml_dtypes.bfloat16)
+    notes[MODEL_KEY] = json.dumps({"class_name": "Functional"})  # a record that fits is kept
+    write_checkpoint(tmp_path / "small.npz", sample_tensors(), metadata=notes)
+    with open_checkpoint(tmp_path / "small.npz") as ckpt:
+        assert ckpt.metadata[MODEL_KEY] == notes[MODEL_KEY]
 
 
 # -- Keras files ------------------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ def save(model, path, layout: str | None = None, like=None, *, format: str | Non
          allow_overflow: bool = False, executor=None, resume: bool = False, options: dict | None = None) -> Report:
     """Write ``model``'s weights to ``path`` in ``layout`` without needing the other framework's model.
 
-    The file appears whole or not at all.
+    The file appears whole or not at all. A Keras model written in its own layout is recorded in the file's
+    metadata (its ``to_json()``, never weights) where the format keeps any, so a refusal that needs the file's
+    own model prints the line that rebuilds it.
 
     Args:
         model: a live model of any supported framework.
@@ -198,7 +200,8 @@ def convert(source, destination, model=None, *, to: str | None = None, like=None
         to: the target layout ("torch", "keras", "flax", "equinox"); by default the model's, keras for Keras files, else
             the source's.
         like: a live model of the target framework whose names (and a ``.weights.h5``'s variable paths) the
-            output takes; a ``.keras`` archive also records its config, an Orbax checkpoint its state tree.
+            output takes; a ``.keras`` archive also records its config, an Orbax checkpoint its state tree, and
+            any file whose format keeps metadata the Keras model's ``to_json()`` (as ``save`` does).
         format: the output format by name ("safetensors", "torch", "keras", "npz", "msgpack", "orbax").
         hints: ``{source_path: target_path}`` pairs that override the pairing.
         strict: False converts what pairs and reports the rest.

@@ -19,6 +19,9 @@ from ..errors import FormatError, UsageError
 from .detect import detect_layout  # noqa: F401 - also imported from here
 
 LAYOUT_KEY = "weightport_layout"
+# model.to_json() of the Keras model a Keras-layout file was written from, so a refusal that needs that model can
+# print the line that rebuilds it (keras.models.model_from_json)
+MODEL_KEY = "weightport_keras_model"
 
 
 class TensorSource:

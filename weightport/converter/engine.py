@@ -303,17 +303,18 @@ def transposed_blocks(a, dtype, rows: int | None = None, check=None):
 
 def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, dtype=None, shard_size=None,
                quiet=False, dry_run=False, allow_overflow=False, replace_input=False, format=None, like=None,
-               executor=None, resume=False, trust_pickle=False):
+               executor=None, resume=False, trust_pickle=False, model_json=None):
     """Record each step's tensor names in the plan, then (unless a dry run) write the file; the Report.
 
     ``format`` names the output's format (else its suffix does); ``like`` is the live target model, for formats
-    that store more than tensors. A sharded safetensors output of a checkpoint file is written one unit per
+    that store more than tensors; ``model_json`` (the text that rebuilds the model the file's names are from)
+    goes into the metadata. A sharded safetensors output of a checkpoint file is written one unit per
     shard (``parallel``), on ``executor`` if given."""
     import json
     import os
 
     from ..progress import bar
-    from .checkpoint import LAYOUT_KEY
+    from .checkpoint import LAYOUT_KEY, MODEL_KEY
     from .formats import write_checkpoint
     from . import split_plans
     from .plan import PLAN_VERSION, Report, jsonable
@@ -335,6 +336,8 @@ def write_file(pairs, names_of, plan, destination, layout, *, overwrite=False, d
     from . import parallel, shards
 
     metadata = {LAYOUT_KEY: layout, RULES_KEY: json.dumps(layers, default=jsonable)}
+    if model_json:
+        metadata[MODEL_KEY] = model_json
     if shards.wanted(pairs, destination, format=format, shard_size=shard_size, executor=executor, resume=resume):
         report.files, report.shards = parallel.write_sharded(
             pairs, plan, destination, metadata, shard_size=shard_size, dtype=dtype, allow_overflow=allow_overflow,

@@ -6,6 +6,7 @@ report is returned, and warning about it is left to the caller.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 
@@ -13,6 +14,7 @@ from ..errors import MatchError, UsageError, WeightportError
 from ..layouts import separator
 from . import (assign, checking, constants, engine, matcher, options, planning, renames, sides, splits, tracing,
                weight_norm)
+from .checkpoint import MODEL_KEY
 from .frameworks import require_adapter
 from .plan import Report
 
@@ -34,6 +36,21 @@ def collector_paused(port):
             if was:
                 gc.enable()
     return paused
+
+
+@contextlib.contextmanager
+def own_model_offered(src, traced):
+    """A refusal that asks for model=, of a checkpoint whose own model was not given, gains the line that builds
+    that model where the file or its folder says which it is (``sides.own_model_hint``). Other refusals (a tie on
+    one side only) are not settled by that model and get no line."""
+    try:
+        yield
+    except MatchError as refused:
+        wanted = traced is None and not src.live and "model=" in str(refused)
+        hint = sides.own_model_hint(src) if wanted else ""
+        if not hint:
+            raise
+        raise type(refused)(f"{refused}{hint}") from None
 
 
 @collector_paused
@@ -63,15 +80,10 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         traced = model
     else:
         traced = None
-    try:
+    with own_model_offered(src, traced):
         plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
                                     flows=tracing.flows(traced, target, check), strict_config=strict_config,
                                     source_constants=lambda: constants.held(traced), options=rule_options)
-    except MatchError as refused:
-        hint = sides.own_model_hint(src) if traced is None and not src.live else ""
-        if not hint:
-            raise
-        raise type(refused)(f"{refused}{hint}") from None
     options.apply(plan, pairs, rule_options or {})
     plan.issues += [n for n in src_notes if renames.NOTE in n]  # said, as weaker evidence is
     plan.unmatched_source += [n for n in src_notes if renames.NOTE not in n]
@@ -120,10 +132,11 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
     if like is not None:
         _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
         options.settle(src_nodes + tgt_nodes, rule_options or {})
-        flows = tracing.flows(src.obj if src.live else source_model, like)
-        plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict, flows=flows,
-                                    source_constants=lambda: constants.held(src.obj if src.live else source_model),
-                                    options=rule_options)
+        traced = src.obj if src.live else source_model
+        with own_model_offered(src, traced):
+            plan, pairs = matcher.match(src_nodes, tgt_nodes, hints=hints, strict=strict,
+                                        flows=tracing.flows(traced, like), options=rule_options,
+                                        source_constants=lambda: constants.held(traced))
         pairs = splits.assembled(plan, pairs)  # a packed layer's parts, filled from separate ones, written whole
         weight_norm.split_on_write(plan, pairs)  # a weight_norm layer's file holds its g and v
         plan.unmatched_target += tgt_notes
@@ -140,5 +153,18 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
     options.apply(plan, pairs, rule_options or {})
     plan.issues += [n for n in src_notes if renames.NOTE in n]  # said, as weaker evidence is
     plan.unmatched_source += [n for n in src_notes if renames.NOTE not in n]
-    return engine.write_file(pairs, names_of, plan, destination, layout, like=like, **written)
+    return engine.write_file(pairs, names_of, plan, destination, layout, like=like,
+                             model_json=writer_json(src, like, source_model, layout), **written)
+
+
+def writer_json(src, like, source_model, layout):
+    """The text that rebuilds the model whose names the output carries (``like``, else the source's own model
+    where the layout stays), recorded in the file (``MODEL_KEY``); a source file's own record where it has one
+    and no model is at hand; None where none is known."""
+    own = like if like is not None else (src.obj if src.live else source_model) if layout == src.layout else None
+    if own is not None:
+        return require_adapter(own, "model").model_json(own)
+    if like is None and src.checkpoint is not None and layout == src.layout:
+        return src.checkpoint.metadata.get(MODEL_KEY)
+    return None
 

@@ -16,9 +16,11 @@ from ..errors import ShapeMismatchError, UnsupportedLayerError, UsageError
 from ..layouts import separator
 from . import renames, weight_norm
 from .arrays import is_floating
-from .checkpoint import Checkpoint, as_sources
+from .checkpoint import MODEL_KEY, Checkpoint, as_sources
 from .frameworks import adapter_for, require_adapter, walk
 from .structure import config_nodes, infer_nodes, model_nodes
+
+KERAS_IMPORTS = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # packages Keras' deserializer imports itself
 
 
 def is_path(obj) -> bool:
@@ -138,7 +140,8 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
         return from_config, []
     if ckpt.layout == "keras" and any(re.search(r"(^|/)vars/\d+$", n) for n in ckpt):
         raise UsageError(f"{where} stores Keras variables by index only; pass model= (the Keras model it "
-                         "belongs to) or use the .keras archive, which records each layer's class")
+                         "belongs to) or use the .keras archive, which records each layer's class"
+                         + keras_model_hint(ckpt))
     nodes, leftovers = infer_nodes(ckpt, ckpt.layout, loose=True)
     # integer tensors nobody claims are bookkeeping (position_ids, step counters), not weights
     unexplained = [n for n in leftovers if is_floating(ckpt.dtype(n))]
@@ -180,13 +183,21 @@ def names_for(model, fw, path) -> callable:
 
 
 def own_model_hint(side: Side) -> str:
-    """For a refusal: the line that builds a checkpoint's own model, where ``save_pretrained`` left its
-    ``config.json`` (its ``architectures``) beside the file; "" when there is none to name, or when the file
-    holds another layout than a transformers model's (a keras-hub file written beside the folder's config)."""
-    path = side.checkpoint.path if side.checkpoint is not None else None
-    if path is None or side.checkpoint.layout not in (None, "torch"):
+    """For a refusal: the line that builds a checkpoint's own model, from what the file records (a Keras-layout
+    file, ``keras_model_hint``) or from the ``config.json`` that ``save_pretrained`` left beside it (a torch file);
+    "" where there is none to name."""
+    ckpt = side.checkpoint
+    if ckpt is None or ckpt.path is None:
         return ""
-    folder = os.path.dirname(os.path.abspath(path))
+    if ckpt.layout == "keras":
+        return keras_model_hint(ckpt)
+    return transformers_hint(ckpt) if ckpt.layout in (None, "torch") else ""
+
+
+def transformers_hint(ckpt) -> str:
+    """The line that builds a transformers model from the ``architectures`` of the config.json beside ``ckpt``;
+    "" when there is none (a Keras-layout file written beside the folder's config is not offered it)."""
+    folder = os.path.dirname(os.path.abspath(ckpt.path))
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
             classes = json.load(f).get("architectures") or []
@@ -197,3 +208,26 @@ def own_model_hint(side: Side) -> str:
     return (f"\nRather than a guess, pass the file's own model, built from the config.json beside it (its weights "
             f"are not used), so its dataflow settles the pairing:\n"
             f"  model=transformers.{classes[0]}(transformers.AutoConfig.from_pretrained({folder!r}))")
+
+
+def keras_model_hint(ckpt) -> str:
+    """The line that rebuilds the Keras model a Keras-layout file was written from, out of the ``model.to_json()``
+    that ``wp.save``/``wp.convert`` recorded in it (``MODEL_KEY``); where the file records none (Keras' own
+    ``.weights.h5``, a torch file, a file converted with no Keras model at hand), a sentence saying so."""
+    if ckpt.path is None:
+        return ""
+    try:
+        record = json.loads(ckpt.metadata.get(MODEL_KEY) or "null")
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("class_name"), str):
+        return (f"\n{ckpt.path} does not record which Keras model wrote it (Keras' own .weights.h5 files, torch "
+                "files and files converted with no Keras model at hand hold no such note), so no line can rebuild "
+                "that model here: pass model=, the Keras model the file was written from, built with the same config")
+    what = record.get("registered_name") or record["class_name"]
+    module = str(record.get("module") or "")
+    imported = "" if module.split(".")[0] in KERAS_IMPORTS else f" (import {module} first: it registers {what})"
+    path = os.path.abspath(ckpt.path)
+    return (f"\nThe file records the Keras model it was written from ({what}): pass that model, rebuilt from its "
+            f"config (its weights are not used), so its structure and dataflow settle the pairing{imported}:\n"
+            f"  model=keras.models.model_from_json(wp.load({path!r}).metadata[{MODEL_KEY!r}])")

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 
 from ...errors import FormatError, UsageError
-from ..checkpoint import Checkpoint, TensorSource
+from ..checkpoint import MODEL_KEY, Checkpoint, TensorSource
 from . import limits
 from .fileio import load_checked, zip_names
 
@@ -151,4 +151,13 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
             if progress is not None:
                 progress(s.nbytes)
         if real or metadata:
-            archive.comment = json.dumps({_COMMENT_KEY: {"dtypes": real, "metadata": metadata}}).encode("utf-8")
+            archive.comment = _comment(real, metadata)
+
+
+def _comment(real: dict, metadata: dict) -> bytes:
+    """The archive comment of weightport's notes. A zip comment holds 64 KiB: a large model's record (the config
+    that rebuilds it, a convenience) is left out rather than let zipfile cut the notes short."""
+    text = json.dumps({_COMMENT_KEY: {"dtypes": real, "metadata": metadata}}).encode("utf-8")
+    if len(text) > zipfile.ZIP_MAX_COMMENT and MODEL_KEY in metadata:
+        return _comment(real, {k: v for k, v in metadata.items() if k != MODEL_KEY})
+    return text

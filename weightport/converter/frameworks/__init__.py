@@ -84,6 +84,12 @@ class Framework:
         framework names them its own way; None for the layout's usual ``<layer path><separator><slot>``."""
         return None
 
+    def model_json(self, model):
+        """Text that rebuilds ``model`` (its class and config, not its weights), for a file written from it to
+        record, so that a refusal needing the file's own model can print the line that builds it; None where
+        this framework has no such text."""
+        return None
+
     def reparametrized(self, layer) -> dict:
         """slot -> how ``layer`` computes that weight from others it stores (torch's ``weight_norm``): read,
         it is folded into one tensor; written, split back. {} for most layers."""

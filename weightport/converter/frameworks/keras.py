@@ -11,6 +11,9 @@ from ...mappings.rule import rules_for
 from . import Framework
 
 
+MAX_MODEL_JSON = 1_000_000  # characters: a config, never weights (a functional ResNet-50's is 0.17 MB)
+
+
 def _keras():
     return sys.modules.get("keras")
 
@@ -156,6 +159,19 @@ class KerasFramework(Framework):
                 found = layer.weights[rule.native_slots(node.layout, hp).index(slot)]
             return where[id(found)]
         return name
+
+    def model_json(self, model):
+        """``model.to_json()``, which ``keras.models.model_from_json`` rebuilds it from (a keras-hub backbone, a
+        functional or Sequential model, a registered class); None for a bare layer, a model Keras cannot
+        serialize (no get_config), or a config too large to be a note in a file's header."""
+        keras = _keras()
+        if not isinstance(model, keras.Model):
+            return None
+        try:
+            text = model.to_json()
+        except Exception:  # noqa: BLE001 - whatever get_config raises, the file then just records no model
+            return None
+        return text if len(text) <= MAX_MODEL_JSON else None
 
     def has_graph(self, layer) -> bool:
         return bool(calls(layer))
