@@ -7,6 +7,7 @@ import numpy as np
 
 from ..arrays import numpy_to_torch, to_numpy
 from . import Framework
+from .hf_names import saved_keys
 
 
 class TorchFramework(Framework):
@@ -47,6 +48,9 @@ class TorchFramework(Framework):
 
     def weight_ids(self, layer) -> set:
         return {id(p) for p in layer.parameters()}
+
+    def saved_names(self, model) -> dict:
+        return saved_keys(model)
 
     def tensor_aliases(self, model) -> dict:
         names: dict = {}
