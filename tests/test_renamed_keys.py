@@ -1,8 +1,7 @@
 """A file saved by transformers 5 names some tensors otherwise than the live model (its legacy keys): DINOv2's
 ``attention.attention.query`` for ``attention.q_proj``, ESM's ``LayerNorm.gamma``/``beta`` for ``.weight``/``.bias``.
 Each is read under the key the model's own rename table gives (SegFormer's renamed modules), else as the one model
-tensor it fits by shape, block numbers and words; where that is not unique the
-port is refused as before."""
+tensor it fits by shape, block numbers and words; where that is not unique the port is refused as before."""
 import numpy as np
 import pytest
 
