@@ -96,6 +96,17 @@ class Provenance:
         self._outputs: dict = {}  # id -> the path of the layer whose very output this tensor is
         self._pieces: dict = {}  # id -> (path, offset, size): a piece cut from a layer's output along its last axis
         self._inside = 0  # how many rule-bearing layers are running (an operation outside all of them taps)
+        self._holders: dict = {}  # id of a rule-bearing layer's weight -> the paths of the layers holding it
+        self._running: dict = {}  # path -> how many of its calls are under way
+
+    def hold(self, weights_of: dict) -> None:
+        """``weights_of``: path -> the weight tensors that layer holds. A weight read while none of its layers
+        runs (keras-hub's Gemma 4 multiplies by its MLP layers' kernels without calling them) stands for a
+        layer the run never entered: what it makes has an unknown origin, not the origins of its other input."""
+        for path, weights in weights_of.items():
+            for w in weights:
+                self._holders.setdefault(id(w), set()).add(path)
+                self._kept.append(w)
 
     def tensors(self, tree):
         if self.is_tensor(tree):
@@ -112,7 +123,8 @@ class Provenance:
         for t in self.tensors(tree):
             if id(t) in self._of:
                 found |= self._of[id(t)]
-            elif not self.sees_all:
+            elif not self.sees_all or (id(t) in self._holders
+                                       and not any(self._running.get(p) for p in self._holders[id(t)])):
                 found.add(UNKNOWN)
         return found
 
@@ -142,12 +154,15 @@ class Provenance:
         origins = self.of(inputs)
         self.flow.activated.setdefault(paths[0], set()).update(self.through(inputs))
         for i, path in enumerate(paths):
+            self._running[path] = self._running.get(path, 0) + 1
             self.flow.feeds.setdefault(path, set()).update(origins if i == 0 else {paths[i - 1]})
             if path not in self.flow.order:
                 self.flow.order.append(path)
 
     def leave(self, paths, outputs, activates: bool = False) -> None:
         """The layer's outputs come from it (through an activation where it applies one itself)."""
+        for path in paths:
+            self._running[path] = max(self._running.get(path, 0) - 1, 0)
         self.mark(outputs, {paths[-1]}, through={paths[-1]} if activates else set())
         first = next(self.tensors(outputs), None)
         if first is not None:

@@ -5,8 +5,9 @@ transformers 5 loads a checkpoint through a table of key renames and writes
 the old keys back on ``save_pretrained``, so a file it saved today may name
 tensors otherwise than the live model's ``state_dict`` (DINOv2's file keeps
 ``attention.attention.query`` for the live ``attention.q_proj``, ESM's
-``LayerNorm.gamma``/``beta`` for ``.weight``/``.bias``). Rather than read any
-library's table, the names are paired by what they share: the same shape, the
+``LayerNorm.gamma``/``beta`` for ``.weight``/``.bias``). Where the model's own
+library says how it renames (``frameworks/hf_names.py``), that is read first;
+what is still missing is paired by what the names share: the same shape, the
 same last component (``gamma``/``beta`` are TensorFlow's names for a norm's
 ``weight``/``bias``), the same block numbers, and module paths whose words
 agree, every word of the shorter found in the longer (``query``/``q_proj``).

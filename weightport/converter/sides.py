@@ -121,7 +121,8 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
         fw, live, _ = live_nodes(model, "model", strict)
         if ckpt.layout not in (None, fw.layout):
             raise UsageError(f"{where} holds {ckpt.layout}-layout tensors but model= is a {fw.layout} model")
-        names_of = _stored_once(ckpt, fw.tensor_aliases(model), names_for(model, fw, ckpt.path or ""))
+        names_of = _stored_once(ckpt, fw.tensor_aliases(model), fw.saved_names(model),
+                                names_for(model, fw, ckpt.path or ""))
         names_of, renamed = renames.read_renamed(ckpt, fw, live, names_of)  # keys renamed on save (transformers 5)
         nodes, missing = model_nodes(ckpt, live, names_of)
         if missing and strict:
@@ -153,13 +154,16 @@ def _checkpoint_nodes(ckpt, *, model, strict: bool) -> tuple:
     return nodes, [f"{n}: no rule recognises it" for n in leftovers]
 
 
-def _stored_once(ckpt, aliases: dict, names_of) -> callable:
-    """``names_of`` where a tensor the model shares under several names (a tied head) is looked up under the
-    one the file stores it by, as ``save_pretrained`` writes such a tensor once."""
+def _stored_once(ckpt, aliases: dict, saved: dict, names_of) -> callable:
+    """``names_of`` where a tensor is looked up under the name the file stores it by: the key the model's
+    library writes it under (``saved``: transformers 5 writes legacy keys), or, for a tensor the model shares
+    under several names (a tied head), the one name ``save_pretrained`` wrote it once by."""
     def named(node, slot):
         name = names_of(node, slot)
         if name in ckpt:
             return name
+        if saved.get(name) in ckpt:
+            return saved[name]
         return next((other for other in aliases.get(name, ()) if other in ckpt), name)
     return named
 

@@ -111,6 +111,11 @@ class Framework:
         framework keeps no shared objects."""
         return {}
 
+    def saved_names(self, model) -> dict:
+        """{name: the name a file the model's library saves gives that tensor}, where the two differ
+        (transformers 5 writes its legacy keys); {} where a framework saves tensors under their own names."""
+        return {}
+
     def has_graph(self, layer) -> bool:
         """Whether the model records what feeds this layer (Keras: a symbolic graph; others: n/a)."""
         return True

@@ -9,7 +9,7 @@ equations alone, with nothing compiled or run.
 """
 from __future__ import annotations
 
-from ..flow import ACTIVATIONS, Flow
+from ..flow import ACTIVATIONS, UNKNOWN, Flow
 
 _SCOPE = "weightport_node_"
 
@@ -41,14 +41,21 @@ def trace(model, refs, inputs) -> Flow:
         closed = jax.make_jaxpr(lambda x: model(x, training=False))(inputs)
     finally:
         keras.Layer.__call__ = layer_call
-    return flow_of(closed.jaxpr, scopes, activating)
+    holders: dict = {}  # id of a layer's weight value -> the tokens of the rule-bearing layers holding it
+    for key, (obj, _) in paths_of.items():
+        for v in getattr(obj, "weights", ()):
+            holders.setdefault(id(v.value), set()).add(token_of[key])
+    held = {var: holders[id(c)] for var, c in zip(closed.jaxpr.constvars, closed.consts) if id(c) in holders}
+    return flow_of(closed.jaxpr, scopes, activating, held)
 
 
-def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
+def flow_of(jaxpr, scopes: dict, activating=frozenset(), held=None) -> Flow:
     """Follow every value of ``jaxpr`` from the scoped layer that made it (``scopes``: token -> the paths a
     layer stands for; a stacked layer's paths feed one another in turn; ``activating``: the tokens of layers
-    that apply an activation of their own)."""
-    flow, seen = Flow(sees_activations=True), set()
+    that apply an activation of their own; ``held``: constant var -> the tokens of the layers whose weight it
+    is: read outside all of them, it stands for a layer the run never called, so what it makes has an unknown
+    origin, as ``Provenance.hold`` says)."""
+    flow, seen, held = Flow(sees_activations=True), set(), held or {}
     origin: dict = {}  # var -> the layer paths it comes from; model inputs and constants: none
     through: dict = {}  # var -> those of its origins whose values passed an activation on the way
     made_in: dict = {}  # var -> the token of the layer whose equations made it
@@ -56,14 +63,15 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset()) -> Flow:
         names = str(eqn.source_info.name_stack).split("/")
         token = next((n for n in reversed(names) if n in scopes), None)
         variables = [v for v in eqn.invars if type(v).__name__ != "Literal"]
+        off_trace = {UNKNOWN} if any(v in held and not held[v] & set(names) for v in variables) else set()
         if token is None:
             flow.tapped.update(scopes[made_in[v]][-1] for v in variables if made_in.get(v) is not None)
-            made = set().union(*(origin.get(v, ()) for v in variables))
+            made = set().union(off_trace, *(origin.get(v, ()) for v in variables))
             passed = set().union(*(through.get(v, ()) for v in variables)) | (made if _activates(eqn) else set())
         else:
             paths = scopes[token]
             outside = [v for v in variables if made_in.get(v) != token]
-            read = set().union(*(origin.get(v, ()) for v in outside))
+            read = set().union(off_trace, *(origin.get(v, ()) for v in outside))
             flow.feeds.setdefault(paths[0], set()).update(read)
             flow.activated.setdefault(paths[0], set()).update(*(through.get(v, ()) for v in outside))
             for before, path in zip(paths, paths[1:]):

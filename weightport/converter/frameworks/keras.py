@@ -248,6 +248,8 @@ def _eager_flow(keras, model, refs, inputs, capture: bool):
     parts: dict = {}
     for ref in refs:
         parts.setdefault(id(ref.obj), []).append(ref.path)
+    if on_torch:  # the backend's very tensors, which torch's function mode sees read
+        prov.hold({ref.path: [v.value for v in getattr(ref.obj, "weights", ())] for ref in refs})
     layer_call, operation_call = keras.Layer.__call__, Operation.__call__
 
     def traced_layer(layer, *args, **kwargs):

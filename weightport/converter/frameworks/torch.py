@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import numpy as np
 
 from ..arrays import numpy_to_torch, to_numpy
 from . import Framework
+from .hf_names import saved_keys
 
 
 class TorchFramework(Framework):
@@ -47,6 +49,9 @@ class TorchFramework(Framework):
 
     def weight_ids(self, layer) -> set:
         return {id(p) for p in layer.parameters()}
+
+    def saved_names(self, model) -> dict:
+        return saved_keys(model)
 
     def tensor_aliases(self, model) -> dict:
         names: dict = {}
@@ -154,6 +159,10 @@ class TorchFramework(Framework):
         parts: dict = {}
         for ref in refs:
             parts.setdefault(id(ref.obj), (ref.obj, []))[1].append(ref.path)
+        # a tied tensor (T5's shared table, read by modules that are not refs) is read by design outside its ref
+        shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        prov.hold({paths[0]: [p for p in module.parameters() if shared[id(p)] == 1]
+                   for module, paths in parts.values() if isinstance(module, torch.nn.Module)})
         hooks = []
         for module, paths in parts.values():
             hooks.append(module.register_forward_pre_hook(

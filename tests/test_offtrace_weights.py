@@ -1,0 +1,46 @@
+"""A layer whose kernel another layer's code reads without calling it leaves no trace of its own: keras-hub's
+Gemma 4 decoder block computes ``gelu(x @ gating_ffw.kernel) * (x @ gating_ffw_2.kernel) @ ffw_linear.kernel``.
+A traced run then shows ``post_ffw_norm`` reading ``pre_ffw_norm``; taken as evidence, that contradicted the
+(right) pairing by block position and refused the port as a dataflow disagreement. What such a read makes now
+has an unknown origin, so the run gives no evidence there, and what only it could settle is refused as
+ambiguous, with the candidates named."""
+import numpy as np
+import pytest
+
+import weightport as wp
+from test_real_models import randomized
+from weightport.converter import flow
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+transformers = pytest.importorskip("transformers")
+keras_hub = pytest.importorskip("keras_hub")
+
+
+@pytest.fixture(scope="module")
+def gemma4(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gemma4")
+    config = transformers.Gemma4TextConfig(
+        vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, head_dim=16, global_head_dim=16, sliding_window=4096, hidden_size_per_layer_input=0,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False)
+    transformers.Gemma4ForCausalLM(config).save_pretrained(folder)
+    return randomized(transformers.Gemma4ForCausalLM(config), 1), keras_hub.models.Gemma4Backbone.from_preset(str(folder))
+
+
+def test_kernels_read_off_the_trace_give_no_evidence(gemma4):
+    hf, kh = gemma4
+    with pytest.raises(wp.AmbiguityError) as caught:
+        wp.port(hf, kh)
+    message = str(caught.value)
+    assert "model.layers.0.mlp.gate_proj, model.layers.0.mlp.up_proj" in message
+    assert "transformer_layers/0/gating_ffw, transformer_layers/0/gating_ffw_2" in message
+    assert "post_ffw_norm" not in message  # paired by block position, which nothing contradicts now
+
+
+@pytest.mark.backend_neutral
+def test_negative_control_such_reads_taken_as_dataflow_refuse_the_right_pairing(gemma4, monkeypatch):
+    hf, kh = gemma4
+    monkeypatch.setattr(flow.Provenance, "hold", lambda self, weights_of: None)
+    with pytest.raises(wp.MatchError, match="post_ffw_norm were paired by their block position, but the dataflow"):
+        wp.port(hf, kh)
