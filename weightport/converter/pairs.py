@@ -3,6 +3,7 @@ the ``parameter`` rule; with the shapes each side has under it, and how a node i
 from __future__ import annotations
 
 from ..errors import UsageError, WeightportError
+from ..mappings.parameter import canonical_shape
 from ..mappings.transforms import IDENTITY
 from . import naming
 from .plan import Pair
@@ -39,8 +40,13 @@ def adopted_rule(a, b):
 
 
 def parameter_view(node):
-    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's stored as it is
-    (under the first of its readings that stores it so: a file's (N, H) ``weight`` may be an Embedding)."""
+    """hp under the ``parameter`` rule: a loose node's own, or a single-tensor layer's tensor as it is stored
+    (under the first of its readings that stores it so: a file's (N, H) ``weight`` may be an Embedding).
+
+    A layer whose rule moves axes (a torch depthwise Conv1d's (C, 1, K) to Keras' (K, C, 1)) is read so only
+    where its stored shape, size-1 axes dropped, differs from its canonical one: a loose (C, K) tensor then
+    fits the stored form alone, and the values are copied in memory order, never transposed on a guess.
+    """
     if getattr(node, "loose", False):
         return node.candidates[0][1]
     for rule, hp in node.candidates:
@@ -48,13 +54,27 @@ def parameter_view(node):
             links = rule.links(node.layout, hp)
         except WeightportError:
             continue
-        if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1 \
-                or links[0].transform is not IDENTITY:
+        if len(links) != 1 or len(links[0].canonical) != 1 or len(links[0].native) != 1:
             continue
         shapes = shapes_or_none(node, rule, hp)
-        if shapes:
-            return {"slot": links[0].native[0], "shape": tuple(shapes[0])}
+        stored = stored_shape(links[0], shapes)
+        if stored is not None:
+            return {"slot": links[0].native[0], "shape": stored}
     return None
+
+
+def stored_shape(lk, shapes):
+    """The one tensor's shape as stored, where reading it as a loose tensor cannot be mistaken for its
+    canonical form (see ``parameter_view``); None otherwise."""
+    if not shapes:
+        return None
+    if lk.transform is IDENTITY:
+        return tuple(shapes[0])
+    try:
+        stored = tuple(lk.transform.forward_shapes((tuple(shapes[0]),))[0])
+    except (KeyError, ValueError, TypeError, NotImplementedError):
+        return None
+    return stored if canonical_shape(stored) != canonical_shape(shapes[0]) else None
 
 
 def as_parameters(a, b):

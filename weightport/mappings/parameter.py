@@ -1,9 +1,11 @@
 """Loose parameters: a tensor held directly by a layer no rule claims (a class token, a position table, a scale).
 
 Such tensors belong to no layer kind, so they pair by name and shape like
-any layer, and their canonical form is the tensor itself with leading
-singleton axes dropped: HF ViT's ``position_embeddings`` (1, N, H) and a
-Keras position ``Embedding`` table (N, H) hold the same numbers. A tensor
+any layer, and their canonical form is the tensor itself with its size-1
+axes dropped, which moves no value: HF ViT's ``position_embeddings``
+(1, N, H) and a Keras position ``Embedding`` table (N, H) hold the same
+numbers, as do a depthwise torch Conv1d weight (C, 1, K) and a bare (C, K)
+kernel, or a (1,) scale and a scalar. A tensor
 that is one single-slot layer's only weight, stored as it is in its layout
 (an Embedding table, a norm's scale), can pair with a loose one this way too.
 Nothing moves axes here: a loose tensor that is really a transposed kernel
@@ -17,11 +19,9 @@ from .transforms import Reshape
 
 
 def canonical_shape(shape) -> tuple:
-    """``shape`` without its leading singleton axes (one axis kept for a scalar-like tensor)."""
-    shape = tuple(int(d) for d in shape)
-    while len(shape) > 1 and shape[0] == 1:
-        shape = shape[1:]
-    return shape
+    """``shape`` without its size-1 axes (a squeeze keeps memory order); ``(1,)`` for a one-value tensor, so a
+    scalar and a (1,) tensor agree."""
+    return tuple(int(d) for d in shape if int(d) != 1) or (1,)
 
 
 @register
