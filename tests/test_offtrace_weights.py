@@ -44,3 +44,32 @@ def test_negative_control_such_reads_taken_as_dataflow_refuse_the_right_pairing(
     monkeypatch.setattr(flow.Provenance, "hold", lambda self, weights_of: None)
     with pytest.raises(wp.MatchError, match="post_ffw_norm were paired by their block position, but the dataflow"):
         wp.port(hf, kh)
+
+
+HINTS = {f"model.layers.{i}.mlp.{a}": f"transformer_layers/{i}/{b}" for i in range(2)
+         for a, b in (("gate_proj", "gating_ffw"), ("up_proj", "gating_ffw_2"))}  # gelu(x @ gating) * (x @ gating_2)
+
+
+def test_with_the_gate_hints_the_port_computes_what_hf_does(gemma4):
+    """The remaining loose weight, HF's ``layer_scalar`` (1,) beside keras-hub's scalar (), pairs once size-1 axes
+    are dropped (tests/test_squeezed_weights.py)."""
+    hf, kh = gemma4
+    wp.port(hf, kh, hints=HINTS)
+    scalars = [keras.ops.convert_to_numpy(v) for v in kh.weights if v.path.endswith("layer_scalar")]
+    assert [s.shape for s in scalars] == [(), ()]
+    np.testing.assert_array_equal(scalars, [float(layer.layer_scalar) for layer in hf.model.layers])
+    ids = np.random.default_rng(6).integers(0, 101, (2, 9))
+    with torch.no_grad():
+        ours = hf.model(input_ids=torch.from_numpy(ids), use_cache=False).last_hidden_state.numpy()
+    theirs = keras.ops.convert_to_numpy(kh({"token_ids": ids, "padding_mask": np.ones_like(ids),
+                                            "position_ids": np.broadcast_to(np.arange(9), ids.shape)}))
+    assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(ours).max())
+
+
+def test_negative_control_a_scalar_kept_apart_from_a_one_value_tensor_is_refused(gemma4, monkeypatch):
+    from weightport.mappings import parameter
+
+    hf, kh = gemma4
+    monkeypatch.setattr(parameter, "canonical_shape", lambda shape: tuple(int(d) for d in shape))
+    with pytest.raises(wp.UnsupportedLayerError, match="layer_scalar"):
+        wp.port(hf, kh, hints=HINTS)
