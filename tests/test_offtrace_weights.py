@@ -71,5 +71,8 @@ def test_negative_control_a_scalar_kept_apart_from_a_one_value_tensor_is_refused
 
     hf, kh = gemma4
     monkeypatch.setattr(parameter, "canonical_shape", lambda shape: tuple(int(d) for d in shape))
-    with pytest.raises(wp.UnsupportedLayerError, match="layer_scalar"):
+    with pytest.raises(wp.UnsupportedLayerError, match="layer_scalar") as caught:
         wp.port(hf, kh, hints=HINTS)
+    message = str(caught.value)
+    assert "The source's model.layers.0.layer_scalar (parameter, 1) has its name, but not its shape" in message
+    assert "has no layer holding it" not in message  # the source holds it: the shape is the cause

@@ -16,6 +16,7 @@ evidence settles is refused with the candidates and a ready ``hints=`` line.
 from __future__ import annotations
 
 import difflib
+import re
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
@@ -260,6 +261,17 @@ def _untrained_advice(all_src) -> str:
             "model has no layer holding it, so the port cannot tell its values: " + keep)
 
 
+def _namesake_note(b, left_s) -> str:
+    """Where an unpaired source tensor has the loose target weight's own name, the cause is its shape, not a
+    missing layer: say so, with both shapes."""
+    slot = b.candidates[0][1]["slot"]
+    for a in left_s:
+        if re.split(r"[./]", a.path)[-1] == slot:
+            return (f"The source's {describe(a)} has its name, but not its shape even with size-1 axes dropped "
+                    "(the only change made without a rule, since a squeeze moves no value). ")
+    return ""
+
+
 def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
     """Raise the most precise error for layers left without a counterpart."""
     loose = [b for b in left_t if getattr(b, "loose", False)]
@@ -269,8 +281,8 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
             f"target layer {b.label.rpartition(b.framework.sep)[0] or '<root>'!r} "
             f"({b.framework.display_name(b.obj)}) holds the weight {b.candidates[0][1]['slot']!r} "
             f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
-            "it by name and shape; the target was not changed. "
-            + (_untrained_advice(all_src) if getattr(b, "untrained", False)
+            "it by name and shape; the target was not changed. " + _namesake_note(b, left_s)
+            + (_untrained_advice(all_src) if getattr(b, "untrained", False) and not _namesake_note(b, left_s)
                else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, "
                "or strict=False to port everything else"))
     positional = _positional(all_src, all_tgt)
