@@ -49,7 +49,16 @@ def _bias_of(rule, hp):
     return key, rule.canonical({**hp, key: True}).index(slot)
 
 
-class ZeroBias(View):
+class BiasView(View):
+    """A conv read with its bias added or removed (``_base_hp``: the hp the node itself is read under)."""
+
+    def _base_canonical(self, rule, hp) -> tuple:
+        """(the node's own canonical weights, where the bias sits among the slots that hold one)."""
+        base_hp = self._base_hp(rule, hp)
+        return rule.to_canonical(self.layout, base_hp, self.base.read(rule, base_hp)), _bias_of(rule, hp)[1]
+
+
+class ZeroBias(BiasView):
     """A layer without a bias, read as one with a bias of zeros (its target has one)."""
 
     def __init__(self, base):
@@ -71,9 +80,7 @@ class ZeroBias(View):
     def read(self, rule, hp) -> dict:
         if not rule.optional_bias:
             return self.base.read(rule, hp)
-        base_hp = self._base_hp(rule, hp)
-        canonical = rule.to_canonical(self.layout, base_hp, self.base.read(rule, base_hp))
-        _, at = _bias_of(rule, hp)
+        canonical, at = self._base_canonical(rule, hp)
         zeros = np.zeros(self.canonical_shapes(rule, hp)[at], np.asarray(canonical[0]).dtype)
         return rule.from_canonical(self.layout, hp, canonical[:at] + [zeros] + canonical[at:])
 
@@ -85,7 +92,7 @@ class ZeroBias(View):
         return {s: found.get(s, first) for s in rule.native_slots(self.layout, hp)}
 
 
-class BiasDropped(View):
+class BiasDropped(BiasView):
     """A layer with a bias, read without it: the bias is zero, or folded into its reader (``MeanShifted``)."""
 
     def __init__(self, base, into: str):
@@ -104,17 +111,13 @@ class BiasDropped(View):
 
     def bias(self) -> np.ndarray:
         """The bias, in canonical form."""
-        rule, hp = self.base.candidates[0]
-        hp = self._base_hp(rule, hp)
-        _, at = _bias_of(rule, hp)
-        return np.asarray(rule.to_canonical(self.layout, hp, self.base.read(rule, hp))[at])
+        canonical, at = self._base_canonical(*self.candidates[0])
+        return np.asarray(canonical[at])
 
     def read(self, rule, hp) -> dict:
         if not rule.optional_bias:
             return self.base.read(rule, hp)
-        base_hp = self._base_hp(rule, hp)
-        canonical = rule.to_canonical(self.layout, base_hp, self.base.read(rule, base_hp))
-        _, at = _bias_of(rule, hp)
+        canonical, at = self._base_canonical(rule, hp)
         return rule.from_canonical(self.layout, hp, canonical[:at] + canonical[at + 1:])
 
     def dtypes(self, rule, hp) -> dict:

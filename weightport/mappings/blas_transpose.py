@@ -86,17 +86,16 @@ def _load() -> dict:
     here = os.path.dirname(np.__file__)
     found = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*scipy_openblas64_*"))
                    + glob.glob(os.path.join(here, ".dylibs", "*scipy_openblas64_*")))
+    try:
+        library = ctypes.CDLL(found[0]) if found else None
+    except OSError:
+        library = None
     kernels = {}
-    for path in found[:1]:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            return {}
-        for dtype, (name, scalar) in SYMBOLS.items():
-            function = getattr(library, name, None)
-            if function is not None:
-                function.restype = None
-                function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, scalar,
-                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-                kernels[dtype] = function
+    for dtype, (name, scalar) in SYMBOLS.items():
+        function = getattr(library, name, None) if library is not None else None
+        if function is not None:
+            function.restype = None
+            function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, scalar,
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+            kernels[dtype] = function
     return kernels
