@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import weightport as wp  # noqa: E402
-from weightport.converter.formats import offset_writer  # noqa: E402
+from weightport.converter.formats import fileio, offset_writer  # noqa: E402
 from weightport.errors import OutputError  # noqa: E402
 from weightport.mappings import fast_transpose  # noqa: E402
 
@@ -43,28 +43,43 @@ def _counting(monkeypatch, name):
     return calls
 
 
-def test_sendfile_from_shared_memory_pwrite_and_no_fallocate_write_the_same_bytes(tmp_path, monkeypatch):
+def test_parts_cut_in_pieces_and_written_without_fallocate_give_the_same_bytes(tmp_path, monkeypatch):
     src, net = _source(tmp_path)
-    sent = _counting(monkeypatch, "sendfile")
     normal = _convert(src, net, tmp_path / "normal.safetensors", monkeypatch)
-    if hasattr(os, "memfd_create"):
-        assert sent  # the parts went through the writer's shared memory (Linux)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     written = wp.load(tmp_path / "normal.safetensors")
     assert np.array_equal(written["0/kernel"], state["0.weight"].T)
     assert not np.array_equal(written["0/kernel"].reshape(-1), state["0.weight"].reshape(-1))  # not as stored
 
-    def refused(*args):
-        raise OSError(errno.EINVAL, "sendfile to this file system is not supported (simulated)")
+    sizes, real = [], os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: sizes.append(len(data)) or real(fd, data, offset))
+    monkeypatch.setattr(fileio, "WRITE_PIECE", 999)  # pieces that cut floats in two
+    assert _convert(src, net, tmp_path / "pieces.safetensors", monkeypatch) == normal
+    assert max(sizes) == 999
 
-    monkeypatch.setattr(os, "sendfile", refused)
-    pwrites = _counting(monkeypatch, "pwrite")
-    assert _convert(src, net, tmp_path / "pwrite.safetensors", monkeypatch) == normal
-    assert pwrites  # the writer went on with pwrite
-
-    monkeypatch.delattr(os, "memfd_create", raising=False)  # no shared memory: plain staging memory
     monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no")))
     assert _convert(src, net, tmp_path / "plain.safetensors", monkeypatch) == normal
+
+
+def test_pwrite_all_writes_every_byte_in_pieces_even_after_short_writes(tmp_path, monkeypatch):
+    data = np.arange(1000, dtype=np.uint16).reshape(10, 100)  # 2,000 bytes
+    monkeypatch.setattr(fileio, "WRITE_PIECE", 300)
+    sizes, real = [], os.pwrite
+
+    def short(fd, piece, offset):  # the kernel may write less than asked: every other call writes 100 bytes
+        sizes.append(len(piece))
+        return real(fd, piece[:100] if len(sizes) % 2 else piece, offset)
+
+    monkeypatch.setattr(os, "pwrite", short)
+    path = tmp_path / "f"
+    path.write_bytes(b"\xff" * 7)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        fileio.pwrite_all(fd, data, 7)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\xff" * 7 + data.tobytes()
+    assert max(sizes) == 300 and len(sizes) > 2000 // 300
 
 
 def test_a_full_disk_in_the_writer_thread_is_said_and_leaves_nothing(tmp_path, monkeypatch):
@@ -72,8 +87,7 @@ def test_a_full_disk_in_the_writer_thread_is_said_and_leaves_nothing(tmp_path, m
     the caller's thread, as the OutputError any failed write gives."""
     src, net = _source(tmp_path)
     before = sorted(os.listdir(tmp_path))
-    calls, real = [], os.sendfile if hasattr(os, "memfd_create") else os.pwrite
-    name = "sendfile" if hasattr(os, "memfd_create") else "pwrite"
+    calls, real = [], os.pwrite
 
     def filling(*args):
         calls.append(1)
@@ -81,7 +95,7 @@ def test_a_full_disk_in_the_writer_thread_is_said_and_leaves_nothing(tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         return real(*args)
 
-    monkeypatch.setattr(os, name, filling)
+    monkeypatch.setattr(os, "pwrite", filling)
     with pytest.raises(OutputError, match=r"cannot write \S*k\.safetensors: no space left.*nothing was left behind"):
         _convert(src, net, tmp_path / "k.safetensors", monkeypatch)
     assert len(calls) > 3  # it failed part-way through, after parts had been written

@@ -41,7 +41,7 @@ class TensorSource:
         self.file_range = file_range
         # the files this tensor is read from, so a writer can refuse to replace its own input
         self.origin = tuple(dict.fromkeys(tuple(origin) + ((file_range[0],) if file_range else ())))
-        self._check = check  # run once before the stored bytes are copied as they are (a NaN/Inf scan)
+        self._check = check  # run once when the stored bytes are copied as they are (a NaN/Inf scan)
         # fill(sink): the tensor's bytes handed out in parts, sink.put(byte offset, C-contiguous array), from
         # worker threads and in any order, each filled in memory sink.slot(nbytes) lends: a writer writes each
         # part where it belongs while the workers go on
@@ -62,12 +62,12 @@ class TensorSource:
     def load(self) -> np.ndarray:
         return self._loader()
 
-    def stored_range(self):
-        """``file_range``, for a writer about to copy those bytes as they are: the source's check runs first."""
-        if self.file_range is not None and self._check is not None:
-            check, self._check = self._check, None
+    def check_stored(self) -> None:
+        """Run the source's check of the bytes a writer copies as they are (a NaN/Inf scan), once. A writer runs
+        it once the copy is queued, so both go on at once; a failure still comes before the output is in place."""
+        check, self._check = self._check, None
+        if check is not None:
             check()
-        return self.file_range
 
     @property
     def streamed(self) -> bool:

@@ -2,19 +2,15 @@
 
 Buffered writes to one file take that file's lock in the kernel, so threads
 writing at once mostly wait for each other (spinning, on a small machine);
-here one thread writes and the transposing workers hand it their parts, and
-go on with the next ones. Parts are staged in shared memory (a memfd) and
-written with ``sendfile``: the kernel then moves them with its own memcpy,
-about twice as fast here as the user-to-kernel copy of a ``pwrite``. Bytes
-stored unchanged in another file are copied there by ``copy_file_range``.
-
-Where any of this is missing (not Linux, a file system that refuses
-``sendfile``), staging slots are plain memory and ``pwrite`` writes them.
+here one thread writes and the transposing workers hand it their parts in
+staging slots, and go on with the next ones. Slots are written with
+``pwrite`` in pieces (``fileio.WRITE_PIECE``, the size the page cache
+handles fastest); bytes stored unchanged in another file are copied there
+by ``copy_file_range``.
 """
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import queue
 import threading
@@ -56,7 +52,7 @@ class OffsetWriter:
 
     def __init__(self, fd: int, slots: int = 6):
         self.fd = fd
-        self._memfd, memory = _staging_memory(slots * SLOT_BYTES)
+        memory = np.empty(slots * SLOT_BYTES, np.uint8)
         self._slots = [memory[k * SLOT_BYTES:(k + 1) * SLOT_BYTES] for k in range(slots)]
         self._base = memory.__array_interface__["data"][0]
         self._free: queue.Queue = queue.Queue()
@@ -64,7 +60,6 @@ class OffsetWriter:
             self._free.put(k)
         self._todo: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._sendfile = self._memfd is not None and hasattr(os, "sendfile")
         self._thread = threading.Thread(target=self._run, name="weightport-writer", daemon=True)
         self._thread.start()
 
@@ -76,9 +71,7 @@ class OffsetWriter:
             self._error = exc  # the file is abandoned: what is still queued is not written
         self._todo.put(None)
         self._thread.join()
-        self._slots = []  # the mapping goes with its last view (a traceback may still hold one)
-        if self._memfd is not None:
-            os.close(self._memfd)
+        self._slots = []
         if kind is None and self._error is not None:
             raise self._error
 
@@ -128,34 +121,8 @@ class OffsetWriter:
                 self._free.put(args[1] // SLOT_BYTES)  # even after an error: no worker waits for ever
 
     def _write_slot(self, offset: int, at: int, nbytes: int) -> None:
-        if self._sendfile:
-            try:
-                os.lseek(self.fd, offset, os.SEEK_SET)
-                done = 0
-                while done < nbytes:
-                    done += os.sendfile(self.fd, self._memfd, at + done, nbytes - done)
-                return
-            except OSError as exc:
-                if exc.errno in _SPACE_ERRORS:
-                    raise
-                self._sendfile = False  # this file system does not take it: pwrite from now on
         slot = self._slots[at // SLOT_BYTES]
         pwrite_all(self.fd, slot[at % SLOT_BYTES:at % SLOT_BYTES + nbytes], offset)
-
-
-def _staging_memory(nbytes: int):
-    """(memfd, a uint8 array over its mapping), or (None, plain memory) where there is no memfd."""
-    create = getattr(os, "memfd_create", None)
-    if create is not None:
-        fd = None
-        try:
-            fd = create("weightport-staging")
-            os.ftruncate(fd, nbytes)
-            return fd, np.frombuffer(mmap.mmap(fd, nbytes), np.uint8)
-        except OSError:
-            if fd is not None:
-                os.close(fd)
-    return None, np.empty(nbytes, np.uint8)
 
 
 def _copy_range(fd: int, file_range, offset: int) -> None:
