@@ -151,3 +151,17 @@ def test_parts_in_lent_slots_are_queued_and_others_written_at_once(tmp_path):
         out.put(0, np.arange(100, 108, dtype=np.uint8))  # not in a slot: written by this thread
         assert out._slot_offset(lent) is not None and out._slot_offset(np.zeros(8, np.uint8)) is None  # noqa: SLF001
     assert path.read_bytes() == bytes(range(100, 108)) + bytes(range(8))
+
+
+def test_write_in_pieces_writes_every_byte_in_order(monkeypatch):
+    import io
+
+    data = np.arange(250, dtype=np.float32)  # 1,000 bytes, pieces that cut floats in two
+    monkeypatch.setattr(fileio, "WRITE_PIECE", 300)
+    f, sizes = io.BytesIO(), []
+    real = f.write
+    f.write = lambda piece: sizes.append(len(piece)) or real(piece)
+    f.write(b"head")
+    fileio.write_in_pieces(f, data.view(np.uint8))
+    assert f.getvalue() == b"head" + data.tobytes()
+    assert sizes == [4, 300, 300, 300, 100]

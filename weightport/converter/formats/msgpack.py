@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import FormatError, UsageError
 from ..checkpoint import LAYOUT_KEY, Checkpoint, TensorSource, detect_layout
 from . import limits
-from .fileio import load_checked
+from .fileio import load_checked, write_in_pieces
 
 METADATA = "__metadata__"
 NAME = "msgpack"
@@ -351,7 +351,7 @@ def _nest(sources, path) -> dict:
 def _write_array(f, array):
     f.write(_array_header(array.shape, array.dtype, array.nbytes))
     if array.size:
-        f.write(memoryview(array.reshape(-1).view(np.uint8)))
+        write_in_pieces(f, array.reshape(-1).view(np.uint8))
 
 
 def _write_tree(f, node: dict, path, progress):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...errors import FormatError, ShapeMismatchError, UsageError
 from ..checkpoint import Checkpoint, TensorSource
+from .fileio import write_in_pieces
 from .onnx_data import EXTERNAL, consumers, is_numeric, load_model, tensor_source
 
 NAME = "onnx"
@@ -168,7 +169,7 @@ def write(path: str, sources, metadata, *, staging, progress=None, **opts) -> No
             if data is not None and value.nbytes >= 1024:
                 offset = -(-data.tell() // ALIGN) * ALIGN
                 data.seek(offset)
-                data.write(memoryview(value.reshape(-1)).cast("B"))
+                write_in_pieces(data, value.reshape(-1).view(np.uint8))
                 _set_external(tensor, data_name, offset, value.nbytes)
             else:
                 _set_inline(tensor, value.tobytes())
