@@ -91,6 +91,30 @@ def test_entry_points_are_parsed_only_where_a_package_names_the_group(tmp_path, 
     assert entry_points("weightport.nobody-names-this") == []
 
 
+def test_entry_points_in_a_zip_or_an_egg_on_the_path_are_found(tmp_path, monkeypatch):
+    """The quick scan lists metadata folders itself: an entry it cannot list (a zip archive) sends the lookup
+    to importlib, and an unpacked .egg's EGG-INFO is read; a one-file .egg-info has no entry points."""
+    import zipfile
+
+    from weightport.plugins import entry_points
+
+    archive = tmp_path / "plugins.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("wp_zip_probe-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: wp-zip-probe\nVersion: 0.1\n")
+        z.writestr("wp_zip_probe-0.1.dist-info/entry_points.txt", "[weightport.zip-test]\nzipped = json:loads\n")
+    egg = tmp_path / "wp_egg_probe-0.1.egg" / "EGG-INFO"
+    egg.mkdir(parents=True)
+    (egg / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: wp-egg-probe\nVersion: 0.1\n")
+    (egg / "entry_points.txt").write_text("[weightport.egg-test]\negged = json:dumps\n")
+    (tmp_path / "one_file-0.1.egg-info").write_text("Metadata-Version: 1.1\nName: one-file\nVersion: 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(egg.parent))
+    monkeypatch.syspath_prepend(str(archive))
+    assert [(ep.name, ep.value) for ep in entry_points("weightport.zip-test")] == [("zipped", "json:loads")]
+    assert [(ep.name, ep.value) for ep in entry_points("weightport.egg-test")] == [("egged", "json:dumps")]
+    assert entry_points("weightport.nobody-names-this") == []
+
+
 def test_non_rule_modules_register_nothing():
     names = {info.name for info in pkgutil.iter_modules(weightport.mappings.__path__)}
     assert {"rule", "transforms", "samples", "introspect"} <= names

@@ -28,15 +28,39 @@ UNREADABLE = None  # in the sections where some entry_points.txt could not be re
 @functools.lru_cache(maxsize=4)
 def _declared_sections(path: tuple) -> set:
     """The ``[section]`` lines of every ``entry_points.txt`` installed on ``path`` (sys.path), read once for it:
-    formats and rules both ask, and walking the installed packages costs ~30 ms here."""
-    from importlib import metadata
+    formats and rules both ask. The metadata folders are listed directly (~2 ms here; walking them with
+    ``importlib.metadata`` took ~30 ms of every command's start)."""
+    import os
 
     found = set()
-    for dist in metadata.distributions(path=list(path)):
-        try:
-            text = dist.read_text("entry_points.txt") or ""
-        except Exception:  # noqa: BLE001 - a file it cannot read
+    for entry in path:
+        folders = _metadata_folders(entry or ".")
+        if folders is None:
             found.add(UNREADABLE)
             continue
-        found.update(line.strip() for line in text.splitlines() if line.lstrip().startswith("["))
+        for folder in folders:
+            try:
+                with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except (FileNotFoundError, NotADirectoryError):  # none, or a one-file .egg-info
+                continue
+            except (OSError, UnicodeDecodeError):
+                found.add(UNREADABLE)
+                continue
+            found.update(line.strip() for line in text.splitlines() if line.lstrip().startswith("["))
     return found
+
+
+def _metadata_folders(entry: str):
+    """The distribution metadata folders on one ``sys.path`` entry; None where it cannot tell (an archive)."""
+    import os
+
+    if entry.endswith(".egg") and os.path.isdir(entry):
+        return [os.path.join(entry, "EGG-INFO")]
+    try:
+        names = os.listdir(entry)
+    except NotADirectoryError:
+        return None
+    except OSError:  # missing: nothing installed there
+        return []
+    return [os.path.join(entry, n) for n in names if n.endswith((".dist-info", ".egg-info"))]
