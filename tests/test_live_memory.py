@@ -157,3 +157,20 @@ def test_jax_adoption_needs_one_cpu_device_and_alignment():
     skewed = raw[off:off + 48].view(np.float32).reshape(4, 3)
     assert direct.adopted_by_jax(skewed, like) is None  # negative control: unaligned is copied instead
 
+
+
+def test_sums_finite_sees_every_nan_and_inf_wherever_it_lies():
+    from weightport.converter.arrays import sums_finite
+
+    for dtype in (np.float32, np.float64, np.float16, ">f4"):
+        for shape in [(3, 5), (1000, 7)]:
+            base = np.linspace(-2, 3, np.prod(shape)).astype(dtype).reshape(shape)
+            assert sums_finite(base) and sums_finite(base[:, 1:4])  # contiguous and strided: finite
+            for bad in (np.nan, np.inf, -np.inf):
+                for at in [(0, 0), (shape[0] // 2, 2), (shape[0] - 1, shape[1] - 1)]:
+                    damaged = base.copy()
+                    damaged[at] = bad
+                    assert not sums_finite(damaged), (dtype, shape, bad, at)
+                    assert not sums_finite(damaged[:, 1:4]) or at[1] not in (1, 2, 3)
+    assert not sums_finite(np.full(8, 2e19, np.float32))  # squares overflow: unsure, the exact scan decides
+    assert direct.nonfinite_in(np.full(8, 2e19, np.float32)) == (0, 0)

@@ -187,14 +187,24 @@ def nonfinite(a) -> tuple:
 
 
 def sums_finite(chunk) -> bool:
-    """True when ``chunk``'s sum is finite, which proves every value finite (a NaN or an inf makes it NaN or
-    inf); one vectorised pass, several times cheaper than ``isfinite``. False may be a sum that overflowed."""
-    wide = np.float32 if chunk.dtype.itemsize < 4 else None  # 16- and 8-bit floats summed in float32
+    """True when a sum over ``chunk`` is finite, which proves every value finite (a NaN or an inf makes it NaN
+    or inf); one vectorised pass, several times cheaper than ``isfinite``. False may be a sum that overflowed.
+
+    A contiguous float32/float64 chunk is summed squared by BLAS (``dot``: the square of a NaN is NaN, of
+    either inf is inf), 2.5x cheaper than numpy's own sum here; it overflows from |x| ~ 1e19 in float32.
+    """
     try:
         with np.errstate(over="ignore", invalid="ignore"):
+            if chunk.dtype in _BLAS_FLOATS and chunk.flags.c_contiguous:
+                flat = chunk.reshape(-1)
+                return bool(np.isfinite(np.dot(flat, flat)))
+            wide = np.float32 if chunk.dtype.itemsize < 4 else None  # 16- and 8-bit floats summed in float32
             return bool(np.isfinite(np.add.reduce(chunk, axis=None, dtype=wide)))
     except TypeError:  # a float type numpy cannot sum
         return False
+
+
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _extreme(values) -> float:
