@@ -20,7 +20,7 @@ import re
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import biases, constants, folding, guesses, splits
+from . import biases, constants, folding, guesses, input_pads, splits
 from .evidence import Pairing
 from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -93,6 +93,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     pairs = _hinted(src, tgt, hints or {}, flows)
     plan = Plan()
     src, plan.issues[:0], bias_hint = biases.adapt(src, tgt, lambda: flows and flows(src, tgt, 0), strict)
+    traced = (src, tgt)  # the nodes each side is traced among (the pairing's own runs, asked again)
     same = _by_path(src, tgt)
     if same is not None:
         pairs += same
@@ -125,6 +126,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
+    input_pads.counted(pairs, lambda side: flows and flows(*traced, side))
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
 
 
