@@ -13,6 +13,7 @@ the run saw.
 """
 from __future__ import annotations
 
+
 def counted(pairs, side_flow) -> list:
     """``pairs`` with each side's hp completed by the zero pad a traced run saw feed its layer, for the pairs
     whose rule's ``input_pad`` check differs; ``side_flow(side)`` gives the source's (0) or target's (1) Flow,
@@ -26,5 +27,6 @@ def counted(pairs, side_flow) -> list:
 
 
 def _padded(rule, node, hp: dict, flow) -> dict:
+    """``hp`` as the rule reads it with the pad ``flow`` saw feed ``node``, where one did."""
     seen = flow.padded.get(node.path) if flow is not None else None
     return rule.with_input_pad(node.layout, hp, *seen) if seen else hp
