@@ -142,3 +142,48 @@ def test_a_printed_hints_line_becomes_hint_options_on_the_command_line():
     text = "pass:\n  hints={'layer.0.q': 'blocks/0/query', 'a b': 'c'}"
     assert exits.cli_words(text) == "pass:\n  --hint layer.0.q=blocks/0/query --hint 'a b=c'"
     assert exits.cli_words("Pass hints={source_path: target_path}") == "Pass --hint SOURCE=TARGET"
+
+
+def test_a_pairing_the_dataflow_contradicts_names_the_layer_the_dataflow_points_to():
+    """Three look-alike projections in a chain, paired by name with the last two crossed: the refusal names, as a
+    guess to check, the target that reads what the source's counterpart feeds (and never the crossed one)."""
+    from weightport.converter import sides
+    from weightport.converter.evidence import Pairing
+    from weightport.converter.flow import Flow
+    from weightport.converter.pairs import pair
+
+    t = nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 5))
+    k = keras.Sequential([keras.Input((5,))] + [keras.layers.Dense(5, name=f"d{i}") for i in range(3)])
+    src, tgt = sides.live_nodes(t, "source", True)[1], sides.live_nodes(k, "target", True)[1]
+    chain = lambda nodes: Flow(feeds={n.path: ({nodes[i - 1].path} if i else set())  # noqa: E731
+                                      for i, n in enumerate(nodes)}, order=[n.path for n in nodes])
+    pairing = Pairing(src, tgt, lambda s, t, side: chain(src if side == 0 else tgt))
+    pairing.pairs = [pair(src[0], tgt[0], "name"), pair(src[1], tgt[2], "name"), pair(src[2], tgt[1], "name")]
+    with pytest.raises(wp.MatchError, match="dataflow disagrees") as refused:
+        pairing.check_against_flow()
+    message = str(refused.value)
+    assert not PLACEHOLDER.search(message) and "is a guess" in message
+    assert ast.literal_eval(message.rpartition("hints=")[2].strip()) == {"1": tgt[1].path}
+
+
+def test_where_no_target_reads_the_counterparts_the_look_alikes_are_listed_without_a_pairing():
+    """Negative control: the dataflow points to no single target, so no hints= pair is printed, only the choice."""
+    from weightport.converter import sides
+    from weightport.converter.evidence import Pairing
+    from weightport.converter.flow import Flow
+    from weightport.converter.pairs import pair
+
+    t = nn.Sequential(*[nn.Linear(5, 5) for _ in range(4)])
+    k = keras.Sequential([keras.Input((5,))] + [keras.layers.Dense(5, name=f"d{i}") for i in range(4)])
+    src, tgt = sides.live_nodes(t, "source", True)[1], sides.live_nodes(k, "target", True)[1]
+    s, d = [n.path for n in src], [n.path for n in tgt]
+    flows = (Flow(feeds={s[0]: set(), s[1]: {s[0]}, s[2]: {s[1]}, s[3]: {s[2]}}),
+             Flow(feeds={d[0]: set(), d[1]: {d[0]}, d[2]: {d[1]}, d[3]: {d[1]}}))  # d2 and d3 both read d1
+    pairing = Pairing(src, tgt, lambda a, b, side: flows[side])
+    pairing.pairs = [pair(src[i], tgt[j], "name") for i, j in ((0, 0), (1, 1), (2, 3), (3, 2))]
+    with pytest.raises(wp.MatchError, match="dataflow disagrees") as refused:
+        pairing.check_against_flow()
+    message = str(refused.value)
+    assert "hints={" not in message and not PLACEHOLDER.search(message)
+    assert f"Pass hints= pairing '{s[3]}' with the right one of the target's look-alikes" in message
+    assert all(repr(p) in message for p in d)
