@@ -55,7 +55,7 @@ def test_layers_configured_apart_are_named_with_their_shapes_and_no_hint_is_offe
     kh = keras_hub.models.BertBackbone(vocabulary_size=V, num_layers=L, num_heads=NH, hidden_dim=H,
                                        intermediate_dim=72, max_sequence_length=SEQ)
     message = refusal(wp.MatchError, hf, kh)
-    assert ("By their names, encoder.layer.0.intermediate.dense (dense, 48x64, 64) would be "
+    assert ("As the likeliest counterparts left, encoder.layer.0.intermediate.dense (dense, 48x64, 64) would be "
             "transformer_layers/0/feedforward_intermediate_dense, which needs 48x72, 72") in message
     assert message.count("no hint pairs layers of other shapes") == 4 and "hints={" not in message
 
@@ -79,6 +79,28 @@ class Gain(keras.layers.Layer):
 
     def call(self, x):
         return x * self.gain
+
+
+class WithOddVector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(7, 5)
+        self.scale = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("source", ["nothing left", "another shape left"])
+def test_a_bare_target_weight_no_rule_handles_says_why_no_hint_fills_it(source):
+    t = nn.Sequential(nn.Linear(7, 5)) if source == "nothing left" else WithOddVector()
+    k = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), Gain(name="g")])
+    message = refusal(wp.UnsupportedLayerError, t, k)
+    assert "holds the weight 'gain' (5,)" in message and "hints={" not in message
+    if source == "nothing left":
+        assert "The source has no layer left to pair with it, so no hints= line can fill it" in message
+    else:
+        assert "scale (parameter, 3) would be g/gain, which needs 5" in message
 
 
 def choices(message) -> dict:

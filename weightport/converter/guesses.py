@@ -89,7 +89,7 @@ def unpaired_advice(left_s, left_t, listed: int = 8) -> str:
                 fitting[a.path, b.path] = found
     guess = likely_pairs(left_s, left_t, fits=lambda a, b: (a.path, b.path) in fitting)
     agree = {s: t for s, t in guess.items() if fitting[s, t].shapes_agree}
-    out = [f"By their names, {describe(p.source)} would be {p.target.label}, which needs "
+    out = [f"As the likeliest counterparts left, {describe(p.source)} would be {p.target.label}, which needs "
            f"{fmt_shapes(p.target_shapes)}: the models are configured differently there, and no hint pairs layers "
            "of other shapes." for p in [fitting[s, t] for s, t in guess.items() if s not in agree][:listed]]
     if not fitting:
