@@ -128,3 +128,36 @@ def test_the_record_follows_the_model_the_names_are_from_and_is_never_made_up(tm
         wp.port(tmp_path / "own.weights.h5", twin)
     said = str(refused.value)
     assert "model_from_json" not in said and "does not record which Keras model wrote it" in said
+
+
+def xlnet_pair():
+    config = transformers.XLNetConfig(vocab_size=101, d_model=48, n_layer=2, n_head=4, d_inner=64,
+                                      ff_activation="gelu", dropout=0.0, attn_type="bi", pad_token_id=1)
+    backbone = keras_hub.models.XLNetBackbone(vocabulary_size=101, num_layers=2, num_heads=4, hidden_dim=48,
+                                              intermediate_dim=64, dropout=0.0, activation="gelu")
+    return randomized(transformers.XLNetModel(config), 23), backbone
+
+
+def test_a_file_whose_names_cannot_tell_its_layout_gets_the_model_line_too(tmp_path):
+    """XLNet's file holds bare ``r_w_bias``/``mask_emb`` tensors no name tells the layout of: refused before any
+    pairing, that refusal asks for model= and now prints the line; pasted, the port is traced as the live one
+    is, and refused for the same honest reason (XLNet's per-block biases look alike and nothing tells them
+    apart), with no line asking for a model= already given."""
+    hf, backbone = xlnet_pair()
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(wp.UsageError, match="cannot tell whether") as refused:
+        wp.port(tmp_path / "model.safetensors", backbone)
+    line = str(refused.value).rsplit("model=", 1)[1].strip()
+    assert line.startswith("transformers.XLNetModel(")
+    model = eval(line, {"transformers": transformers})
+    with pytest.raises(wp.AmbiguityError) as again:
+        wp.port(tmp_path / "model.safetensors", backbone, model=model)
+    with pytest.raises(wp.AmbiguityError) as live:
+        wp.port(hf, backbone)
+    for message in (str(again.value), str(live.value)):  # the file with its model is refused as the live model is
+        assert "dataflow of a traced run" in message and "source: layer.0.rel_attn.r_r_bias" in message
+    assert "AutoConfig" not in str(again.value) and "pass its own model" not in str(again.value)
+    (tmp_path / "config.json").unlink()  # negative control: no config, no line made up
+    with pytest.raises(wp.UsageError) as bare:
+        wp.port(tmp_path / "model.safetensors", backbone)
+    assert "transformers." not in str(bare.value)

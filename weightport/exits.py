@@ -5,7 +5,9 @@ says the same with its options (``pass --model``), through ``CLI_SPELLING``.
 """
 from __future__ import annotations
 
+import ast
 import re
+import shlex
 
 from .errors import FormatError, MatchError, UsageError, WeightportError
 
@@ -62,10 +64,23 @@ CLI_SPELLING = (
 
 
 def cli_words(message: str) -> str:
-    """``message`` with each Python keyword replaced by the command-line option that does the same."""
+    """``message`` with each Python keyword replaced by the command-line option that does the same (a
+    ``hints={...}`` line with its pairs as as many ``--hint SOURCE=TARGET``)."""
+    message = re.sub(r"(?<![\w-])hints=(\{[^}]*\})", _hint_options, message)
     for pattern, replacement in CLI_SPELLING:
         message = re.sub(pattern, replacement, message)
     return message
+
+
+def _hint_options(found) -> str:
+    """A literal ``hints={'a': 'b'}`` as ``--hint a=b``; anything else (a placeholder) as it was."""
+    try:
+        pairs = ast.literal_eval(found.group(1))
+    except (ValueError, SyntaxError):
+        return found.group(0)
+    if not isinstance(pairs, dict) or not pairs or not all(isinstance(x, str) for kv in pairs.items() for x in kv):
+        return found.group(0)
+    return " ".join(f"--hint {shlex.quote(f'{a}={b}')}" for a, b in pairs.items())
 
 
 def describe(exc: BaseException) -> str:

@@ -46,6 +46,9 @@ class Flow:
     # the paths whose very output something other than a rule-bearing layer reads (an operation between layers)
     # or the model returns; kept where ``sees_activations``: then a layer not here is read by its readers alone
     tapped: set = field(default_factory=set)
+    # path -> (the (low, high) zeros per axis that a constant zero pad added to the layer's input just before the
+    # layer read it, the input's shape before it): padding written as an operation of its own, not the layer's
+    padded: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -98,6 +101,7 @@ class Provenance:
         self._inside = 0  # how many rule-bearing layers are running (an operation outside all of them taps)
         self._holders: dict = {}  # id of a rule-bearing layer's weight -> the paths of the layers holding it
         self._running: dict = {}  # path -> how many of its calls are under way
+        self._padded: dict = {}  # id -> (zeros per axis, shape before) of a constant zero pad's result
 
     def hold(self, weights_of: dict) -> None:
         """``weights_of``: path -> the weight tensors that layer holds. A weight read while none of its layers
@@ -152,6 +156,9 @@ class Provenance:
         """A rule-bearing layer (standing for ``paths``: a stacked RNN is several) starts reading ``inputs``."""
         self._inside += 1
         origins = self.of(inputs)
+        first = next(self.tensors(inputs), None)
+        if first is not None and id(first) in self._padded:
+            self.flow.padded.setdefault(paths[0], self._padded[id(first)])
         self.flow.activated.setdefault(paths[0], set()).update(self.through(inputs))
         for i, path in enumerate(paths):
             self._running[path] = self._running.get(path, 0) + 1
@@ -172,6 +179,12 @@ class Provenance:
             if first is not None:
                 self.flow.outputs[paths[-1]] = self.capture(first)  # its operations are no reader's
         self._inside = max(self._inside - 1, 0)
+
+    def pad(self, output, widths, shape) -> None:
+        """``output`` is its input (of ``shape``) with ``widths`` zeros added per axis: where a layer reads it,
+        ``Flow.padded`` says so."""
+        self._padded[id(output)] = (tuple(widths), tuple(shape))
+        self._kept.append(output)
 
     def tap(self, tree, returned: bool = False) -> None:
         """An operation reads ``tree`` (or the model returns it): a layer's very output read outside every
@@ -228,7 +241,27 @@ def torch_operations(prov: Provenance):
             prov.cut(name, args, out, _offset)
             if name in ACTIVATIONS:
                 prov.activate(args)
+            if name == "pad":
+                _zero_pad(prov, args, kwargs, out)
             return out
 
     with Follow():
         yield
+
+
+def _zero_pad(prov: Provenance, args, kwargs, out) -> None:
+    """Record a ``torch.nn.functional.pad`` that adds zeros (and crops nothing): (low, high) per axis, the
+    last axis first in torch's spelling."""
+    x, pads = (list(args) + [None, None])[:2]
+    pads = kwargs.get("pad", pads)
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    value = kwargs.get("value", args[3] if len(args) > 3 else None)
+    if x is None or pads is None or mode != "constant" or value not in (None, 0) or not hasattr(x, "shape"):
+        return
+    pads = [int(p) for p in pads]
+    if len(pads) % 2 or len(pads) > 2 * x.dim() or min(pads, default=0) < 0:
+        return
+    widths = [(0, 0)] * x.dim()
+    for i in range(len(pads) // 2):
+        widths[x.dim() - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    prov.pad(out, widths, x.shape)

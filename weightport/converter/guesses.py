@@ -10,16 +10,20 @@ cannot be compared, and nothing it numbers is guessed.
 from __future__ import annotations
 
 from . import naming
+from .pairs import describe, fmt_shapes, pair
 
 
-def likely_pairs(src, tgt) -> dict:
+def likely_pairs(src, tgt, fits=None) -> dict:
     """A guess at ``src``'s counterparts among ``tgt``, for a hint to check: pairs in the same block that are
-    each other's one best match by words in common (a tie guesses nothing), and a last one left on each side."""
+    each other's one best match by words in common (a tie guesses nothing), and a last one left on each side;
+    ``fits(a, b)``, where given, rules out the pairs it says no to."""
     number = numbering([a.path for a in src], [b.path for b in tgt])
 
     def score(a, b):
         mine, theirs = number(a.path), number(b.path)
         if None in mine or mine != theirs or naming.clash(naming.words(a.path), naming.words(b.path)):
+            return -1
+        if fits is not None and not fits(a, b):
             return -1
         return len(naming.words(a.path) & naming.words(b.path))
 
@@ -41,6 +45,68 @@ def likely_pairs(src, tgt) -> dict:
     if len(left_s) == len(left_t) == 1 and score(left_s[0], left_t[0]) >= 0:
         guess[left_s[0].path] = left_t[0].path
     return guess
+
+
+def look_alike_advice(classes, listed: int = 8) -> str:
+    """The lines a refusal of look-alikes ends with (``classes``: each with ``src`` and ``tgt``): the likeliest
+    pairing by block numbers and names as a ``hints=`` line, last, said to be a guess; for what names do not
+    guess, every source path with the target paths it may be, to choose from (a value no hint accepts as it
+    is, so an unedited paste is refused, never a pairing made by order)."""
+    guess = {}
+    for cls in classes:
+        guess.update(likely_pairs(cls.src, cls.tgt))
+    choose = {}
+    for cls in classes:
+        theirs = [b.path for b in cls.tgt if b.path not in guess.values()]
+        shown = " | ".join(theirs[:listed]) + (" | ..." if len(theirs) > listed else "")
+        choose.update({a.path: f"<one of: {shown}>" for a in cls.src if a.path not in guess})
+    out = []
+    if choose:
+        out.append(("Names do not even guess which is which" if not guess else "Names do not guess the rest")
+                   + ": choose each target below (after checking the outputs, with check= or wp.verify), and pass "
+                   f"{'them' if not guess else 'them with the line after'} as hints=:\n  {choose!r}")
+    if guess:
+        out.append("The likeliest pairing (by block numbers and names) is a guess"
+                   + ("" if not choose else ", and names do not even guess the rest")
+                   + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
+                   f"  hints={guess!r}")
+    return "\n".join(out)
+
+
+def unpaired_advice(left_s, left_t, listed: int = 8) -> str:
+    """What a refusal says about layers left unpaired on both sides, in place of a placeholder ``hints=`` line:
+    the likeliest pairs (by names and block numbers) that a rule handles at equal shapes, as a line to paste,
+    last, said to be a guess; the likeliest ones whose shapes differ, which no hint can pair; or that nothing
+    left on one side fits anything left on the other."""
+    if not left_s:
+        them = "them" if len(left_t) > 1 else "it"
+        return f"The source has no layer left to pair with {them}, so no hints= line can fill {them}."
+    fitting = {}
+    for a in left_s:
+        for b in left_t:
+            found = pair(a, b, "hint")
+            if found is not None:
+                fitting[a.path, b.path] = found
+    guess = likely_pairs(left_s, left_t, fits=lambda a, b: (a.path, b.path) in fitting)
+    agree = {s: t for s, t in guess.items() if fitting[s, t].shapes_agree}
+    out = [f"As the likeliest counterparts left, {describe(p.source)} would be {p.target.label}, which needs "
+           f"{fmt_shapes(p.target_shapes)}: the models are configured differently there, and no hint pairs layers "
+           "of other shapes." for p in [fitting[s, t] for s, t in guess.items() if s not in agree][:listed]]
+    if not fitting:
+        out.append("No layer left in the source fits one left in the target under any rule, so no hints= line "
+                   "can pair them.")
+    elif agree:
+        out.append("The likeliest pairing of what is left (by names and block numbers, among layers a rule handles "
+                   "at equal shapes) is a guess" + ("" if len(agree) == len(left_t) else " for some of them")
+                   + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
+                   f"  hints={agree!r}")
+    elif not out:
+        shown = [f"{s} -> {t}" for (s, t), p in fitting.items() if p.shapes_agree][:listed]
+        out.append("Names do not guess which of them are counterparts; "
+                   + (f"those a rule handles at equal shapes: {', '.join(shown)}. Pass hints= with those that are "
+                      "(after checking the outputs, with check= or wp.verify)." if shown else
+                      "no two of them have equal shapes under a rule they share, so no hints= line can pair them."))
+    return "\n".join(out)
 
 
 def numbering(src: list, tgt: list):

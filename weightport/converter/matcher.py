@@ -20,7 +20,7 @@ import re
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import biases, constants, folding, guesses, splits
+from . import biases, constants, folding, guesses, input_pads, splits
 from .evidence import Pairing
 from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -93,6 +93,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     pairs = _hinted(src, tgt, hints or {}, flows)
     plan = Plan()
     src, plan.issues[:0], bias_hint = biases.adapt(src, tgt, lambda: flows and flows(src, tgt, 0), strict)
+    traced = (src, tgt)  # the nodes each side is traced among (the pairing's own runs, asked again)
     same = _by_path(src, tgt)
     if same is not None:
         pairs += same
@@ -125,6 +126,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
     order = {id(a): i for i, a in enumerate(source_nodes)}  # the expanded nodes, parts included
     # a folded table keeps its place; zeros written into a target table come last
     key = lambda p: order.get(id(getattr(p.source, "base", p.source)), len(order))  # noqa: E731
+    input_pads.counted(pairs, lambda side: flows and flows(*traced, side))
     return _checked_plan(plan, sorted(pairs, key=key), strict, strict_config)
 
 
@@ -283,8 +285,8 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
             f"{tuple(b.candidates[0][1]['shape'])} but no rule handles its class, and no source tensor pairs with "
             "it by name and shape; the target was not changed. " + _namesake_note(b, left_s)
             + (_untrained_advice(all_src) if getattr(b, "untrained", False) and not _namesake_note(b, left_s)
-               else "Register a rule for it (see `weightport rules`), pass hints={source_path: target_path}, "
-               "or strict=False to port everything else"))
+               else "Register a rule for it (see `weightport rules`), or pass strict=False to port everything "
+               "else.\n" + guesses.unpaired_advice(left_s, [b])))
     positional = _positional(all_src, all_tgt)
     if positional is not None:
         for p in positional:
@@ -308,16 +310,13 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
         "these have no counterpart of the same kind and shapes:\n"
         + "".join(f"  source: {describe(a)}\n" for a in left_s)
         + "".join(f"  target: {describe(b)}\n" for b in left_t)
-        + "The target was not changed. Pass hints={source_path: target_path}, or strict=False "
-          "to copy only what pairs." + zero_hint + hint)
+        + "The target was not changed; strict=False copies only what pairs." + zero_hint + hint + "\n"
+        + guesses.unpaired_advice(left_s, left_t))
 
 
 def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
-    lines, guess = [], {}
-    for cls in classes:
-        lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n"
-                     f"  target: {', '.join(b.label for b in cls.tgt)}")
-        guess.update(guesses.likely_pairs(cls.src, cls.tgt))
+    lines = [f"  source: {', '.join(a.label for a in cls.src)}\n  target: {', '.join(b.label for b in cls.tgt)}"
+             for cls in classes]
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
     how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
@@ -325,15 +324,7 @@ def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
     why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
         "neither their names nor the dataflow of a traced run tell which is which" if traced else
         f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
-    if not guess:
-        advice = ("\nThe target was not changed. Names do not even guess which is which: pass "
-                  "hints={source path: target path} for each of them (after checking the outputs, with check= or "
-                  "wp.verify)")
-    else:
-        advice = ("\nThe target was not changed. The likeliest pairing (by block numbers and names) is a guess"
-                  + ("" if len(guess) == sum(len(c.src) for c in classes) else ", and names do not even guess the rest")
-                  + "; if it is right, pass (after checking the outputs, with check= or wp.verify):\n"
-                  + f"  hints={guess!r}")
+    advice = "\nThe target was not changed. " + guesses.look_alike_advice(classes)
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)
         + advice + hint)

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import gc
 
-from ..errors import MatchError, UsageError, WeightportError
+from ..errors import UsageError, WeightportError
 from ..layouts import separator
 from . import (assign, checking, constants, engine, matcher, options, planning, renames, sides, splits, tracing,
                weight_norm)
@@ -41,14 +41,15 @@ def collector_paused(port):
 @contextlib.contextmanager
 def own_model_offered(src, traced):
     """A refusal that asks for model=, of a checkpoint whose own model was not given, gains the line that builds
-    that model where the file or its folder says which it is (``sides.own_model_hint``). Other refusals (a tie on
-    one side only) are not settled by that model and get no line."""
+    that model where the file or its folder says which it is (``sides.own_model_hint``): a pairing left open, and
+    as well a file whose layout or layers its names alone cannot tell (XLNet's bare ``r_w_bias``). Other
+    refusals (a tie on one side only) are not settled by that model and get no line."""
     try:
         yield
-    except MatchError as refused:
+    except WeightportError as refused:
         wanted = traced is None and not src.live and "model=" in str(refused)
         hint = sides.own_model_hint(src) if wanted else ""
-        if not hint:
+        if not hint or hint.strip() in str(refused):
             raise
         raise type(refused)(f"{refused}{hint}") from None
 
@@ -70,14 +71,15 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         if any(note.endswith(("missing", "not in the model")) for note in src_notes):
             src_nodes = None  # names differ: pair by kind, order and shape instead
     if src_nodes is None:
-        src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
+        with own_model_offered(src, model):
+            src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
     _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
     options.settle(src_nodes + tgt_nodes, rule_options or {})
     # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
     if src.live:
         traced = src.obj
-    elif model is not None and require_adapter(model, "model").layout == src.layout:
-        traced = model
+    elif model is not None and src.layout in (None, require_adapter(model, "model").layout):
+        traced = model  # a file whose names did not say its layout is in model='s, which source_nodes accepted
     else:
         traced = None
     with own_model_offered(src, traced):
@@ -128,7 +130,8 @@ def into_file(source, destination, model, *, to, like, hints, strict, trust_pick
         raise UsageError(f"cannot tell which layout to write {destination}: pass to='torch' or to='keras'")
     if like_fw is not None and like_fw.layout != layout:
         raise UsageError(f"like= is a {like_fw.layout} model but the target layout is {layout!r}")
-    src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
+    with own_model_offered(src, source_model):
+        src_nodes, src_notes = sides.source_nodes(src, model=source_model, strict=strict)
     if like is not None:
         _, tgt_nodes, tgt_notes = sides.live_nodes(like, "like", strict)
         options.settle(src_nodes + tgt_nodes, rule_options or {})

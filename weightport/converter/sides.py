@@ -210,7 +210,7 @@ def transformers_hint(ckpt) -> str:
     if len(classes) != 1 or not re.fullmatch(r"[A-Za-z_]\w*", str(classes[0])):
         return ""
     return (f"\nRather than a guess, pass the file's own model, built from the config.json beside it (its weights "
-            f"are not used), so its dataflow settles the pairing:\n"
+            f"are not used), so its structure and dataflow settle the port:\n"
             f"  model=transformers.{classes[0]}(transformers.AutoConfig.from_pretrained({folder!r}))")
 
 

@@ -17,6 +17,7 @@ from .introspect import keras_activation, keras_graph
 from .rule import ACTIVATION_HINT, ConfigIssue, Rule
 from .transforms import Chain, Reshape, Transpose
 
+CHANNELS_FIRST = ("torch", "equinox", "onnx")  # layouts whose convolutions read (batch, channels, *spatial)
 STRIDE_HINT = "the layers stride differently, so outputs differ"
 DILATION_HINT = "the layers dilate the kernel differently, so outputs differ"
 
@@ -46,6 +47,7 @@ class ConvFamily(Rule):
                    "activation": ACTIVATION_HINT,
                    "strides": STRIDE_HINT, "dilation_rate": DILATION_HINT}
     pads = staticmethod(conv_pads)
+    input_pad = "padding"
 
     def in_channels(self, hp, kernel_shape) -> int:
         """The input channels a canonical kernel (*k, in/groups, out) reads."""
@@ -63,6 +65,20 @@ class ConvFamily(Rule):
             shape = (1, channels) + spatial if layout in ("torch", "equinox") else (1,) + spatial + (channels,)
             out.append(np.full(shape, 0.5, "float32"))
         return out
+
+    def with_input_pad(self, layout, hp, widths, shape):
+        """The zeros a separate pad adds on the spatial axes, kept as ``input_pads`` (with the spatial size they
+        were seen at, ``input_pads_at``: a pad may depend on it, as TF-style "same" written by hand does); as it
+        is where the pad touches the batch or channel axis, or the graph already showed it (``padding_layer``)."""
+        rank = len(hp.get("kernel_size") or ())
+        if not rank or hp.get("padding_layer") or len(widths) != rank + 2 or "input_pads" in hp:
+            return hp
+        first = layout in CHANNELS_FIRST or hp.get("data_format") == "channels_first"
+        axes = list(range(2, rank + 2) if first else range(1, rank + 1))
+        if any(widths[i] != (0, 0) for i in range(rank + 2) if i not in axes):
+            return hp
+        return {**hp, "input_pads": tuple(tuple(widths[i]) for i in axes),
+                "input_pads_at": tuple(shape[i] for i in axes)}
 
     def check(self, source_hp, target_hp):
         issues = super().check(source_hp, target_hp)
@@ -82,9 +98,13 @@ class ConvFamily(Rule):
 
 def keras_conv_hp(layer) -> dict:
     """hp every Keras conv layer spells the same way, and the spatial size it was built for, where fixed."""
+    padding = keras_padding(layer)
     hp = {"kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
-          "dilation_rate": tuple(layer.dilation_rate), "padding": keras_padding(layer),
-          "use_bias": bool(layer.use_bias)}
+          "dilation_rate": tuple(layer.dilation_rate), "padding": padding, "use_bias": bool(layer.use_bias)}
+    if padding is not layer.padding:
+        hp["padding_layer"] = True  # a ZeroPadding layer's zeros, read from the graph: not to be counted twice
+    if getattr(layer, "data_format", None) == "channels_first":
+        hp["data_format"] = "channels_first"
     if keras_activation(layer):
         hp["activation"] = keras_activation(layer)
     shape = next(iter((getattr(layer, "_build_shapes_dict", None) or {}).values()), None)

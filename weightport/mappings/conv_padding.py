@@ -36,6 +36,9 @@ def conv_pads(hp):
             return None
     else:  # per axis: one int for both sides (torch), or a (low, high) pair (Flax)
         pads = [tuple(int(x) for x in p) if isinstance(p, (tuple, list)) else (int(p), int(p)) for p in padding]
+    fed = hp.get("input_pads")  # a separate zero pad just before the conv (``ConvFamily.with_input_pad``)
+    if fed is not None and len(fed) == len(pads):
+        pads = [(a + c, b + d) for (a, b), (c, d) in zip(pads, fed)]
     mode = hp.get("padding_mode", "zeros")
     if mode != "zeros" and any(a or b for a, b in pads):
         return (mode,) + tuple(pads)  # not zeros at all: differs from every Keras padding
@@ -56,7 +59,8 @@ def strided_same_hint(hp_same, hp_other):
     fixed = conv_pads(hp_other)
     if fixed is None or isinstance(fixed[0], str) or len(fixed) != len(hp_same["kernel_size"]):
         return None
-    known = hp_same.get("input_size") or ()
+    # a fixed side whose zeros a traced run saw is known at that size only (a hand-written "same" pad varies)
+    known = hp_other.get("input_pads_at") or hp_same.get("input_size") or ()
     sizes = [[known[axis]] if axis < len(known) and known[axis] else range(8, 16) for axis in range(len(fixed))]
     differ = {axis: [n for n in sizes[axis] if same_pads(hp_same, n, axis) != fixed[axis]]
               for axis in range(len(fixed))}
@@ -102,6 +106,9 @@ def padding_text(hp) -> str:
     text = str(hp["padding"])
     if hp.get("padding_mode", "zeros") != "zeros":
         text += f" ({hp['padding_mode']})"
+    if hp.get("input_pads") is not None:
+        seen = tuple(hp["input_pads_at"])
+        text += f" after a separate zero pad {tuple(hp['input_pads'])} (seen at input size {seen})"
     if "output_padding" in hp:
         extra = hp["output_padding"]
         text += f", output_padding {'default' if extra is None else tuple(extra)}"

@@ -30,6 +30,7 @@ class ConvTransposeRule(ConvFamily):
                "torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"), "flax": ("ConvTranspose",),
                "equinox": ("ConvTranspose",), "onnx": ("ConvTranspose",)}
     pads = staticmethod(transpose_pads)
+    input_pad = ""  # zeros before a transposed conv are not the zeros it adds to its stretched input
 
     def config_equinox(self, module):
         hp = {**equinox_conv_hp(module), "output_padding": tuple(module.output_padding)}

@@ -106,6 +106,9 @@ class Rule:
     # the canonical slot of a per-channel vector the layer subtracts from its input before anything else (a
     # BatchNorm's moving mean): a bias added just before, by a layer it alone reads, can be folded into it
     input_shift: str = ""
+    # the hp key whose check a constant zero pad written just before the layer can settle (a conv's padding:
+    # transformers and keras-hub often pad in an operation or layer of their own); see ``with_input_pad``
+    input_pad: str = ""
 
     # -- recognising ------------------------------------------------------
     def layouts(self) -> tuple:
@@ -125,6 +128,11 @@ class Rule:
     def expand(self, layout: str, hp: dict) -> list:
         """One hp per node a live layer stands for (a torch ``num_layers=N`` RNN is N Keras layers)."""
         return [hp]
+
+    def with_input_pad(self, layout: str, hp: dict, widths, shape) -> dict:
+        """``hp`` with a traced run's zero pad of the layer's input (``widths``: (low, high) per axis of an
+        input of ``shape``) counted as the layer's own, where the rule declares ``input_pad``; as it is otherwise."""
+        return hp
 
     def given(self, hp: dict, canonical_shapes: list) -> dict:
         """``hp`` completed by the canonical shapes a caller hands over (``set_weights``), for what only the

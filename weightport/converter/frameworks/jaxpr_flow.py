@@ -59,6 +59,7 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset(), held=None) -> Flow:
     origin: dict = {}  # var -> the layer paths it comes from; model inputs and constants: none
     through: dict = {}  # var -> those of its origins whose values passed an activation on the way
     made_in: dict = {}  # var -> the token of the layer whose equations made it
+    padded: dict = {}  # var -> (zeros per axis, shape before) of a constant zero pad outside every layer
     for eqn in jaxpr.eqns:
         names = str(eqn.source_info.name_stack).split("/")
         token = next((n for n in reversed(names) if n in scopes), None)
@@ -67,11 +68,17 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset(), held=None) -> Flow:
         if token is None:
             flow.tapped.update(scopes[made_in[v]][-1] for v in variables if made_in.get(v) is not None)
             made = set().union(off_trace, *(origin.get(v, ()) for v in variables))
+            widths = zero_pad(eqn)
+            if widths is not None:
+                padded[eqn.outvars[0]] = (widths, tuple(eqn.invars[0].aval.shape))
             passed = set().union(*(through.get(v, ()) for v in variables)) | (made if _activates(eqn) else set())
         else:
             paths = scopes[token]
             outside = [v for v in variables if made_in.get(v) != token]
             read = set().union(off_trace, *(origin.get(v, ()) for v in outside))
+            for v in outside[:1]:
+                if v in padded:
+                    flow.padded.setdefault(paths[0], padded[v])
             flow.feeds.setdefault(paths[0], set()).update(read)
             flow.activated.setdefault(paths[0], set()).update(*(through.get(v, ()) for v in outside))
             for before, path in zip(paths, paths[1:]):
@@ -87,6 +94,30 @@ def flow_of(jaxpr, scopes: dict, activating=frozenset(), held=None) -> Flow:
     returned = [v for v in jaxpr.outvars if type(v).__name__ != "Literal"]
     flow.tapped.update(scopes[made_in[v]][-1] for v in returned if made_in.get(v) is not None)
     return flow
+
+
+def zero_pad(eqn):
+    """(low, high) zeros per axis where ``eqn`` pads its first operand with a literal zero (``lax.pad``, or a
+    call of a jaxpr doing only that, as ``jnp.pad`` is), cropping and interleaving nothing; else None."""
+    call = eqn.params.get("jaxpr")
+    call = getattr(call, "jaxpr", call)
+    if eqn.primitive.name == "pad":
+        pad, outer = eqn, {}
+    elif hasattr(call, "eqns"):
+        pads = [e for e in call.eqns if e.primitive.name == "pad"]
+        if len(pads) != 1 or any(e.primitive.name not in ("pad", "convert_element_type") for e in call.eqns):
+            return None
+        pad, outer = pads[0], {id(a): b for a, b in zip(call.invars, eqn.invars)}
+        outer.update({id(e.outvars[0]): outer.get(id(e.invars[0])) for e in call.eqns if e is not pad})
+    else:
+        return None
+    operand, value = (outer.get(id(v), v) for v in pad.invars[:2])
+    if operand is not eqn.invars[0] or type(value).__name__ != "Literal" or getattr(value, "val", None) != 0:
+        return None
+    config = pad.params["padding_config"]
+    if any(int(lo) < 0 or int(hi) < 0 or int(mid) for lo, hi, mid in config):
+        return None
+    return tuple((int(lo), int(hi)) for lo, hi, _ in config)
 
 
 def _cuts(flow: Flow, eqn, variables, token, made_in: dict, scopes: dict) -> None:
