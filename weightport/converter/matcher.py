@@ -20,7 +20,7 @@ import re
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import biases, constants, folding, guesses, splits
+from . import biases, constants, folding, guesses, splits, tracing
 from .evidence import Pairing
 from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -104,7 +104,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += pairing.pairs
         plan.issues += pairing.notes
         if ambiguous:
-            error = _ambiguity_error(ambiguous, pairing.flows() is not None, bias_hint)
+            error = _ambiguity_error(ambiguous, pairing, bias_hint)
             if strict:
                 raise error
             plan.issues.append(str(error).split(". The target")[0])
@@ -165,7 +165,7 @@ def _hinted(src, tgt, hints: dict, flows) -> list:
             block = Pairing(mine, theirs, flows)
             left = block.run()
             if left:
-                raise _ambiguity_error(left, block.flows() is not None)
+                raise _ambiguity_error(left, block)
             found = block.pairs
         pairs += found
         for p in found:
@@ -192,7 +192,7 @@ def _orphans_paired(orphans_s, orphans_t, left_s, left_t, flows, strict) -> list
             pairing = Pairing(mine, theirs, flows)
             ambiguous = pairing.run()
             if ambiguous and strict:
-                raise _ambiguity_error(ambiguous, pairing.flows() is not None)
+                raise _ambiguity_error(ambiguous, pairing)
             found += pairing.pairs
     paired = {id(n) for p in found for n in (p.source, p.target)}
     left_s[:] = [n for n in left_s + orphans_s if id(n) not in paired]
@@ -312,7 +312,7 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
           "to copy only what pairs." + zero_hint + hint)
 
 
-def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
+def _ambiguity_error(classes, pairing, hint: str = "") -> AmbiguityError:
     lines, guess = [], {}
     for cls in classes:
         lines.append(f"  source: {', '.join(a.label for a in cls.src)}\n"
@@ -320,11 +320,11 @@ def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
         guess.update(guesses.likely_pairs(cls.src, cls.tgt))
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
-    how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
-           "pass check=(inputs_a, inputs_b), inputs both models accept, so they can be traced")
-    why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
-        "neither their names nor the dataflow of a traced run tell which is which" if traced else
-        f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
+    traced = pairing.flows() is not None
+    failed, given = pairing.untraced()
+    why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + \
+        tracing.why_unsettled(traced, failed, tracing.unseen(pairing.flows(), classes) if traced else {},
+                              checkpoint, given)
     if not guess:
         advice = ("\nThe target was not changed. Names do not even guess which is which: pass "
                   "hints={source path: target path} for each of them (after checking the outputs, with check= or "
