@@ -45,7 +45,7 @@ def own_model_offered(src, traced):
     one side only) are not settled by that model and get no line."""
     try:
         yield
-    except MatchError as refused:
+    except (MatchError, UsageError) as refused:  # UsageError: a file's tensors read alone (attention heads)
         wanted = traced is None and not src.live and "model=" in str(refused)
         hint = sides.own_model_hint(src) if wanted else ""
         if not hint:
@@ -70,7 +70,8 @@ def into_live(source, target, *, hints, strict, model, trust_pickle, quiet, chec
         if any(note.endswith(("missing", "not in the model")) for note in src_notes):
             src_nodes = None  # names differ: pair by kind, order and shape instead
     if src_nodes is None:
-        src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
+        with own_model_offered(src, model):
+            src_nodes, src_notes = sides.source_nodes(src, model=model, strict=strict)
     _, tgt_nodes, tgt_notes = sides.live_nodes(target, "target", strict)
     options.settle(src_nodes + tgt_nodes, rule_options or {})
     # a checkpoint's dataflow is that of its own model (model=), whose layers have the checkpoint's paths
