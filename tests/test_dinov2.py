@@ -87,3 +87,47 @@ def test_negative_controls(saved, monkeypatch):
     monkeypatch.setattr(constants, "_same_path", lambda b, nodes: None)
     with pytest.raises(wp.UnsupportedLayerError, match="position_embeddings"):
         wp.port(folder / "model.safetensors", fresh(folder))
+
+
+def depth_anything_pair():
+    """transformers' Depth Anything (DINOv2 under ``backbone.``) and keras-hub's (under ``feature_extractor/``)."""
+    backbone = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=4,
+                                         image_size=112, patch_size=14, apply_layernorm=True,
+                                         out_features=["stage1", "stage2", "stage3", "stage4"],
+                                         reshape_hidden_states=False)
+    config = transformers.DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=32,
+                                              neck_hidden_sizes=[16, 24, 40, 48], fusion_hidden_size=28,
+                                              head_hidden_size=12)
+    hf = randomized(transformers.DepthAnythingForDepthEstimation(config), 7)
+    encoder = keras_hub.models.DINOV2Backbone(patch_size=14, num_layers=4, hidden_dim=32, num_heads=2,
+                                              intermediate_dim=128, image_shape=(112, 112, 3),
+                                              position_embedding_shape=(112, 112, 3), apply_layernorm=True)
+    kh = keras_hub.models.DepthAnythingBackbone(
+        image_encoder=encoder, reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[16, 24, 40, 48],
+        fusion_hidden_dim=28, head_hidden_dim=12, head_in_index=-1,
+        feature_keys=["stage1", "stage2", "stage3", "stage4"])
+    return hf, kh
+
+
+def test_the_twin_table_is_found_under_another_model_prefix(monkeypatch):
+    """Depth Anything: the twin sits at feature_extractor/embeddings/position_embeddings, transformers' table at
+    backbone.embeddings.position_embeddings; the paths end alike, so the twin is set and the strict port goes
+    through (it was refused: no source at the very same path)."""
+    from weightport.converter import constants
+    hf, kh = depth_anything_pair()
+    images = np.random.default_rng(8).standard_normal((2, 3, 112, 112)).astype("float32")
+    report = quiet_port(hf, kh)
+    source_table = hf.backbone.embeddings.position_embeddings.detach().numpy()
+    embeddings = kh.get_layer("functional").get_layer("embeddings")
+    for name in ("position_embeddings", "interpolated_position_embeddings"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(embeddings, name)), source_table)
+    assert any("feature_extractor/embeddings/position_embeddings" in i and "same path" in i
+               for i in report.plan.issues)
+    with torch.no_grad():
+        expected = hf(pixel_values=torch.from_numpy(images)).predicted_depth.numpy()
+    got = np.maximum(keras.ops.convert_to_numpy(kh({"images": images.transpose(0, 2, 3, 1)}))[..., 0], 0)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())  # keras-hub's head stops before
+    # its last ReLU (the DepthEstimator task applies it)
+    monkeypatch.setattr(constants, "_tail_length", lambda a, b: 3 if a[-3:] == b[-3:] else 0)  # the old rule
+    with pytest.raises(wp.UnsupportedLayerError, match="position_embeddings"):
+        wp.port(hf, depth_anything_pair()[1])

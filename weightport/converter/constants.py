@@ -6,8 +6,9 @@ Such a target weight is filled only from what the source model itself holds unde
 to them where it does not (keras-hub's CLIP starts its ``position_ids`` at zeros). Where the source holds no
 such tensor (a bare file), nothing shows the target's value is right, and it is refused as before.
 
-A source weight at the very same path (keras-hub's DINOv2 keeps the position table it loads and saves
-beside the trainable one it computes with; transformers' holds one) fills it too, from a file as well.
+A source weight at the same path (keras-hub's DINOv2 keeps the position table it loads and saves beside the
+trainable one it computes with; transformers' holds one) fills it too, from a file as well; the paths may
+differ in the model's prefix (Depth Anything's ``backbone.`` against keras-hub's ``feature_extractor/``).
 """
 from __future__ import annotations
 
@@ -65,21 +66,30 @@ def filled(left_t, source_constants, notes: list, source_nodes=()) -> tuple:
 
 
 def _same_path(b, source_nodes):
-    """A pair from the one source weight whose path is ``b``'s (``a.b`` and ``a/b`` alike, either one a
-    longer model prefix of the other, two parts at least) with the same shapes, else None."""
+    """A pair from the one source weight whose path ends like ``b``'s (``a.b`` and ``a/b`` alike, two parts at
+    least: the model prefix may be longer, or named otherwise, as keras-hub's ``feature_extractor`` for
+    transformers' ``backbone``) with the same shapes; the longest such ending wins, and a tie gives None."""
     mine = _parts(b.path)
-    found = [a for a in source_nodes if getattr(a, "loose", False) and _tail_equal(_parts(a.path), mine)]
-    made = [p for a in found if (p := pair(a, b, "state")) is not None and p.shapes_agree]
-    return made[0] if len(made) == 1 else None
+    found = {}
+    for a in source_nodes:
+        n = _tail_length(_parts(a.path), mine) if getattr(a, "loose", False) else 0
+        p = pair(a, b, "state") if n >= 2 else None
+        if p is not None and p.shapes_agree:
+            found.setdefault(n, []).append(p)
+    best = found.get(max(found), []) if found else []
+    return best[0] if len(best) == 1 else None
 
 
 def _parts(path: str) -> list:
     return [p for p in re.split(r"[./]", path) if p]
 
 
-def _tail_equal(a: list, b: list) -> bool:
-    n = min(len(a), len(b))
-    return n >= 2 and a[-n:] == b[-n:]
+def _tail_length(a: list, b: list) -> int:
+    """How many last parts ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 def _same(a, b) -> bool:

@@ -84,6 +84,10 @@ class Pairing:
             return None
         return tuple(self._sides)
 
+    def untraced(self) -> tuple:
+        """(side -> why that side gave no flow, whether the inputs were the caller's): see ``tracing.flows``."""
+        return dict(getattr(self._flows, "failed", None) or {}), bool(getattr(self._flows, "given", False))
+
     def side_flow(self, side: int):
         if self._sides[side] is _UNTRACED:
             self._sides[side] = self._flows(*self.traced, side) if self._flows is not None else None

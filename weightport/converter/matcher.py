@@ -20,7 +20,7 @@ import re
 
 from ..errors import (AmbiguityError, ConfigMismatchError, MatchError, ShapeMismatchError, UnsupportedLayerError,
                       UsageError)
-from . import biases, constants, folding, guesses, input_pads, splits
+from . import biases, constants, folding, guesses, input_pads, splits, tracing
 from .evidence import Pairing
 from .pairs import broken_ties, describe, fmt_shapes, pair, refuse_unsettled, tied_head_hint
 from .plan import Pair, Plan, Step, reparametrized_notes, transform_text
@@ -105,7 +105,7 @@ def match(source_nodes, target_nodes, hints: dict | None = None, strict: bool = 
         pairs += pairing.pairs
         plan.issues += pairing.notes
         if ambiguous:
-            error = _ambiguity_error(ambiguous, pairing.flows() is not None, bias_hint)
+            error = _ambiguity_error(ambiguous, pairing, bias_hint)
             if strict:
                 raise error
             plan.issues.append(str(error).split(". The target")[0])
@@ -167,7 +167,7 @@ def _hinted(src, tgt, hints: dict, flows) -> list:
             block = Pairing(mine, theirs, flows)
             left = block.run()
             if left:
-                raise _ambiguity_error(left, block.flows() is not None)
+                raise _ambiguity_error(left, block)
             found = block.pairs
         pairs += found
         for p in found:
@@ -194,7 +194,7 @@ def _orphans_paired(orphans_s, orphans_t, left_s, left_t, flows, strict) -> list
             pairing = Pairing(mine, theirs, flows)
             ambiguous = pairing.run()
             if ambiguous and strict:
-                raise _ambiguity_error(ambiguous, pairing.flows() is not None)
+                raise _ambiguity_error(ambiguous, pairing)
             found += pairing.pairs
     paired = {id(n) for p in found for n in (p.source, p.target)}
     left_s[:] = [n for n in left_s + orphans_s if id(n) not in paired]
@@ -314,16 +314,16 @@ def _refuse_unmatched(all_src, all_tgt, left_s, left_t, hint=""):
         + guesses.unpaired_advice(left_s, left_t))
 
 
-def _ambiguity_error(classes, traced: bool, hint: str = "") -> AmbiguityError:
+def _ambiguity_error(classes, pairing, hint: str = "") -> AmbiguityError:
     lines = [f"  source: {', '.join(a.label for a in cls.src)}\n  target: {', '.join(b.label for b in cls.tgt)}"
              for cls in classes]
     unordered = any(getattr(a, "unordered", False) for cls in classes for a in cls.src)
     checkpoint = any(not hasattr(a, "obj") for cls in classes for a in cls.src + cls.tgt)
-    how = ("a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced" if checkpoint else
-           "pass check=(inputs_a, inputs_b), inputs both models accept, so they can be traced")
-    why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + (
-        "neither their names nor the dataflow of a traced run tell which is which" if traced else
-        f"their names do not tell which is which, and no run of both models could show what feeds what ({how})")
+    traced = pairing.flows() is not None
+    failed, given = pairing.untraced()
+    why = ("the file stores its tensors in alphabetical, not model, order, and " if unordered else "") + \
+        tracing.why_unsettled(traced, failed, tracing.unseen(pairing.flows(), classes) if traced else {},
+                              checkpoint, given)
     advice = "\nThe target was not changed. " + guesses.look_alike_advice(classes)
     return AmbiguityError(
         f"layers that look alike (same kind and shapes) cannot be paired safely: {why}.\n" + "\n".join(lines)

@@ -49,6 +49,7 @@ def flows(source, target, inputs=None):
     """
     in_a, in_b = split_inputs(inputs) if inputs is not None else (None, None)
     runs: dict = {}  # one run per side and set of layers: asked again (a view of a node in its stead), kept
+    failed: dict = {}  # side -> "no model" (a checkpoint alone) or "did not run" (on the inputs tried)
 
     def get(source_nodes, target_nodes, side: int):
         nodes = source_nodes if side == 0 else target_nodes
@@ -56,8 +57,51 @@ def flows(source, target, inputs=None):
         if key not in runs:
             model = source if side == 0 else target
             runs[key] = trace(model, _live(model, nodes), in_a if side == 0 else in_b)
+            if runs[key] is None:
+                failed[side] = "no model" if model is None else "did not run"
         return runs[key]
+    get.failed, get.given = failed, inputs is not None  # for a refusal: why a side gave no flow
     return get
+
+
+SIDES = ("source", "target")
+
+
+def unseen(flows: tuple, classes) -> dict:
+    """side -> labels of the look-alikes in ``classes`` (``src``, ``tgt``) that side's traced run never reached."""
+    found = {}
+    for side, flow in enumerate(flows):
+        ran = set(flow.order)
+        labels = [n.label for c in classes for n in (c.src, c.tgt)[side] if n.path not in ran]
+        if labels:
+            found[side] = labels
+    return found
+
+
+def why_unsettled(traced: bool, failed: dict, unseen: dict, checkpoint: bool, given: bool) -> str:
+    """For a refusal of look-alikes: why no run settled them, and what would (a refusal must not ask for a
+    model= already given). ``failed``: see ``flows``; ``unseen``: side -> labels of look-alikes its traced run
+    never reached (a vision tower when the made-up inputs hold no image); ``checkpoint``: the source is a file."""
+    rerun = ("port the file into that model first (wp.port(path, model)), then port that model with "
+             "check=(its inputs, the target's inputs)" if checkpoint else
+             "pass check=(inputs_a, inputs_b), inputs both models accept")
+    inputs = "the inputs given" if given else "made-up inputs"
+    if traced:
+        text = "neither their names nor the dataflow of a traced run tell which is which"
+        for side, labels in unseen.items():
+            listed = ", ".join(labels[:3]) + (" ..." if len(labels) > 3 else "")
+            text += f" (the {SIDES[side]}'s run on {inputs} never reached {listed}: {rerun}, that run them)"
+        return text
+    stuck = [s for s in sorted(failed) if failed[s] == "did not run"]
+    if stuck:
+        names = " and ".join("the source's own model (model=)" if checkpoint and s == 0 else f"the {SIDES[s]}"
+                             for s in stuck)
+        how = f"{names} could not be run on {inputs}: {rerun}, so they can be traced"
+    elif checkpoint:
+        how = "a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced"
+    else:
+        how = "pass check=(inputs_a, inputs_b), inputs both models accept, so they can be traced"
+    return f"their names do not tell which is which, and no run of both models could show what feeds what ({how})"
 
 
 def _live(model, nodes) -> list:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
+from .arrays import is_floating
 
 
 @dataclass
@@ -42,15 +43,30 @@ class VerifyResult:
     __repr__ = __str__
 
 
-def _flatten(out) -> list:
+def _flatten(out, where: str = "") -> list:
+    """(where, array) for every leaf of a model's outputs, dicts in key order; ``where`` names the leaf
+    (``past_key_values``, ``[1]``) for messages."""
     if isinstance(out, dict):
-        return [a for k in sorted(out) for a in _flatten(out[k])]
+        return [a for k in sorted(out) for a in _flatten(out[k], f"{where}.{k}" if where else str(k))]
     if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    return [np.asarray(out)]
+        return [a for i, o in enumerate(out) for a in _flatten(o, f"{where}[{i}]")]
+    return [(where, np.asarray(out))]
 
 
-def _align(a: np.ndarray, b: np.ndarray, notes: list, index: int) -> np.ndarray:
+def _numbers(leaf, index: int, model: str) -> np.ndarray:
+    """The leaf's array as float64; an output that is no array of numbers (a transformers cache object) is
+    refused with its name, since it cannot be compared and the outputs would pair up wrongly around it."""
+    where, a = leaf
+    if a.dtype.kind in "biuf" or is_floating(a.dtype):  # bfloat16 arrives as ml_dtypes' (kind "V")
+        return a.astype(np.float64)
+    found = type(a.item()).__name__ if a.ndim == 0 and a.dtype == object else f"an array of dtype {a.dtype}"
+    raise UsageError(f"output {index}{f' ({where})' if where else ''} of the {model} model is {found}, not an "
+                     "array of numbers, so it cannot be compared: pass output= (an index, key or callable, or a pair "
+                     "of them, one per model) to pick the outputs to compare, or inputs that make the model return "
+                     "none (use_cache=False for a transformers model)")
+
+
+def _align(a: np.ndarray, b: np.ndarray, notes: list, index: int, where=("", "")) -> np.ndarray:
     """``a`` reshaped to ``b``'s layout when they differ only by channels-first vs channels-last."""
     if a.shape == b.shape:
         return a
@@ -64,8 +80,10 @@ def _align(a: np.ndarray, b: np.ndarray, notes: list, index: int) -> np.ndarray:
         if first.shape == b.shape:
             notes.append(f"output {index}: compared after moving the last axis of the first model's output to axis 1")
             return first
-    raise UsageError(f"output {index}: the first model gives shape {a.shape}, the second {b.shape}; "
-                     "they cannot be compared")
+    named = f" ({where[0]} and {where[1]})" if any(where) else ""
+    raise UsageError(f"output {index}{named}: the first model gives shape {a.shape}, the second {b.shape}; "
+                     "they cannot be compared (outputs pair in order, dicts' in key order: pass output= to pick "
+                     "the ones that correspond)")
 
 
 def compare(out_a, out_b, atol: float, rtol: float) -> VerifyResult:
@@ -73,9 +91,9 @@ def compare(out_a, out_b, atol: float, rtol: float) -> VerifyResult:
     if len(flat_a) != len(flat_b):
         raise UsageError(f"the first model returns {len(flat_a)} outputs, the second {len(flat_b)}")
     notes, ok, max_abs, max_rel = [], True, 0.0, 0.0
-    for i, (a, b) in enumerate(zip(flat_a, flat_b)):
-        a = _align(a.astype(np.float64), b.astype(np.float64), notes, i)
-        b = b.astype(np.float64)
+    for i, (leaf_a, leaf_b) in enumerate(zip(flat_a, flat_b)):
+        a, b = _numbers(leaf_a, i, "first"), _numbers(leaf_b, i, "second")
+        a = _align(a, b, notes, i, (leaf_a[0], leaf_b[0]))
         diff = float(np.max(np.abs(a - b))) if a.size else 0.0
         scale = float(np.max(np.abs(b))) if b.size else 0.0
         if not np.isfinite(diff):
