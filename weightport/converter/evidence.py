@@ -8,7 +8,7 @@ run order. Each step pairs only what it settles alone; the rest stays open.
 from __future__ import annotations
 
 from ..errors import MatchError
-from . import naming
+from . import guesses, naming
 from .flow import UNKNOWN
 from .plan import EVIDENCE
 from .name_groups import group_by, name_groups
@@ -373,19 +373,8 @@ class Pairing:
                 raise MatchError(
                     f"{p.source.label} and {p.target.label} were paired by their {EVIDENCE[p.evidence]}, but the "
                     f"dataflow disagrees: the first reads {sorted(mine)}, the second {sorted(theirs)}, which are "
-                    "not paired with each other. The target was not changed. " + self._reader_hint(p, images))
-
-    def _reader_hint(self, p, images: set) -> str:
-        """The hint the dataflow suggests for ``p.source``: the target look-alike that reads what the source's
-        counterparts are (a guess to check), else the look-alikes to choose from."""
-        tgt_flow = self.flows()[1]
-        alike = [q.target for q in self.pairs if q.rule is p.rule and q.target_shapes == p.target_shapes]
-        readers = [b for b in alike if set(tgt_flow.feeds.get(b.path, ())) == images]
-        if len(readers) == 1:
-            return ("By the dataflow, its counterpart is a guess; if it is right, pass (after checking the outputs, "
-                    f"with check= or wp.verify):\n  hints={ {p.source.path: readers[0].path}!r}")
-        return (f"Pass hints= pairing {p.source.path!r} with the right one of the target's look-alikes: "
-                + ", ".join(repr(b.path) for b in alike[:8]) + (" ..." if len(alike) > 8 else ""))
+                    "not paired with each other. The target was not changed. "
+                    + guesses.reader_hint(p, self.pairs, tgt_flow, images))
 
 
 def _neighbours(paths, image: dict):

@@ -109,6 +109,18 @@ def unpaired_advice(left_s, left_t, listed: int = 8) -> str:
     return "\n".join(out)
 
 
+def reader_hint(p, pairs, tgt_flow, images: set) -> str:
+    """The hint a dataflow that contradicts pair ``p`` suggests for its source: the one target look-alike (among
+    ``pairs``' targets) that reads what the source's counterparts are (a guess to check), else the look-alikes."""
+    alike = [q.target for q in pairs if q.rule is p.rule and q.target_shapes == p.target_shapes]
+    readers = [b for b in alike if set(tgt_flow.feeds.get(b.path, ())) == images]
+    if len(readers) == 1:
+        return ("By the dataflow, its counterpart is a guess; if it is right, pass (after checking the outputs, "
+                f"with check= or wp.verify):\n  hints={ {p.source.path: readers[0].path}!r}")
+    return (f"Pass hints= pairing {p.source.path!r} with the right one of the target's look-alikes: "
+            + ", ".join(repr(b.path) for b in alike[:8]) + (" ..." if len(alike) > 8 else ""))
+
+
 def numbering(src: list, tgt: list):
     """How to number both sides' paths for the guess: ``naming.common_numbering``, or every number of the paths'
     templates (a slot counted from another base makes the first fall back to fewer numbers), each ``rebased``:
