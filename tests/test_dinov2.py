@@ -118,7 +118,9 @@ def test_the_twin_table_is_found_under_another_model_prefix(monkeypatch):
     images = np.random.default_rng(8).standard_normal((2, 3, 112, 112)).astype("float32")
     report = quiet_port(hf, kh)
     source_table = hf.backbone.embeddings.position_embeddings.detach().numpy()
-    embeddings = kh.get_layer("functional").get_layer("embeddings")
+    # the encoder's auto-made name ("functional_N") counts the models built before it in this process
+    inner = next(layer for layer in kh.layers if isinstance(layer, keras.Model))
+    embeddings = inner.get_layer("embeddings")
     for name in ("position_embeddings", "interpolated_position_embeddings"):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(embeddings, name)), source_table)
     assert any("feature_extractor/embeddings/position_embeddings" in i and "same path" in i
