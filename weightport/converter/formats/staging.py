@@ -33,6 +33,7 @@ import uuid
 
 from ...errors import OutputError, OutputExistsError, UsageError
 
+
 def _host_name() -> str:
     """This machine's name: the kernel's node name (importing ``socket`` for it costs ~6 ms of every command)."""
     if hasattr(os, "uname"):
