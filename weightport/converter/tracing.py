@@ -100,7 +100,7 @@ def why_unsettled(traced: bool, failed: dict, unseen: dict, checkpoint: bool, gi
     elif checkpoint:
         how = "a checkpoint cannot be run: pass its own model as model= so its dataflow can be traced"
     else:
-        how = "pass check=(inputs_a, inputs_b), inputs both models accept, so they can be traced"
+        how = f"{rerun}, so they can be traced"
     return f"their names do not tell which is which, and no run of both models could show what feeds what ({how})"
 
 
